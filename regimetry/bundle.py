@@ -1,0 +1,170 @@
+"""Reading and verifying an exported model bundle (exported_models/<model_version>/).
+
+The worker trusts nothing it cannot check: the manifest must match its schema, every file must match the
+sha256 recorded at export, and the feature spec must hash to what this very feature code produces. A bundle
+failing any of these is refused with a message saying which check failed and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from regimetry.classify import KNNClassifier
+from regimetry.features import FEATURE_CODE_VERSION, FeatureSpec, Scaler
+
+MANIFEST = "manifest.json"
+POINTER = "CURRENT"  # text file in the models root naming the bundle in force
+
+
+class BundleError(RuntimeError):
+    """A bundle that must not be served; the message says what is wrong."""
+
+
+def schemas_dir() -> Path:
+    """schemas/ at the repository root (override with REGIMETRY_SCHEMAS for installed images)."""
+    env = os.environ.get("REGIMETRY_SCHEMAS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "schemas"
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    path = schemas_dir() / name
+    if not path.exists():
+        raise BundleError(f"schema {path} not found (set REGIMETRY_SCHEMAS to the schemas/ folder)")
+    return json.loads(path.read_text())
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    """Hash of a JSON-able value in canonical form (sorted keys), for manifest sub-sections."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def resolve_bundle_dir(path: str | Path) -> Path:
+    """A bundle folder, or a models root holding a CURRENT pointer (or exactly one bundle)."""
+    p = Path(path)
+    if (p / MANIFEST).exists():
+        return p
+    if (p / POINTER).exists():
+        name = (p / POINTER).read_text().strip()
+        if not (p / name / MANIFEST).exists():
+            raise BundleError(f"{p / POINTER} names bundle {name!r}, but {p / name / MANIFEST} does not exist")
+        return p / name
+    if p.is_dir():
+        found = sorted(d for d in p.iterdir() if (d / MANIFEST).exists())
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise BundleError(f"{p} holds {len(found)} bundles and no {POINTER} pointer; name one explicitly")
+    raise BundleError(f"no model bundle at {p} (expected {MANIFEST} or a {POINTER} pointer)")
+
+
+def validate_manifest(manifest: dict) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.validate(manifest, load_schema("manifest.schema.json"))
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(x) for x in exc.absolute_path) or "(root)"
+        raise BundleError(f"manifest does not match schemas/manifest.schema.json at {where}: {exc.message}") from None
+
+
+def verify_bundle(bundle_dir: str | Path) -> dict:
+    """Return the manifest of a bundle that passes every check, else raise BundleError."""
+    d = resolve_bundle_dir(bundle_dir)
+    try:
+        manifest = json.loads((d / MANIFEST).read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{d / MANIFEST} is not valid JSON: {exc}") from None
+    validate_manifest(manifest)
+    for name, digest in manifest["files"].items():
+        f = d / name
+        if not f.exists():
+            raise BundleError(f"bundle {d.name}: file {name} listed in the manifest is missing")
+        if f.suffix in (".pkl", ".pickle", ".joblib"):
+            raise BundleError(f"bundle {d.name}: {name} is a pickle; bundles must not contain pickles")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise BundleError(f"bundle {d.name}: sha256 of {name} is {actual[:12]}..., manifest says "
+                              f"{digest[:12]}...: the file was modified or corrupted; re-export the bundle")
+    spec = manifest["feature_spec"]
+    if spec.get("code_version") != FEATURE_CODE_VERSION:
+        raise BundleError(f"bundle {d.name} was built with feature code version {spec.get('code_version')}, this "
+                          f"worker runs version {FEATURE_CODE_VERSION}; retrain or deploy a matching worker")
+    ours = FeatureSpec.from_dict(spec).hash()
+    if ours != manifest["feature_spec_hash"]:
+        raise BundleError(f"bundle {d.name}: feature spec hash {manifest['feature_spec_hash'][:12]}... does not "
+                          f"match this feature code ({ours[:12]}...); retrain or deploy a matching worker")
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle's plain data (no ONNX sessions here: the trainer and the worker open those)."""
+
+    path: Path
+    manifest: dict
+    spec: FeatureSpec
+    scaler: Scaler
+    emb_mean: np.ndarray
+    emb_std: np.ndarray
+    centroids: np.ndarray
+    classifier: KNNClassifier
+
+    @property
+    def version(self) -> str:
+        return self.manifest["model_version"]
+
+    @property
+    def window_size(self) -> int:
+        return int(self.manifest["window_size"])
+
+    @property
+    def stride(self) -> int:
+        return int(self.manifest["stride"])
+
+    @property
+    def history_bars(self) -> int:
+        return int(self.manifest["history_bars"])
+
+    @property
+    def input_length(self) -> int:
+        return int(self.manifest["forecaster"]["input_length"])
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.manifest["n_clusters"])
+
+    def onnx_path(self, part: str) -> Path:
+        return self.path / self.manifest["onnx"][part]["file"]
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify, then load the plain-array parts of a bundle."""
+    d = resolve_bundle_dir(path)
+    m = verify_bundle(d)
+    emb = m["embedding_scaler"]
+    return Bundle(
+        path=d,
+        manifest=m,
+        spec=FeatureSpec.from_dict(m["feature_spec"]),
+        scaler=Scaler.from_dict(m["feature_scaler"]),
+        emb_mean=np.asarray(emb["mean"], dtype=np.float64),
+        emb_std=np.asarray(emb["std"], dtype=np.float64),
+        centroids=np.asarray(m["centroids"], dtype=np.float64),
+        classifier=KNNClassifier.load(d / m["classifier"]["file"]),
+    )

@@ -1,0 +1,103 @@
+"""Running a bundle with ONNX Runtime: the one inference path shared by the worker and `regimetry evaluate`.
+
+`RegimeModel.run_series` is the batch reference: it computes, for every bar of a series, exactly what the
+live worker emits for that bar, so tests can compare the stream's events with it number for number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from regimetry.bundle import Bundle, load_bundle
+from regimetry.classify import centroid_distance, standardize
+from regimetry.features import compute_features
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def make_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class SeriesRegimes:
+    """Per-bar outputs for the bars that have a full window (index into the series = offset + row)."""
+
+    offset: int                 # series index of the first bar with a full window
+    z: np.ndarray               # (N, D) embeddings in clustering geometry
+    proba: np.ndarray           # (N, K) current-regime vote shares
+    regime: np.ndarray          # (N,)
+    ood: np.ndarray             # (N,) distance to the nearest centroid
+    next_proba: np.ndarray      # (N, K), NaN rows where fewer than L embeddings exist
+    next_regime: np.ndarray     # (N,), -1 where no forecast
+
+
+class RegimeModel:
+    """A verified bundle with its ONNX Runtime sessions."""
+
+    def __init__(self, bundle: Bundle | str | Path, threads: int = 1):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        b = self.bundle
+        self.encoder = make_session(b.onnx_path("encoder"), threads)
+        self.forecaster = make_session(b.onnx_path("forecaster"), threads)
+        self._enc_in = b.manifest["onnx"]["encoder"]["input"]
+        self._enc_out = b.manifest["onnx"]["encoder"]["output"]
+        self._fc_in = b.manifest["onnx"]["forecaster"]["input"]
+        self._fc_out = b.manifest["onnx"]["forecaster"]["output"]
+
+    # -- the three steps, each batched ------------------------------------------------------------------
+    def windows(self, histories: np.ndarray) -> np.ndarray:
+        """(B, >= history_bars, 5) bars -> (B, W, F) scaled feature windows ending at each history's last bar."""
+        b = self.bundle
+        feats = compute_features(histories[:, -b.history_bars:, :], b.spec)
+        return b.scaler.transform(feats)
+
+    def embed(self, windows: np.ndarray) -> np.ndarray:
+        """Feature windows -> embeddings in clustering geometry (float32)."""
+        if len(windows) == 0:
+            return np.zeros((0, self.bundle.manifest["embedding_dim"]), np.float32)
+        raw = self.encoder.run([self._enc_out], {self._enc_in: np.ascontiguousarray(windows, np.float32)})[0]
+        return standardize(raw, self.bundle.emb_mean, self.bundle.emb_std)
+
+    def forecast(self, z_history: np.ndarray) -> np.ndarray:
+        """(B, L, D) embeddings, oldest first -> (B, D) predicted next embedding."""
+        if len(z_history) == 0:
+            return np.zeros((0, z_history.shape[-1]), np.float32)
+        return self.forecaster.run([self._fc_out], {self._fc_in: np.ascontiguousarray(z_history, np.float32)})[0]
+
+    def classify(self, z: np.ndarray) -> np.ndarray:
+        return self.bundle.classifier.predict_proba(z)
+
+    def ood(self, z: np.ndarray) -> np.ndarray:
+        return centroid_distance(z, self.bundle.centroids)
+
+    # -- batch reference -------------------------------------------------------------------------------
+    def run_series(self, values: np.ndarray, batch: int = 512) -> SeriesRegimes:
+        """Every bar of one symbol's history, as the worker would see them one at a time."""
+        b = self.bundle
+        h = b.history_bars
+        feats = b.scaler.transform(compute_features(values, b.spec))       # (T - lookback + 1, F)
+        wins = sliding_window_view(feats, b.window_size, axis=0).transpose(0, 2, 1)  # (N, W, F)
+        z = np.concatenate([self.embed(wins[i:i + batch]) for i in range(0, len(wins), batch)] or
+                           [np.zeros((0, b.manifest["embedding_dim"]), np.float32)])
+        proba = self.classify(z)
+        L, s = b.input_length, b.stride
+        span = (L - 1) * s
+        n = len(z)
+        next_proba = np.full_like(proba, np.nan)
+        next_regime = np.full(n, -1, dtype=np.int64)
+        if n > span:
+            idx = np.arange(span, n)[:, None] - s * np.arange(L - 1, -1, -1)[None, :]
+            hist = z[idx]
+            pred = np.concatenate([self.forecast(hist[i:i + batch]) for i in range(0, len(hist), batch)])
+            next_proba[span:] = self.classify(pred)
+            next_regime[span:] = next_proba[span:].argmax(1)
+        return SeriesRegimes(h - 1, z, proba, proba.argmax(1), self.ood(z), next_proba, next_regime)
