@@ -1,0 +1,134 @@
+"""Training configuration: every option has a default, a YAML file overrides any subset.
+
+The resolved configuration (defaults + file + command-line overrides) is written into the bundle as
+training_profile_used.yaml, so a bundle always says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+ENCODING_METHODS = ("learnable", "sinusoidal")
+ENCODING_STYLES = ("interleaved", "stacked")
+FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
+LOSSES = ("mse", "cosine")
+
+
+@dataclass
+class EncoderConfig:
+    d_model: int = 32
+    heads: int = 4
+    depth: int = 2
+    ff_dim: int = 64
+    dropout: float = 0.1
+    embedding_dim: int = 16
+    encoding_method: str = "sinusoidal"   # learnable | sinusoidal
+    encoding_style: str = "interleaved"   # interleaved | stacked (sinusoidal only)
+    mask_ratio: float = 0.15              # share of time steps hidden during masked-window pretraining
+    epochs: int = 8
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class ClusterConfig:
+    n_clusters: int = 4
+    n_neighbors: int = 15                 # affinity graph of the spectral clustering
+    knn_k: int = 15                       # neighbours voting in the serving classifier
+    max_reference: int = 4000             # reference embeddings kept in the bundle
+
+
+@dataclass
+class ForecasterConfig:
+    name: str = "stratum"                 # stratum | stratum_attn | stratum_hydra
+    input_length: int = 8                 # L: embeddings fed to the forecaster
+    units: int = 64
+    loss: str = "mse"                     # mse | cosine
+    epochs: int = 15
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+
+
+@dataclass
+class TrainConfig:
+    name: str = "eurusd"
+    data: str = "eurusd"                  # 'eurusd', 'synthetic' or a CSV/parquet path
+    symbol: str | None = None
+    seed: int = 42
+    window_size: int = 30
+    stride: int = 1
+    holdout: float = 0.2                  # last share of windows held out, chronologically
+    output_dir: str = "exported_models"
+    opset: int = 17
+    set_current: bool = True              # point exported_models/CURRENT at the new bundle
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    clustering: ClusterConfig = field(default_factory=ClusterConfig)
+    forecaster: ForecasterConfig = field(default_factory=ForecasterConfig)
+
+    def validate(self) -> "TrainConfig":
+        errs = []
+        if self.encoder.encoding_method not in ENCODING_METHODS:
+            errs.append(f"encoder.encoding_method must be one of {ENCODING_METHODS}")
+        if self.encoder.encoding_style not in ENCODING_STYLES:
+            errs.append(f"encoder.encoding_style must be one of {ENCODING_STYLES}")
+        if self.encoder.d_model % self.encoder.heads:
+            errs.append("encoder.d_model must be divisible by encoder.heads")
+        if self.encoder.encoding_method == "sinusoidal" and self.encoder.d_model % 2:
+            errs.append("encoder.d_model must be even for sinusoidal encoding")
+        if self.forecaster.name not in FORECASTERS:
+            errs.append(f"forecaster.name must be one of {FORECASTERS}")
+        if self.forecaster.loss not in LOSSES:
+            errs.append(f"forecaster.loss must be one of {LOSSES}")
+        if self.window_size < 2 or self.stride < 1:
+            errs.append("window_size must be >= 2 and stride >= 1")
+        if not 0.0 < self.holdout < 0.9:
+            errs.append("holdout must be in (0, 0.9)")
+        if self.clustering.n_clusters < 2:
+            errs.append("clustering.n_clusters must be >= 2")
+        if errs:
+            raise ValueError("invalid training config: " + "; ".join(errs))
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _merge(obj, values: dict, where: str) -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, val in values.items():
+        if key not in known:
+            raise ValueError(f"unknown option {where}{key!r}; known: {', '.join(sorted(known))}")
+        cur = getattr(obj, key)
+        if hasattr(cur, "__dataclass_fields__"):
+            if not isinstance(val, dict):
+                raise ValueError(f"option {where}{key} must be a mapping")
+            _merge(cur, val, f"{where}{key}.")
+        else:
+            setattr(obj, key, val)
+
+
+def from_dict(values: dict | None) -> TrainConfig:
+    cfg = TrainConfig()
+    _merge(cfg, values or {}, "")
+    return cfg.validate()
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults, then the YAML file, then dotted overrides such as {'encoder.epochs': 2}."""
+    values = yaml.safe_load(Path(path).read_text()) if path else {}
+    cfg = TrainConfig()
+    _merge(cfg, values or {}, "")
+    for dotted, val in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        nested: dict = {leaf: val}
+        for p in reversed(parents):
+            nested = {p: nested}
+        _merge(cfg, nested, "")
+    return cfg.validate()
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,234 @@
+"""`regimetry train`: bars -> windows -> encoder -> regimes -> forecaster -> evaluation -> bundle.
+
+Each stage is a function of the previous stage's plain arrays; this module only sequences them, reports
+progress and writes the bundle. Seeds are set once, up front, and every random draw descends from them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from regimetry import diagnostics
+from regimetry.bundle import MANIFEST, POINTER, sha256_file, sha256_json, validate_manifest
+from regimetry.data import BarSeries, resolve_data
+from regimetry.features import FeatureSpec
+from trainer.config import TrainConfig, dump_config
+
+Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
+
+
+def _quiet(stage: str, step: int, total: int, msg: str = "") -> None:
+    pass
+
+
+@dataclass
+class TrainResult:
+    bundle_dir: Path
+    manifest: dict
+    summary: dict
+    regimes: np.ndarray = field(repr=False)      # classifier regime of every window (train + held out)
+    end_time: np.ndarray = field(repr=False)
+    z: np.ndarray = field(repr=False)            # standardised embeddings of every window
+
+
+def set_seed(seed: int) -> None:
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    try:
+        tf.config.experimental.enable_op_determinism()
+    except Exception:  # pragma: no cover - older TF
+        pass
+
+
+def load_training_data(cfg: TrainConfig) -> tuple[BarSeries, np.ndarray | None]:
+    """The bars, and planted regime labels when the data is the synthetic generator."""
+    if cfg.data.lower().startswith("synthetic"):
+        from regimetry.synthetic import generate_bars
+
+        syn = generate_bars(seed=cfg.seed)
+        return syn.bars, syn.labels
+    series = resolve_data(cfg.data)
+    if cfg.symbol:
+        series = BarSeries(series.times, series.values, cfg.symbol)
+    return series, None
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "scikit-learn", "scipy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    import platform
+
+    out["python"] = platform.python_version()
+    return out
+
+
+def model_version(cfg: TrainConfig, series: BarSeries) -> str:
+    """Deterministic: the same config on the same bars gives the same version (and the same event ids)."""
+    data_hash = sha256_json({"t": series.times.tolist(), "v": np.round(series.values, 10).tolist()})
+    return f"{cfg.name}-{sha256_json({'cfg': cfg.to_dict(), 'data': data_hash})[:10]}"
+
+
+def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,
+          planted: np.ndarray | None = None) -> TrainResult:
+    """Run the whole pipeline and write the bundle; returns where it is and what it scored."""
+    set_seed(cfg.seed)
+    from trainer import clustering, encoder as enc, evaluate, export, forecaster as fc
+    from trainer.windows import build_windows
+
+    if series is None:
+        series, planted = load_training_data(cfg)
+    spec = FeatureSpec()
+    progress("features", 0, 1, f"{len(series)} bars of {series.symbol}")
+    ws = build_windows(series, spec, cfg.window_size, cfg.stride, cfg.holdout)
+    progress("features", 1, 1, f"{len(ws.windows)} windows ({ws.n_train} train / {len(ws.windows) - ws.n_train} held out)")
+
+    # -- encoder -----------------------------------------------------------------------------------------
+    e_cfg = cfg.encoder
+    encoder = enc.build_encoder(cfg.window_size, spec.n_features, e_cfg)
+    n_val = max(1, ws.n_train // 10)
+    enc_hist = enc.pretrain(encoder, ws.train[:-n_val], ws.train[-n_val:], e_cfg, cfg.seed,
+                            on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs,
+                                                           f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"))
+    raw = enc.embed(encoder, ws.windows)
+
+    # -- regimes -----------------------------------------------------------------------------------------
+    progress("clustering", 0, 1, f"spectral, k={cfg.clustering.n_clusters}")
+    log_ret = np.concatenate([[0.0], np.diff(np.log(series.values[:, 3]))])
+    vol_key = np.array([log_ret[max(0, i - cfg.window_size + 1): i + 1].std() for i in ws.end_index[: ws.n_train]])
+    cl = clustering.fit_clustering(raw[: ws.n_train], vol_key, cfg.clustering, cfg.seed)
+    z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
+    proba = cl.classifier.predict_proba(z)
+    regimes = proba.argmax(1)
+    progress("clustering", 1, 1, f"train agreement classifier/spectral {np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}")
+
+    # -- forecaster --------------------------------------------------------------------------------------
+    f_cfg = cfg.forecaster
+    x_all, y_all, t_all = fc.sequences(z, f_cfg.input_length, 1)
+    in_train = t_all + 1 < ws.n_train  # the target window must be a training window too
+    forecaster, fc_hist = fc.train_forecaster(
+        x_all[in_train], y_all[in_train], f_cfg,
+        on_epoch=lambda e, logs: progress("forecaster", e + 1, f_cfg.epochs, f"loss {logs['loss']:.4f}"))
+    x_test, y_test, t_test = x_all[~in_train], y_all[~in_train], t_all[~in_train]
+    t_test_mask = t_test >= ws.n_train  # held-out steps whose *current* window is held out as well
+    x_test, y_test, t_test = x_test[t_test_mask], y_test[t_test_mask], t_test[t_test_mask]
+    pred_test = np.asarray(forecaster.predict(x_test, batch_size=512, verbose=0))
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    progress("evaluation", 0, 1, "held-out split")
+    k = cfg.clustering.n_clusters
+    train_reg = regimes[: ws.n_train]
+    summary: dict = {
+        "data": {"source": cfg.data, "symbol": series.symbol, "n_bars": len(series),
+                 "n_windows": int(len(z)), "n_train": int(ws.n_train), "n_test": int(len(z) - ws.n_train)},
+        "encoder": {"history": enc_hist},
+        "forecaster": {"name": f_cfg.name, "loss": f_cfg.loss, "history": fc_hist,
+                       "held_out": evaluate.forecast_errors(pred_test, y_test),
+                       "persistence_held_out": evaluate.forecast_errors(x_test[:, -1, :], y_test)},
+        "next_regime": evaluate.next_regime_report(regimes[t_test], regimes[t_test + 1],
+                                                   cl.classifier.predict(pred_test), train_reg, k),
+        "clustering": {
+            "train_agreement_classifier_vs_spectral": float(np.mean(train_reg == cl.train_labels)),
+            **diagnostics.separation(z[: ws.n_train], train_reg, seed=cfg.seed),
+            **diagnostics.balance(train_reg, k),
+            "stickiness": diagnostics.stickiness(diagnostics.transition_matrix(train_reg, k)),
+            "mean_duration": diagnostics.mean_duration(train_reg),
+        },
+    }
+    if planted is not None:
+        hmm_x = np.stack([log_ret, np.log(series.values[:, 1] / series.values[:, 2]),
+                          (series.values[:, 4] - series.values[:, 4].mean()) / series.values[:, 4].std()], 1)
+        summary["planted_regimes"] = evaluate.planted_recovery(regimes, planted[ws.end_index], hmm_x[ws.end_index],
+                                                               k, cfg.seed)
+    progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
+
+    # -- export ------------------------------------------------------------------------------------------
+    version = model_version(cfg, series)
+    out_root = Path(cfg.output_dir)
+    out = out_root / version
+    tmp = out_root / f".{version}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    progress("export", 0, 2, "encoder -> ONNX")
+    onnx_info = {"encoder": export.to_onnx(encoder, (cfg.window_size, spec.n_features), "window", "embedding",
+                                           tmp / "encoder.onnx", cfg.opset)}
+    onnx_info["encoder"]["parity_max_abs_diff"] = export.check_parity(encoder, onnx_info["encoder"],
+                                                                      tmp / "encoder.onnx", ws.test)
+    progress("export", 1, 2, "forecaster -> ONNX")
+    onnx_info["forecaster"] = export.to_onnx(forecaster, (f_cfg.input_length, z.shape[1]), "history",
+                                             "next_embedding", tmp / "forecaster.onnx", cfg.opset)
+    onnx_info["forecaster"]["parity_max_abs_diff"] = export.check_parity(forecaster, onnx_info["forecaster"],
+                                                                         tmp / "forecaster.onnx", x_test)
+    cl.classifier.save(tmp / "classifier.npz")
+    dump_config(cfg, tmp / "training_profile_used.yaml")
+    summary["export"] = {k2: {"parity_max_abs_diff": v["parity_max_abs_diff"]} for k2, v in onnx_info.items()}
+    (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2))
+
+    dists = np.sqrt(((z[: ws.n_train, None, :] - cl.centroids[None]) ** 2).sum(-1)).min(1)
+    bar_ret = log_ret[ws.end_index]
+    hits = cl.classifier.predict(np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
+    manifest = {
+        "schema_version": 1,
+        "model_version": version,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "feature_spec": spec.to_dict(),
+        "feature_spec_hash": spec.hash(),
+        "feature_scaler": ws.scaler.to_dict(),
+        "window_size": cfg.window_size,
+        "stride": cfg.stride,
+        "history_bars": spec.lookback + cfg.window_size - 1,
+        "embedding_dim": int(z.shape[1]),
+        "embedding_scaler": {"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()},
+        "n_clusters": k,
+        "centroids": cl.centroids.tolist(),
+        "classifier": {"kind": "knn", "file": "classifier.npz", "k": cl.classifier.k,
+                       "n_reference": int(len(cl.classifier.reference)), "geometry": "standardised embedding"},
+        "forecaster": {"name": f_cfg.name, "input_length": f_cfg.input_length, "loss": f_cfg.loss},
+        "onnx": onnx_info,
+        "regime_profiles": diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train]),
+        "baseline": {
+            "cluster_distribution": diagnostics.shares(train_reg, k).tolist(),
+            "transition_matrix": diagnostics.transition_matrix(train_reg, k).tolist(),
+            "centroid_distance_quantiles": {f"q{q}": float(np.quantile(dists, q / 100)) for q in (50, 90, 95, 99)},
+            "mean_confidence": float(proba[: ws.n_train].max(1).mean()),
+            "next_regime_hit_rate": float(np.mean(hits == regimes[t_all[in_train] + 1])),
+        },
+        "hashes": {
+            "regimes": sha256_json(regimes.tolist()),
+            "feature_scaler": sha256_json(ws.scaler.to_dict()),
+            "embedding_scaler": sha256_json({"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()}),
+            "centroids": sha256_json(cl.centroids.tolist()),
+        },
+        "alignment": None,
+        "libraries": library_versions(),
+        "data": {"source": cfg.data, "symbol": series.symbol, "n_bars": len(series),
+                 "start": int(series.times[0]), "end": int(series.times[-1]),
+                 "train_end": int(ws.end_time[ws.n_train - 1])},
+        "files": {},
+    }
+    manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+    validate_manifest(manifest)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    if cfg.set_current:
+        (out_root / POINTER).write_text(version + "\n")
+    progress("export", 2, 2, f"bundle {out}")
+    return TrainResult(out, manifest, summary, regimes, ws.end_time, z)
