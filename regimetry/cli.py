@@ -1,14 +1,27 @@
-"""The `regimetry` command. Each sub-command imports its heavy half (trainer or worker) only when run, so
-`regimetry replay` or `regimetry worker` never load TensorFlow."""
+"""The `regimetry` command. Each part registers its own sub-commands; every command imports its heavy half
+(TensorFlow for the trainer, Faust/ONNX Runtime for the worker) only when it runs, so `regimetry worker` or
+`regimetry replay` never load TensorFlow."""
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Market regimes: train, serve, watch.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Market regimes: train, search, serve, watch.")
+
+# Modules exposing register(app: typer.Typer); each must stay import-light.
+COMMAND_MODULES = ["trainer.cli"]
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
 
 
 def main() -> None:
+    _register()
     app()
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from regimetry import diagnostics
+from regimetry import diagnostics, scoring
 from regimetry.bundle import MANIFEST, POINTER, sha256_file, sha256_json, validate_manifest
 from regimetry.data import BarSeries, resolve_data
 from regimetry.features import FeatureSpec
@@ -56,7 +56,7 @@ def load_training_data(cfg: TrainConfig) -> tuple[BarSeries, np.ndarray | None]:
     if cfg.data.lower().startswith("synthetic"):
         from regimetry.synthetic import generate_bars
 
-        syn = generate_bars(seed=cfg.seed)
+        syn = generate_bars()
         return syn.bars, syn.labels
     series = resolve_data(cfg.data)
     if cfg.symbol:
@@ -139,10 +139,10 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
                  "n_windows": int(len(z)), "n_train": int(ws.n_train), "n_test": int(len(z) - ws.n_train)},
         "encoder": {"history": enc_hist},
         "forecaster": {"name": f_cfg.name, "loss": f_cfg.loss, "history": fc_hist,
-                       "held_out": evaluate.forecast_errors(pred_test, y_test),
-                       "persistence_held_out": evaluate.forecast_errors(x_test[:, -1, :], y_test)},
-        "next_regime": evaluate.next_regime_report(regimes[t_test], regimes[t_test + 1],
-                                                   cl.classifier.predict(pred_test), train_reg, k),
+                       "held_out": scoring.forecast_errors(pred_test, y_test),
+                       "persistence_held_out": scoring.forecast_errors(x_test[:, -1, :], y_test)},
+        "next_regime": scoring.next_regime_report(regimes[t_test], regimes[t_test + 1], cl.classifier.predict(pred_test),
+                                                  diagnostics.transition_matrix(train_reg, k), k),
         "clustering": {
             "train_agreement_classifier_vs_spectral": float(np.mean(train_reg == cl.train_labels)),
             **diagnostics.separation(z[: ws.n_train], train_reg, seed=cfg.seed),

@@ -1,0 +1,33 @@
+"""Terminal output shared by the commands: one console, a per-stage progress bar, clean fatal errors."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def stage_progress() -> Iterator:
+    """Yields progress(stage, step, total, message): one bar per pipeline stage."""
+    bars = Progress(TextColumn("[bold]{task.fields[stage]:<11}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, step: int, total: int, message: str = "") -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(message, total=total, stage=stage)
+        bars.update(tasks[stage], completed=step, total=total, description=message)
+
+    with bars:
+        yield update
