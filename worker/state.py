@@ -1,0 +1,208 @@
+"""Per-symbol rolling state in Redis: bars, embeddings, recent events, and the last regime.
+
+Layout (every key of a symbol shares the hash tag ``{SYMBOL}``, so the scripts below also run on a Redis
+Cluster, where a script may only touch keys of one slot):
+
+    <prefix>:{SYM}:bars    ZSET  score = bar time, member = packed (time, o, h, l, c, v)
+    <prefix>:{SYM}:emb     ZSET  score = bar time, member = packed (time, float32[D]) in clustering geometry
+    <prefix>:{SYM}:events  ZSET  score = bar time, member = the event exactly as it was sent
+    <prefix>:{SYM}:meta    HASH  last_time, regime, pred (predicted next regime), model_version
+
+Why this shape: bars and events are kept for `dedupe_window` bars so that an at-least-once redelivery finds
+its bar already stored and re-emits the stored event byte for byte (same id, same content), and a late or
+conflicting bar can be told apart from a harmless duplicate. Reads are side-effect free; the single write per
+symbol is a compare-and-set on ``last_time``, so two workers racing on one symbol during a rebalance cannot
+interleave appends: the loser re-reads and finds the winner's events. Members are packed binary so a batch's
+histories decode with one ``np.frombuffer`` instead of thousands of string parses.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BAR_DTYPE = np.dtype([("time", ">i8"), ("ohlcv", ">f8", (5,))])
+_TIME = struct.Struct(">q")
+
+# KEYS: bars, emb, events, meta.  ARGV: n_history, then candidate bar times (those <= last_time matter).
+# Returns {meta pairs, last n_history bars, embeddings, oldest bar time or '', lookups [bar, event] per candidate}.
+READ_LUA = """
+local meta = redis.call('HGETALL', KEYS[4])
+local n = tonumber(ARGV[1])
+local bars = {}
+if n > 0 then bars = redis.call('ZRANGE', KEYS[1], -n, -1) end
+local emb = redis.call('ZRANGE', KEYS[2], 0, -1)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local lookups = {}
+for i = 2, #ARGV do
+  local b = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+  local e = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[i], ARGV[i])
+  lookups[#lookups + 1] = {b[1] or '', e[1] or ''}
+end
+return {meta, bars, emb, oldest[2] or '', lookups}
+"""
+
+# KEYS: bars, emb, events, meta.
+# ARGV: expected last_time ('' = none), model_version, keep_bars, keep_emb, keep_events,
+#       n_bars, n_emb, n_events, then (score, member) pairs for bars, emb, events, then meta field/value pairs.
+# Returns 1 when applied, 0 when last_time moved (another worker got there first: re-read and retry).
+WRITE_LUA = """
+local last = redis.call('HGET', KEYS[4], 'last_time') or ''
+if last ~= ARGV[1] then return 0 end
+local mv = redis.call('HGET', KEYS[4], 'model_version')
+if mv and mv ~= ARGV[2] then redis.call('DEL', KEYS[2]) end
+local i = 9
+local counts = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
+local keep = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+for k = 1, 3 do
+  for j = 1, counts[k] do
+    redis.call('ZADD', KEYS[k], ARGV[i], ARGV[i + 1])
+    i = i + 2
+  end
+  if counts[k] > 0 then redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -(keep[k] + 1)) end
+end
+redis.call('HSET', KEYS[4], 'model_version', ARGV[2])
+while i <= #ARGV do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+return 1
+"""
+
+
+def pack_bar(time: int, values: tuple[float, ...]) -> bytes:
+    return np.array([(time, values)], dtype=BAR_DTYPE).tobytes()
+
+
+def unpack_bars(members: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Packed bar members -> (times int64 (n,), values float64 (n, 5))."""
+    if not members:
+        return np.zeros(0, np.int64), np.zeros((0, 5), np.float64)
+    arr = np.frombuffer(b"".join(members), dtype=BAR_DTYPE)
+    return arr["time"].astype(np.int64), arr["ohlcv"].astype(np.float64)
+
+
+def pack_embedding(time: int, z: np.ndarray) -> bytes:
+    return _TIME.pack(time) + np.ascontiguousarray(z, dtype="<f4").tobytes()
+
+
+def unpack_embeddings(members: list[bytes], dim: int) -> np.ndarray:
+    """Packed embedding members (oldest first) -> (n, dim) float32; members of another size are skipped."""
+    size = 8 + 4 * dim
+    good = [m[8:] for m in members if len(m) == size]
+    if not good:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(good), dtype="<f4").reshape(len(good), dim).astype(np.float32)
+
+
+@dataclass
+class SymbolState:
+    """What one symbol looks like in Redis before a batch is applied."""
+
+    last_time: int | None
+    regime: int | None
+    pred: int | None
+    model_version: str | None
+    bar_times: np.ndarray
+    bars: np.ndarray
+    emb: list[bytes]
+    oldest_time: int | None
+    lookups: dict[int, tuple[bytes, bytes]]  # bar time -> (stored bar member, stored event) or b""
+
+
+@dataclass
+class SymbolWrite:
+    """Everything one batch appends for one symbol, applied atomically or not at all."""
+
+    symbol: str
+    expected_last: int | None
+    bars: list[tuple[int, bytes]] = field(default_factory=list)
+    emb: list[tuple[int, bytes]] = field(default_factory=list)
+    events: list[tuple[int, bytes]] = field(default_factory=list)
+    meta: dict[str, int] = field(default_factory=dict)
+
+
+def _int_or_none(raw: bytes | None) -> int | None:
+    return int(raw) if raw not in (None, b"") else None
+
+
+class RedisStore:
+    """The two scripts, run as one pipelined round trip per micro-batch (one script call per symbol)."""
+
+    def __init__(self, client, prefix: str, history: int, emb_keep: int, dedupe_window: int, model_version: str):
+        self.client = client
+        self.prefix = prefix
+        self.history = history
+        self.keep_bars = max(history, dedupe_window)
+        self.keep_emb = max(emb_keep, 1)
+        self.keep_events = max(dedupe_window, 1)
+        self.model_version = model_version
+        self._read_sha: str | None = None
+        self._write_sha: str | None = None
+
+    def keys(self, symbol: str) -> list[str]:
+        base = f"{self.prefix}:{{{symbol}}}:"
+        return [base + "bars", base + "emb", base + "events", base + "meta"]
+
+    async def load_scripts(self) -> None:
+        """(Re)load both scripts; needed at start and after a Redis restart emptied its script cache."""
+        self._read_sha = await self.client.script_load(READ_LUA)
+        self._write_sha = await self.client.script_load(WRITE_LUA)
+
+    async def _run(self, calls: list[tuple[str, list[str], list]]) -> list:
+        from redis.exceptions import NoScriptError
+
+        if self._read_sha is None:
+            await self.load_scripts()
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for which, keys, args in calls:
+                sha = self._read_sha if which == "read" else self._write_sha
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            try:
+                return await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                await self.load_scripts()
+        raise AssertionError("unreachable")
+
+    async def read(self, candidates: dict[str, list[int]]) -> dict[str, SymbolState]:
+        """State of every symbol in the batch; `candidates` are the batch's bar times per symbol."""
+        symbols = list(candidates)
+        calls = [("read", self.keys(s), [self.history - 1, *candidates[s]]) for s in symbols]
+        replies = await self._run(calls)
+        out = {}
+        for s, (meta_pairs, bars, emb, oldest, lookups) in zip(symbols, replies):
+            meta = dict(zip(meta_pairs[::2], meta_pairs[1::2]))
+            times, values = unpack_bars(bars)
+            out[s] = SymbolState(
+                last_time=_int_or_none(meta.get(b"last_time")),
+                regime=_int_or_none(meta.get(b"regime")),
+                pred=_int_or_none(meta.get(b"pred")),
+                model_version=meta[b"model_version"].decode() if b"model_version" in meta else None,
+                bar_times=times,
+                bars=values,
+                emb=list(emb),
+                oldest_time=int(float(oldest)) if oldest not in (b"", "") else None,
+                lookups={t: (pair[0], pair[1]) for t, pair in zip(candidates[s], lookups)},
+            )
+        return out
+
+    async def write(self, writes: list[SymbolWrite]) -> list[bool]:
+        """Apply each symbol's appends atomically; False where another writer moved the symbol first."""
+        if not writes:
+            return []
+        calls = []
+        for w in writes:
+            args: list = ["" if w.expected_last is None else str(w.expected_last), self.model_version,
+                          self.keep_bars, self.keep_emb, self.keep_events, len(w.bars), len(w.emb), len(w.events)]
+            for pairs in (w.bars, w.emb, w.events):
+                for score, member in pairs:
+                    args += [score, member]
+            for k, v in w.meta.items():
+                args += [k, v]
+            calls.append(("write", self.keys(w.symbol), args))
+        return [bool(r) for r in await self._run(calls)]
