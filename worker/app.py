@@ -1,0 +1,198 @@
+"""The Faust application: bars topic -> micro-batches -> BatchProcessor -> regime-events / bars-dlq.
+
+Delivery is at-least-once by construction: Faust acknowledges (and later commits) a micro-batch's offsets
+only after the loop body returns, and the body returns only after Redis holds the batch and the broker has
+confirmed every event and dead letter. A crash anywhere before that leaves the offsets uncommitted and the
+batch is redelivered; the Redis state turns the redelivery into byte-identical re-emissions. Exactly-once and
+idempotent producers are deliberately not used (Tansu does not support them, and the event id already makes
+duplicates harmless for subscribers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from worker.settings import Settings
+
+log = logging.getLogger("regimetry.worker")
+
+EXIT_BAD_BUNDLE = 2
+EXIT_BROKEN_BATCH = 70  # EX_SOFTWARE: a bug while processing; exit without acknowledging the batch
+
+
+class Runtime:
+    """Everything one worker process holds: model, Redis store, metrics, the batch processor."""
+
+    def __init__(self, settings: Settings):
+        from regimetry.bundle import resolve_bundle_dir
+        from regimetry.inference import RegimeModel
+        from worker.drift import DriftMonitor
+        from worker.metrics import WorkerMetrics
+        from worker.validate import BarValidator
+
+        self.settings = settings
+        self.model = RegimeModel(resolve_bundle_dir(settings.bundle), threads=settings.ort_threads)
+        b = self.model.bundle
+        quantiles = b.manifest["baseline"]["centroid_distance_quantiles"]
+        if settings.ood_quantile not in quantiles:
+            raise ValueError(f"REGIMETRY_OOD_QUANTILE={settings.ood_quantile!r} is not in the bundle's "
+                             f"centroid_distance_quantiles ({', '.join(sorted(quantiles))})")
+        self.ood_threshold = float(quantiles[settings.ood_quantile])
+        self.metrics = WorkerMetrics(b.n_clusters, settings.symbol_label_limit)
+        self.metrics.set_model(b.manifest)
+        self.drift = DriftMonitor(b.manifest["baseline"], b.n_clusters, settings.drift_horizon, self.ood_threshold)
+        self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols,
+                                      settings.max_future_seconds)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regimetry-infer")
+        self.processor = None
+        self.connected = False
+        self.assigned = False
+
+    async def connect(self) -> None:
+        """Open Redis and load the scripts, retrying with back-off until Redis answers."""
+        from worker.connections import redis_client
+        from worker.pipeline import BatchProcessor
+        from worker.state import RedisStore
+
+        if self.processor is not None:
+            return
+        s, b = self.settings, self.model.bundle
+        store = RedisStore(redis_client(s), s.key_prefix, b.history_bars, (b.input_length - 1) * b.stride,
+                           s.dedupe_window, b.version)
+        processor = BatchProcessor(self.model, store, self.validator, self.metrics, self.drift, self.executor,
+                                   self.ood_threshold, s.max_payload_bytes, s.redis_retry_max_seconds)
+        await processor._with_redis(lambda _: store.load_scripts(), None)
+        self.processor = processor
+        self.connected = True
+        self._update_ready()
+
+    def on_assigned(self) -> None:
+        self.assigned = True
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        if self.connected and self.assigned:
+            if not self.metrics.ready._value.get():
+                log.info("regimetry worker ready: model %s, metrics on %s:%d", self.model.bundle.version,
+                         self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics.ready.set(1)
+
+    async def handle(self, app, records) -> None:
+        """Process one micro-batch and wait until the broker confirmed everything it produced."""
+        t0 = time.perf_counter()
+        out = await self.processor.process(records)
+        s = self.settings
+        messages = [(s.events_topic, key, value) for key, value in out.events]
+        messages += [(s.dlq_topic, key, value) for key, value, _ in out.dead]
+        await self._deliver(app, messages)
+        now = time.time()
+        m = self.metrics
+        m.events_emitted.inc(len(out.events))
+        m.events_reemitted.inc(out.reemitted)
+        m.duplicates.inc(out.duplicates)
+        for _, _, reason in out.dead:
+            m.dead_lettered.labels(reason=reason).inc()
+        for ts in out.new_event_timestamps:
+            m.e2e_latency.observe(max(now - ts, 0.0))
+        m.batch_latency.observe(time.perf_counter() - t0)
+        m.set_drift(self.drift.snapshot())
+
+    async def _deliver(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> None:
+        """Send and await broker acknowledgement; on failure resend everything (duplicates are harmless,
+        losses are not) with capped back-off."""
+        delay = 0.1
+        while True:
+            try:
+                futures = [await app.producer.send(topic, key, value, None, None, None)
+                           for topic, key, value in messages]
+                await asyncio.gather(*futures)
+                return
+            except Exception as exc:  # broker trouble: keep the batch unacknowledged and try again
+                log.warning("sending %d messages failed (%r); retrying in %.1f s", len(messages), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.redis_retry_max_seconds)
+
+
+def create_app(settings: Settings, runtime: Runtime):
+    """The Faust app with raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's."""
+    import faust
+
+    from worker.connections import faust_credentials
+    from worker.pipeline import Record
+
+    app = faust.App(
+        settings.group_id,
+        broker=settings.faust_broker,
+        broker_credentials=faust_credentials(settings),
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        datadir=os.environ.get("REGIMETRY_DATADIR") or tempfile.mkdtemp(prefix="regimetry-faust-"),
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout,
+        broker_rebalance_timeout=settings.rebalance_timeout,
+        broker_heartbeat_interval=settings.heartbeat_interval,
+        broker_commit_interval=settings.commit_interval,
+        producer_acks=-1,
+        topic_allow_declare=True,
+    )
+    bars = app.topic(settings.bars_topic, key_type=bytes, value_type=bytes)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **kwargs) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        runtime.on_assigned()
+
+    @app.agent(bars, name="regimetry-bars")
+    async def consume(stream) -> None:
+        await runtime.connect()
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            records = [Record(e.message.key, e.message.value, e.message.topic, e.message.partition,
+                              e.message.offset, e.message.timestamp) for e in events]
+            task = asyncio.ensure_future(runtime.handle(app, records))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # shutting down mid-batch: finish it (take_events acknowledges it on the way out)
+                await asyncio.wait_for(task, timeout=30)
+                raise
+            except Exception:
+                # A bug, not bad input (input never raises). Acknowledging would lose the batch, so leave
+                # without acknowledging: the supervisor restarts us and the batch is redelivered.
+                log.exception("micro-batch failed; exiting without acknowledging it")
+                logging.shutdown()
+                os._exit(EXIT_BROKEN_BATCH)
+
+    return app
+
+
+def main() -> int:
+    """Entry point of `python -m worker` and `regimetry worker`."""
+    from regimetry.bundle import BundleError
+    from worker.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"regimetry worker: {exc}", file=sys.stderr)
+        return EXIT_BAD_BUNDLE
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log.info("settings: %s", settings.redacted())
+    try:
+        runtime = Runtime(settings)
+    except (BundleError, ValueError) as exc:
+        print(f"regimetry worker: refusing to start: {exc}", file=sys.stderr)
+        return EXIT_BAD_BUNDLE
+    runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
+    app = create_app(settings, runtime)
+    import faust
+
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()  # exits the process with Faust's exit code
+    return 0

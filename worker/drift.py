@@ -1,0 +1,77 @@
+"""Drift of the live regime stream against the training baseline in the bundle manifest.
+
+Everything is measured over a sliding horizon of the last N events this process emitted (all symbols
+together): the regime shares against the baseline cluster distribution (PSI and Jensen-Shannon), the
+transition matrix of consecutive bars of the same symbol against the baseline matrix, the hit rate of the
+previous bar's next-regime forecast, the mean classifier confidence, and the share of embeddings farther
+from their nearest centroid than the training quantile (out of distribution). A sliding horizon rather
+than all-time counts lets a gauge come back down when the market does.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from regimetry.diagnostics import jensen_shannon, psi, transition_shift
+
+
+@dataclass(frozen=True)
+class DriftSnapshot:
+    psi: float
+    js: float
+    transition_shift: float
+    hit_rate: float          # NaN until a forecast has been checked
+    mean_confidence: float
+    ood_share: float
+    shares: np.ndarray       # (K,) regime shares over the horizon
+    n: int
+
+
+class DriftMonitor:
+    def __init__(self, baseline: dict, n_clusters: int, horizon: int, ood_threshold: float):
+        self.k = n_clusters
+        self.expected = np.asarray(baseline["cluster_distribution"], dtype=np.float64)
+        self.baseline_p = np.asarray(baseline["transition_matrix"], dtype=np.float64)
+        self.ood_threshold = ood_threshold
+        self._regimes: deque[int] = deque(maxlen=horizon)
+        self._confidence: deque[float] = deque(maxlen=horizon)
+        self._ood: deque[bool] = deque(maxlen=horizon)
+        self._pairs: deque[tuple[int, int]] = deque(maxlen=horizon)
+        self._hits: deque[bool] = deque(maxlen=horizon)
+
+    def observe(self, regime: int, confidence: float, ood_score: float, previous: int | None,
+                previous_prediction: int | None) -> None:
+        """One event; `previous` / `previous_prediction` are the symbol's regime and forecast at its prior bar."""
+        self._regimes.append(regime)
+        self._confidence.append(confidence)
+        self._ood.append(ood_score > self.ood_threshold)
+        if previous is not None:
+            self._pairs.append((previous, regime))
+        if previous_prediction is not None:
+            self._hits.append(previous_prediction == regime)
+
+    def transition_matrix(self) -> np.ndarray:
+        """Row-normalised transitions over the horizon; a regime not left yet keeps its baseline row."""
+        counts = np.zeros((self.k, self.k))
+        if self._pairs:
+            pairs = np.asarray(self._pairs, dtype=np.int64)
+            np.add.at(counts, (pairs[:, 0], pairs[:, 1]), 1.0)
+        rows = counts.sum(1, keepdims=True)
+        return np.where(rows > 0, counts / np.maximum(rows, 1.0), self.baseline_p)
+
+    def snapshot(self) -> DriftSnapshot:
+        n = len(self._regimes)
+        shares = np.bincount(np.asarray(self._regimes, dtype=np.int64), minlength=self.k)[: self.k] / max(n, 1)
+        return DriftSnapshot(
+            psi=psi(shares, self.expected) if n else 0.0,
+            js=jensen_shannon(shares, self.expected) if n else 0.0,
+            transition_shift=transition_shift(self.transition_matrix(), self.baseline_p),
+            hit_rate=float(np.mean(self._hits)) if self._hits else float("nan"),
+            mean_confidence=float(np.mean(self._confidence)) if n else float("nan"),
+            ood_share=float(np.mean(self._ood)) if n else 0.0,
+            shares=shares,
+            n=n,
+        )

@@ -1,0 +1,86 @@
+"""Regime events (schemas/regime_event.schema.json) and dead-letter records (schemas/dlq.schema.json).
+
+The event id is uuid5 over ``symbol|bar_time|model_version``: a replay or a redelivery of the same bar under
+the same model yields the same id, so subscribers can de-duplicate without any coordination with us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+EVENT_NAMESPACE = uuid.UUID("6f0f1c1e-3a52-5c1b-9d6e-726567696d65")  # fixed forever: ids must not change
+
+
+def event_id(symbol: str, bar_time: int, model_version: str) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{symbol}|{bar_time}|{model_version}"))
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Per-regime fields copied into every event, from the manifest's regime_profiles."""
+
+    stickiness: tuple[float, ...]
+    mean_duration: tuple[float, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Profiles":
+        by_id = {int(p["id"]): p for p in manifest["regime_profiles"]}
+        k = int(manifest["n_clusters"])
+        return cls(tuple(float(by_id.get(i, {}).get("stickiness", 0.0)) for i in range(k)),
+                   tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)))
+
+
+def build_event(symbol: str, bar_time: int, model_version: str, proba: np.ndarray, previous: int | None,
+                next_proba: np.ndarray | None, ood_score: float, ood_threshold: float, profiles: Profiles,
+                emitted_at: float | None = None) -> dict:
+    """One event as a JSON-ready dict; `previous` is the symbol's regime at its prior bar (None if unknown)."""
+    regime = int(np.argmax(proba))
+    changed = previous is not None and previous != regime
+    predicted = None
+    if next_proba is not None:
+        nxt = int(np.argmax(next_proba))
+        predicted = {"regime": nxt, "confidence": float(next_proba[nxt]),
+                     "probabilities": [float(p) for p in next_proba]}
+    return {
+        "event_id": event_id(symbol, bar_time, model_version),
+        "schema_version": SCHEMA_VERSION,
+        "symbol": symbol,
+        "bar_time": int(bar_time),
+        "model_version": model_version,
+        "regime": {"id": regime, "confidence": float(proba[regime]), "probabilities": [float(p) for p in proba]},
+        "previous_regime": previous if changed else None,
+        "regime_changed": changed,
+        "predicted": predicted,
+        "ood_score": float(ood_score),
+        "ood": bool(ood_score > ood_threshold),
+        "profile": {"stickiness": profiles.stickiness[regime], "mean_duration": profiles.mean_duration[regime]},
+        "emitted_at": time.time() if emitted_at is None else emitted_at,
+    }
+
+
+def encode(doc: dict) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def dead_letter(reason: str, detail: str, value: bytes | None, key: bytes | None, topic: str, partition: int,
+                offset: int, limit: int) -> bytes:
+    """A DLQ record: the raw message (cut at `limit` bytes), why, and where it came from."""
+    raw = value or b""
+    return encode({
+        "reason": reason,
+        "detail": detail,
+        "source": {"topic": topic, "partition": int(partition), "offset": int(offset),
+                   "key": key.decode("utf-8", "replace")[:200] if key is not None else None},
+        "raw": raw[:limit].decode("utf-8", "replace"),
+        "raw_bytes": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_truncated": len(raw) > limit,
+        "dead_lettered_at": time.time(),
+    })

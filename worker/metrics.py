@@ -1,0 +1,83 @@
+"""Prometheus metrics of one worker process (prometheus-client, served over HTTP).
+
+Names follow Prometheus conventions (snake_case, base units, `_total` counters, `_seconds` histograms).
+Labels stay low-cardinality: `reason` (a fixed set), `regime` (K values), and `symbol` only on
+regimetry_current_regime, capped at `symbol_label_limit` symbols so a feed of thousands of instruments
+cannot blow up the time-series count.
+"""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from worker.drift import DriftSnapshot
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class WorkerMetrics:
+    def __init__(self, n_clusters: int, symbol_label_limit: int = 64, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.ready = Gauge("regimetry_worker_ready", "1 once the bundle is loaded and partitions are assigned", registry=r)
+        self.bars_consumed = Counter("regimetry_bars_consumed_total", "Bar messages read from the bars topic", registry=r)
+        self.events_emitted = Counter("regimetry_events_emitted_total", "Regime events sent (re-emissions included)", registry=r)
+        self.events_reemitted = Counter("regimetry_events_reemitted_total",
+                                        "Stored events sent again for a redelivered or duplicate bar", registry=r)
+        self.duplicates = Counter("regimetry_bars_duplicate_total", "Bars already stored (redelivery or duplicate)", registry=r)
+        self.dead_lettered = Counter("regimetry_bars_dead_lettered_total", "Bars sent to the DLQ", ["reason"], registry=r)
+        self.batch_size = Histogram("regimetry_batch_size", "Bars per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.e2e_latency = Histogram("regimetry_end_to_end_latency_seconds",
+                                     "Bar message timestamp to event delivered", buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_latency = Histogram("regimetry_inference_latency_seconds",
+                                           "Features + ONNX Runtime + classifier per micro-batch", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_latency = Histogram("regimetry_batch_latency_seconds", "Whole micro-batch: validate to delivered",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.redis_errors = Counter("regimetry_redis_errors_total", "Redis calls that failed (then retried)", registry=r)
+        self.redis_conflicts = Counter("regimetry_redis_conflicts_total",
+                                       "Symbol writes lost to another worker (re-read and retried)", registry=r)
+        self.model_info = Info("regimetry_model", "The model bundle in force", registry=r)
+        self.drift_psi = Gauge("regimetry_drift_psi", "PSI of regime shares vs the training baseline", registry=r)
+        self.drift_js = Gauge("regimetry_drift_js", "Jensen-Shannon divergence (bits) of regime shares vs baseline", registry=r)
+        self.drift_transition = Gauge("regimetry_drift_transition_shift",
+                                      "Mean total-variation distance of transition rows vs baseline", registry=r)
+        self.drift_hit_rate = Gauge("regimetry_drift_hit_rate", "Share of next-regime forecasts that came true", registry=r)
+        self.drift_confidence = Gauge("regimetry_drift_mean_confidence", "Mean classifier confidence", registry=r)
+        self.drift_ood = Gauge("regimetry_drift_ood_share", "Share of embeddings beyond the training distance quantile", registry=r)
+        self.drift_events = Gauge("regimetry_drift_horizon_events", "Events in the drift horizon", registry=r)
+        self.regime_share = Gauge("regimetry_regime_share", "Share of each regime over the drift horizon", ["regime"], registry=r)
+        self.current_regime = Gauge("regimetry_current_regime", "Latest regime per symbol (capped count)", ["symbol"], registry=r)
+        self._symbols: set[str] = set()
+        self._symbol_limit = symbol_label_limit
+        self._k = n_clusters
+        for reason in ("malformed_json", "schema_violation", "out_of_order"):
+            self.dead_lettered.labels(reason=reason)  # visible at 0 from the start
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def set_model(self, manifest: dict) -> None:
+        self.model_info.info({"model_version": str(manifest["model_version"]),
+                              "window_size": str(manifest["window_size"]),
+                              "n_clusters": str(manifest["n_clusters"]),
+                              "feature_spec_hash": str(manifest["feature_spec_hash"])[:12]})
+
+    def set_regime(self, symbol: str, regime: int) -> None:
+        if symbol in self._symbols or len(self._symbols) < self._symbol_limit:
+            self._symbols.add(symbol)
+            self.current_regime.labels(symbol=symbol).set(regime)
+
+    def set_drift(self, d: DriftSnapshot) -> None:
+        self.drift_psi.set(d.psi)
+        self.drift_js.set(d.js)
+        self.drift_transition.set(d.transition_shift)
+        if not math.isnan(d.hit_rate):
+            self.drift_hit_rate.set(d.hit_rate)
+        if not math.isnan(d.mean_confidence):
+            self.drift_confidence.set(d.mean_confidence)
+        self.drift_ood.set(d.ood_share)
+        self.drift_events.set(d.n)
+        for k in range(self._k):
+            self.regime_share.labels(regime=str(k)).set(float(d.shares[k]))

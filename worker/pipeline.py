@@ -1,0 +1,278 @@
+"""One micro-batch of raw bar messages -> regime events and dead letters, with Redis as the only state.
+
+Per batch: validate every message; one pipelined Redis round trip reads each symbol's state; bars are sorted
+into new / duplicate / rejected; all new windows go through the encoder in one ONNX Runtime call and all
+forecasts through the forecaster in one call (in a worker thread, so Kafka and Redis I/O keep flowing while
+ONNX Runtime holds no GIL); one more round trip appends bars, embeddings and the encoded events atomically
+per symbol. Only then are events returned for sending, so an event is never sent for state that was not
+stored, and a redelivered bar finds its stored event and re-emits it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from regimetry.inference import RegimeModel
+from worker.drift import DriftMonitor
+from worker.events import Profiles, build_event, dead_letter, encode
+from worker.metrics import WorkerMetrics
+from worker.state import RedisStore, SymbolState, SymbolWrite, pack_bar, pack_embedding, unpack_embeddings
+from worker.validate import Bar, BarValidator, Reason, Rejection
+
+log = logging.getLogger("regimetry.worker")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka message, as raw as it arrived."""
+
+    key: bytes | None
+    value: bytes | None
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float | None = None  # producer/broker timestamp, epoch seconds
+
+
+@dataclass
+class Outgoing:
+    """What a batch sends: events (key, value) in bar order per symbol, and dead letters."""
+
+    events: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)
+    new_event_timestamps: list[float] = field(default_factory=list)
+    reemitted: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class _SymbolPlan:
+    """One symbol's share of a batch after comparing it with Redis."""
+
+    symbol: str
+    state: SymbolState
+    new: list[Bar] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)           # record of each new bar
+    actions: list[tuple] = field(default_factory=list)             # per input bar, in input order
+
+
+class BatchProcessor:
+    def __init__(self, model: RegimeModel, store: RedisStore, validator: BarValidator, metrics: WorkerMetrics,
+                 drift: DriftMonitor, executor: Executor, ood_threshold: float, dlq_limit: int,
+                 retry_max_seconds: float = 5.0):
+        self.model = model
+        self.store = store
+        self.validator = validator
+        self.metrics = metrics
+        self.drift = drift
+        self.executor = executor
+        self.ood_threshold = ood_threshold
+        self.dlq_limit = dlq_limit
+        self.retry_max_seconds = retry_max_seconds
+        b = model.bundle
+        self.version = b.version
+        self.history = b.history_bars
+        self.stride = b.stride
+        self.length = b.input_length
+        self.span = (self.length - 1) * self.stride
+        self.dim = int(b.manifest["embedding_dim"])
+        self.profiles = Profiles.from_manifest(b.manifest)
+
+    # -- orchestration ------------------------------------------------------------------------------------
+    async def process(self, records: list[Record]) -> Outgoing:
+        out = Outgoing()
+        self.metrics.bars_consumed.inc(len(records))
+        pending: dict[str, list[tuple[Bar, Record]]] = {}
+        for rec in records:
+            checked = self.validator.check(rec.key, rec.value)
+            if isinstance(checked, Rejection):
+                self._dead(out, rec, checked.reason, checked.detail)
+            else:
+                pending.setdefault(checked.symbol, []).append((checked, rec))
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while pending:
+            candidates = {s: [bar.time for bar, _ in items] for s, items in pending.items()}
+            states = await self._with_redis(self.store.read, candidates)
+            plans = [self._plan(s, items, states[s]) for s, items in pending.items()]
+            t0 = time.perf_counter()
+            writes = await loop.run_in_executor(self.executor, self._compute, plans)
+            if any(p.new for p in plans):
+                self.metrics.inference_latency.observe(time.perf_counter() - t0)
+            applied = await self._with_redis(self.store.write, [w for w, _ in writes if w is not None])
+            applied_iter = iter(applied)
+            retry: dict[str, list[tuple[Bar, Record]]] = {}
+            for (write, finish), plan in zip(writes, plans):
+                if write is None or next(applied_iter):
+                    finish(out)
+                else:  # another worker advanced this symbol between our read and write: redo it
+                    self.metrics.redis_conflicts.inc()
+                    retry[plan.symbol] = pending[plan.symbol]
+            pending = retry
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_seconds)
+        self.metrics.batch_size.observe(len(records))
+        return out
+
+    async def _with_redis(self, call, arg):
+        """Retry a Redis call with capped exponential back-off until it succeeds: a bar is never dropped
+        because Redis was away, and nothing is acknowledged (so no offset is committed) meanwhile."""
+        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+        delay = 0.1
+        while True:
+            try:
+                return await call(arg)
+            except (ConnectionError, TimeoutError, BusyLoadingError, OSError) as exc:
+                self.metrics.redis_errors.inc()
+                log.warning("redis unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_seconds)
+
+    def _dead(self, out: Outgoing, rec: Record, reason: Reason, detail: str) -> None:
+        out.dead.append((rec.key, dead_letter(reason.value, detail, rec.value, rec.key, rec.topic, rec.partition,
+                                              rec.offset, self.dlq_limit), reason.value))
+
+    # -- sorting a symbol's bars against its stored state ------------------------------------------------
+    def _plan(self, symbol: str, items: list[tuple[Bar, Record]], st: SymbolState) -> _SymbolPlan:
+        plan = _SymbolPlan(symbol, st)
+        last = st.last_time
+        in_batch: dict[int, int] = {}
+        for bar, rec in items:
+            if last is None or bar.time > last:
+                in_batch[bar.time] = len(plan.new)
+                plan.actions.append(("new", len(plan.new)))
+                plan.new.append(bar)
+                plan.records.append(rec)
+                last = bar.time
+            elif bar.time in in_batch:
+                first = plan.new[in_batch[bar.time]]
+                if first.values() == bar.values():
+                    plan.actions.append(("again", in_batch[bar.time]))
+                else:
+                    plan.actions.append(("reject", rec, Reason.CONFLICTING_DUPLICATE,
+                                         f"bar {bar.time} already in this batch with other values"))
+            else:
+                stored_bar, stored_event = st.lookups.get(bar.time, (b"", b""))
+                if stored_bar == pack_bar(bar.time, bar.values()):
+                    plan.actions.append(("stored", stored_event))
+                elif stored_bar:
+                    plan.actions.append(("reject", rec, Reason.CONFLICTING_DUPLICATE,
+                                         f"bar {bar.time} already stored with other values"))
+                else:
+                    window = (f" (the dedupe window starts at {st.oldest_time})"
+                              if st.oldest_time is not None and bar.time < st.oldest_time else "")
+                    plan.actions.append(("reject", rec, Reason.OUT_OF_ORDER,
+                                         f"bar time {bar.time} <= last bar time {st.last_time}{window}"))
+        return plan
+
+    # -- inference and event building (runs in the executor thread) ----------------------------------------
+    def _compute(self, plans: list[_SymbolPlan]) -> list[tuple[SymbolWrite | None, object]]:
+        m = self.model
+        histories, owners = [], []                     # one history per new bar with a complete window
+        for pi, plan in enumerate(plans):
+            if not plan.new:
+                continue
+            stored = plan.state.bars[-(self.history - 1):] if self.history > 1 else plan.state.bars[:0]
+            combined = np.concatenate([stored, np.asarray([b.values() for b in plan.new], dtype=np.float64)])
+            for j in range(len(plan.new)):
+                p = len(stored) + j
+                if p + 1 >= self.history:
+                    histories.append(combined[p + 1 - self.history:p + 1])
+                    owners.append((pi, j))
+        z = m.embed(m.windows(np.stack(histories))) if histories else np.zeros((0, self.dim), np.float32)
+        proba = m.classify(z) if len(z) else np.zeros((0, self.bundle_k))
+        ood = m.ood(z) if len(z) else np.zeros(0)
+
+        # forecaster input: last L embeddings spaced by stride, from Redis then from this batch
+        seqs: dict[int, np.ndarray] = {}
+        for pi, plan in enumerate(plans):
+            prior = (unpack_embeddings(plan.state.emb, self.dim) if plan.state.model_version == self.version
+                     else np.zeros((0, self.dim), np.float32))
+            seqs[pi] = prior
+        rows_of: dict[int, list[int]] = {}
+        for row, (pi, _) in enumerate(owners):
+            rows_of.setdefault(pi, []).append(row)
+        fc_hist, fc_rows = [], []
+        for pi, rows in rows_of.items():
+            seq = np.concatenate([seqs[pi], z[rows]])
+            base = len(seqs[pi])
+            for i, row in enumerate(rows):
+                q = base + i
+                if q >= self.span:
+                    fc_hist.append(seq[q - self.span:q + 1:self.stride])
+                    fc_rows.append(row)
+        next_proba: dict[int, np.ndarray] = {}
+        if fc_hist:
+            pred = m.classify(m.forecast(np.stack(fc_hist)))
+            next_proba = dict(zip(fc_rows, pred))
+        return [self._finish(pi, plan, owners, z, proba, ood, next_proba) for pi, plan in enumerate(plans)]
+
+    @property
+    def bundle_k(self) -> int:
+        return self.model.bundle.n_clusters
+
+    def _finish(self, pi: int, plan: _SymbolPlan, owners: list, z: np.ndarray, proba: np.ndarray,
+                ood: np.ndarray, next_proba: dict) -> tuple[SymbolWrite | None, object]:
+        """Events of one symbol, its Redis write, and a callback that fills Outgoing once the write held."""
+        st = plan.state
+        row_of = {j: row for row, (p, j) in enumerate(owners) if p == pi}
+        now = time.time()
+        encoded: dict[int, bytes] = {}
+        observations = []
+        write = SymbolWrite(plan.symbol, st.last_time) if plan.new else None
+        regime, pred = st.regime, st.pred
+        for j, bar in enumerate(plan.new):
+            write.bars.append((bar.time, pack_bar(bar.time, bar.values())))
+            row = row_of.get(j)
+            if row is None:
+                continue
+            npb = next_proba.get(row)
+            doc = build_event(plan.symbol, bar.time, self.version, proba[row], regime, npb, float(ood[row]),
+                              self.ood_threshold, self.profiles, emitted_at=now)
+            encoded[j] = encode(doc)
+            write.emb.append((bar.time, pack_embedding(bar.time, z[row])))
+            write.events.append((bar.time, encoded[j]))
+            observations.append((doc["regime"]["id"], doc["regime"]["confidence"], doc["ood_score"], regime, pred))
+            regime = doc["regime"]["id"]
+            pred = doc["predicted"]["regime"] if doc["predicted"] else None
+        if write is not None:
+            write.meta["last_time"] = plan.new[-1].time
+            if encoded:
+                write.meta["regime"] = regime
+                write.meta["pred"] = "" if pred is None else pred
+
+        def finish(out: Outgoing) -> None:
+            key = plan.symbol.encode()
+            for action in plan.actions:
+                kind = action[0]
+                if kind == "new" and action[1] in encoded:
+                    out.events.append((key, encoded[action[1]]))
+                    ts = plan.records[action[1]].timestamp
+                    if ts is not None:
+                        out.new_event_timestamps.append(ts)
+                elif kind == "again":
+                    out.duplicates += 1
+                    if action[1] in encoded:
+                        out.events.append((key, encoded[action[1]]))
+                        out.reemitted += 1
+                elif kind == "stored":
+                    out.duplicates += 1
+                    if action[1]:
+                        out.events.append((key, action[1]))
+                        out.reemitted += 1
+                elif kind == "reject":
+                    self._dead(out, action[1], action[2], action[3])
+            for obs in observations:
+                self.drift.observe(*obs)
+            if encoded:
+                self.metrics.set_regime(plan.symbol, regime)
+
+        return write, finish
