@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
+if not console.is_terminal:  # logs and CI: do not squeeze tables and progress into 80 columns
+    console.width = 120
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -20,7 +22,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 @contextlib.contextmanager
 def stage_progress() -> Iterator:
     """Yields progress(stage, step, total, message): one bar per pipeline stage."""
-    bars = Progress(TextColumn("[bold]{task.fields[stage]:<11}"), BarColumn(), MofNCompleteColumn(),
+    bars = Progress(TextColumn("[bold]{task.fields[stage]:<11}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False)
     tasks: dict[str, int] = {}
 

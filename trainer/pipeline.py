@@ -82,7 +82,8 @@ def library_versions() -> dict:
 def model_version(cfg: TrainConfig, series: BarSeries) -> str:
     """Deterministic: the same config on the same bars gives the same version (and the same event ids)."""
     data_hash = sha256_json({"t": series.times.tolist(), "v": np.round(series.values, 10).tolist()})
-    return f"{cfg.name}-{sha256_json({'cfg': cfg.to_dict(), 'data': data_hash})[:10]}"
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "set_current")}
+    return f"{cfg.name}-{sha256_json({'cfg': recipe, 'data': data_hash})[:10]}"
 
 
 def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,

@@ -1,0 +1,76 @@
+"""Bad history is reported with the row and column at fault."""
+
+import numpy as np
+import pytest
+
+from regimetry.data import BarDataError, load_bars
+from regimetry.synthetic import generate_bars, write_csv
+
+GOOD = [
+    "time,open,high,low,close,volume",
+    "2024-01-01T00:00:00Z,1.0,1.2,0.9,1.1,100",
+    "2024-01-01T01:00:00Z,1.1,1.3,1.0,1.2,120",
+    "2024-01-01T02:00:00Z,1.2,1.4,1.1,1.3,90",
+]
+
+
+def write(tmp_path, lines):
+    p = tmp_path / "bars.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_good_csv_loads(tmp_path):
+    s = load_bars(write(tmp_path, GOOD))
+    assert len(s) == 3 and s.values.shape == (3, 5)
+    assert s.times[1] - s.times[0] == 3600
+
+
+@pytest.mark.parametrize(
+    "row, replacement, pattern",
+    [
+        (2, "2024-01-01T01:00:00Z,1.1,1.3,1.0,nan,120", r"row 3, column 'close': value is NaN"),
+        (2, "2024-01-01T01:00:00Z,1.1,1.3,1.0,inf,120", r"row 3, column 'close': value is NaN or infinite"),
+        (1, "2024-01-01T00:00:00Z,-1.0,1.2,0.9,1.1,100", r"row 2, column 'open': price must be > 0"),
+        (3, "2024-01-01T02:00:00Z,1.2,1.0,1.1,1.05,90", r"row 4, columns 'high'/'low'"),
+        (3, "2024-01-01T01:00:00Z,1.2,1.4,1.1,1.3,90", r"row 4, column 'time': duplicate timestamp"),
+        (3, "2023-12-31T02:00:00Z,1.2,1.4,1.1,1.3,90", r"row 4, column 'time': timestamps not sorted"),
+        (2, "2024-01-01T01:00:00Z,1.1,1.3,1.0,abc,120", r"row 3, column 'close': not a number"),
+        (2, "not-a-time,1.1,1.3,1.0,1.2,120", r"row 3, column 'time': not a timestamp"),
+        (1, "2024-01-01T00:00:00Z,1.0,1.2,0.9,1.1,-5", r"row 2, column 'volume': volume must be >= 0"),
+    ],
+)
+def test_bad_rows_are_named(tmp_path, row, replacement, pattern):
+    lines = list(GOOD)
+    lines[row] = replacement
+    with pytest.raises(BarDataError, match=pattern):
+        load_bars(write(tmp_path, lines))
+
+
+def test_missing_column_is_named(tmp_path):
+    lines = [",".join(l.split(",")[:5]) for l in GOOD]  # drop volume
+    with pytest.raises(BarDataError, match="missing column.*volume"):
+        load_bars(write(tmp_path, lines))
+
+
+def test_synthetic_roundtrip_and_planted_regimes(tmp_path):
+    syn = generate_bars(n_bars=1500, seed=3)
+    assert len(np.unique(syn.labels)) >= 3
+    # the regimes really differ in volatility and volume
+    r = np.diff(np.log(syn.bars.values[:, 3]), prepend=np.log(syn.bars.values[0, 3]))
+    vols = [r[syn.labels == k].std() for k in range(3)]
+    assert max(vols) > 2 * min(vols)
+    path = tmp_path / "syn.csv"
+    write_csv(syn.bars, str(path))
+    back = load_bars(path)
+    assert np.array_equal(back.times, syn.bars.times) and np.abs(back.values - syn.bars.values).max() == 0
+    assert np.array_equal(generate_bars(n_bars=1500, seed=3).labels, syn.labels)
+
+
+def test_eurusd_sample_reads_from_installed_package():
+    pytest.importorskip("backtesting")
+    from regimetry.data import eurusd_sample_path, load_sample
+
+    assert "site-packages" in str(eurusd_sample_path()) or "dist-packages" in str(eurusd_sample_path())
+    s = load_sample("eurusd")
+    assert len(s) == 5000 and s.symbol == "EURUSD"

@@ -1,0 +1,80 @@
+"""The serving side must work on a machine without TensorFlow: block it and import everything it uses."""
+
+import subprocess
+import sys
+import textwrap
+
+BLOCKER = textwrap.dedent(
+    """
+    import sys, importlib.abc
+    BLOCKED = ("tensorflow", "keras", "tf2onnx", "tf_keras")
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_blocker_really_blocks():
+    r = run_blocked("import tensorflow")
+    assert r.returncode != 0 and "blocked" in r.stderr
+
+
+def test_shared_core_imports_without_tensorflow():
+    r = run_blocked(
+        """
+        import regimetry.features, regimetry.classify, regimetry.bundle, regimetry.inference
+        import regimetry.diagnostics, regimetry.scoring, regimetry.synthetic, regimetry.data
+        import sys
+        assert not any(m.split(".")[0] in ("tensorflow", "keras", "trainer") for m in sys.modules), sorted(sys.modules)
+        print("ok")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_cli_starts_without_tensorflow():
+    r = run_blocked(
+        """
+        import sys
+        sys.argv = ["regimetry", "--help"]
+        from regimetry.cli import main
+        try:
+            main()
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+        assert "tensorflow" not in sys.modules
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "train" in r.stdout and "evaluate" in r.stdout
+
+
+def test_evaluate_runs_on_onnx_runtime_only(tiny_bundle, tmp_path):
+    out = tmp_path / "scores.json"
+    r = run_blocked(
+        f"""
+        import sys
+        sys.argv = ["regimetry", "evaluate", "--bundle", r"{tiny_bundle}", "--data", "synthetic", "-o", r"{out}"]
+        from regimetry.cli import main
+        try:
+            main()
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+        assert "tensorflow" not in sys.modules
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    import json
+
+    scores = json.loads(out.read_text())
+    assert {"psi", "jensen_shannon", "transition_shift", "ood_share"} <= set(scores["drift"])
+    assert scores["next_regime"]["all_steps"]["persistence"]["n"] > 100

@@ -1,0 +1,180 @@
+"""Trainer: windows, encoder options, forecasters, export parity, bundle contract, determinism, causality."""
+
+import json
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from regimetry.bundle import BundleError, load_bundle, sha256_file, verify_bundle  # noqa: E402
+from regimetry.features import FeatureSpec  # noqa: E402
+from regimetry.inference import RegimeModel  # noqa: E402
+from regimetry.synthetic import generate_bars  # noqa: E402
+from trainer.config import EncoderConfig, ForecasterConfig, load_config  # noqa: E402
+from trainer.windows import build_windows, rolling_windows, window_end_rows  # noqa: E402
+
+
+def test_rolling_windows_shapes_and_stride():
+    x = np.arange(100 * 3, dtype=float).reshape(100, 3)
+    w = rolling_windows(x, 10, 3)
+    ends = window_end_rows(100, 10, 3)
+    assert w.shape == (len(ends), 10, 3) == (31, 10, 3)
+    assert np.array_equal(w[5, -1], x[ends[5]]) and np.array_equal(w[5, 0], x[ends[5] - 9])
+
+
+def test_build_windows_scaler_sees_training_rows_only():
+    series = generate_bars(n_bars=800).bars
+    ws = build_windows(series, FeatureSpec(), 16, 1, 0.25)
+    assert ws.windows.shape[1:] == (16, FeatureSpec().n_features)
+    assert ws.n_train == round(len(ws.windows) * 0.75)
+    from regimetry.features import compute_features
+
+    feats = compute_features(series.values)
+    last_train_row = ws.end_index[ws.n_train - 1] - (FeatureSpec().lookback - 1)
+    assert np.allclose(ws.scaler.mean, feats[: last_train_row + 1].mean(0))
+    assert not np.allclose(ws.scaler.mean, feats.mean(0))
+    assert np.array_equal(ws.end_time, series.times[ws.end_index])
+
+
+def test_sinusoidal_styles():
+    from trainer.encoder import sinusoidal_table
+
+    inter = sinusoidal_table(10, 8, "interleaved")
+    stacked = sinusoidal_table(10, 8, "stacked")
+    freq = 1.0 / 10000 ** (np.arange(4) * 2 / 8)
+    pos = np.arange(10)[:, None]
+    assert np.allclose(inter[:, 0::2], np.sin(pos * freq)) and np.allclose(inter[:, 1::2], np.cos(pos * freq))
+    assert np.allclose(stacked[:, :4], np.sin(pos * freq)) and np.allclose(stacked[:, 4:], np.cos(pos * freq))
+
+
+@pytest.mark.parametrize("method, style", [("learnable", "interleaved"), ("sinusoidal", "interleaved"),
+                                           ("sinusoidal", "stacked")])
+def test_encoder_options_pretrain_and_export(tmp_path, method, style):
+    from trainer import encoder as enc
+    from trainer.export import check_parity, to_onnx
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 12, 5)).astype(np.float32)
+    cfg = EncoderConfig(d_model=16, heads=2, depth=1, ff_dim=16, embedding_dim=6, encoding_method=method,
+                        encoding_style=style, epochs=2, batch_size=32)
+    model = enc.build_encoder(12, 5, cfg)
+    before = enc.embed(model, x[:8])
+    hist = enc.pretrain(model, x[:80], x[80:], cfg, seed=1)
+    assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
+    after = enc.embed(model, x[:8])
+    assert after.shape == (8, 6) and not np.allclose(before, after)  # pretraining changed the weights
+    info = to_onnx(model, (12, 5), "window", "embedding", tmp_path / "enc.onnx")
+    assert check_parity(model, info, tmp_path / "enc.onnx", x) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["stratum", "stratum_attn", "stratum_hydra"])
+@pytest.mark.parametrize("loss", ["mse", "cosine"])
+def test_forecasters_train_and_export(tmp_path, name, loss):
+    from trainer.export import check_parity, to_onnx
+    from trainer.forecaster import sequences, train_forecaster
+
+    t = np.arange(400)
+    z = np.stack([np.sin(t / 9 + k) for k in range(6)], 1).astype(np.float32)
+    x, y, idx = sequences(z, 5, 1)
+    assert x.shape == (len(z) - 5, 5, 6) and np.array_equal(x[3, -1], z[idx[3]]) and np.array_equal(y[3], z[idx[3] + 1])
+    model, hist = train_forecaster(x, y, ForecasterConfig(name=name, input_length=5, units=16, loss=loss, epochs=3))
+    assert len(hist) == 3
+    pred = np.asarray(model(x[:4]))
+    assert pred.shape == (4, 6)
+    info = to_onnx(model, (5, 6), "history", "next_embedding", tmp_path / f"{name}.onnx")
+    assert check_parity(model, info, tmp_path / f"{name}.onnx", x) <= 1e-4
+
+
+def test_parity_failure_is_loud(tmp_path):
+    from trainer import encoder as enc
+    from trainer.export import ExportError, check_parity, to_onnx
+
+    cfg = EncoderConfig(d_model=8, heads=2, depth=1, ff_dim=8, embedding_dim=4, epochs=1)
+    model = enc.build_encoder(6, 3, cfg)
+    info = to_onnx(model, (6, 3), "window", "embedding", tmp_path / "e.onnx")
+    other = enc.build_encoder(6, 3, cfg)  # different random weights: the file no longer matches the model
+    with pytest.raises(ExportError, match="parity check failed"):
+        check_parity(other, info, tmp_path / "e.onnx", np.ones((4, 6, 3), np.float32))
+
+
+def test_bundle_is_complete_and_verified(tiny_training):
+    b = tiny_training.bundle_dir
+    manifest = verify_bundle(b)
+    names = {"encoder.onnx", "forecaster.onnx", "classifier.npz", "training_summary.json",
+             "training_profile_used.yaml"}
+    assert names <= set(manifest["files"])
+    for name, digest in manifest["files"].items():
+        assert sha256_file(b / name) == digest
+    assert manifest["feature_spec_hash"] == FeatureSpec().hash()
+    assert (b.parent / "CURRENT").read_text().strip() == b.name
+    for part in ("encoder", "forecaster"):
+        assert manifest["onnx"][part]["parity_max_abs_diff"] <= 1e-4
+    assert len(manifest["regime_profiles"]) == manifest["n_clusters"] == 3
+    assert abs(sum(manifest["baseline"]["cluster_distribution"]) - 1) < 1e-9
+    assert not any(p.suffix in (".pkl", ".joblib") for p in b.iterdir())
+    summary = json.loads((b / "training_summary.json").read_text())
+    nr = summary["next_regime"]
+    assert set(nr["all_steps"]) == {"forecaster", "persistence", "markov"}
+    assert set(nr["change_steps"]) == {"forecaster", "persistence", "markov"}
+    assert "verdict" in nr and isinstance(nr["forecaster_beats_baselines"], bool)
+    assert {"ari_regimetry", "ari_hmm"} <= set(summary["planted_regimes"])
+
+
+def test_tampered_bundle_is_refused(tiny_training, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_training.bundle_dir, copy)
+    with open(copy / "classifier.npz", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match="sha256 of classifier.npz"):
+        verify_bundle(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_training.bundle_dir, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["feature_spec"]["rsi"] = 3
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="feature spec hash"):
+        verify_bundle(copy)
+    del m["centroids"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="manifest does not match"):
+        verify_bundle(copy)
+    (copy / "encoder.onnx").unlink()
+
+
+def test_worker_path_reproduces_trainer_regimes(tiny_training):
+    """Causality: the trainer's regime of a window is what ONNX Runtime computes from bars up to its end."""
+    model = RegimeModel(tiny_training.bundle_dir)
+    series = generate_bars().bars
+    r = model.run_series(series.values)
+    assert r.offset == model.bundle.history_bars - 1
+    assert len(r.regime) == len(tiny_training.regimes)
+    assert np.abs(r.z - tiny_training.z).max() <= 1e-4
+    assert np.mean(r.regime == tiny_training.regimes) >= 0.995
+    # truncating the future does not change the past
+    cut = model.run_series(series.values[: r.offset + 300])
+    assert np.array_equal(cut.regime, r.regime[:300])
+
+
+def test_same_seed_same_model(tiny_training, tmp_path):
+    from tests_helpers import tiny_again
+
+    again = tiny_again(tmp_path)
+    a, b = tiny_training.manifest, again.manifest
+    assert a["model_version"] == b["model_version"]
+    for key in ("regimes", "feature_scaler", "embedding_scaler", "centroids"):
+        assert a["hashes"][key] == b["hashes"][key], key
+    assert np.array_equal(tiny_training.regimes, again.regimes)
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown option 'encoder.widht'"):
+        load_config(None, {"encoder.widht": 3})
+    with pytest.raises(ValueError, match="forecaster.name must be one of"):
+        load_config(None, {"forecaster.name": "lstm"})
+    p = tmp_path / "c.yaml"
+    p.write_text("encoder:\n  epochs: 3\nforecaster:\n  name: stratum_attn\n")
+    cfg = load_config(p)
+    assert cfg.encoder.epochs == 3 and cfg.forecaster.name == "stratum_attn" and cfg.window_size == 30
