@@ -28,7 +28,7 @@ class EncoderConfig:
     encoding_method: str = "sinusoidal"   # learnable | sinusoidal
     encoding_style: str = "interleaved"   # interleaved | stacked (sinusoidal only)
     mask_ratio: float = 0.15              # share of time steps hidden during masked-window pretraining
-    epochs: int = 8
+    epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 1e-3
 
