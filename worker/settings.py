@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -23,7 +23,7 @@ class SettingsError(ValueError):
     """A setting that cannot be parsed; the message names the variable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     # Kafka
     broker_url: str = "kafka://127.0.0.1:9092"
@@ -34,7 +34,7 @@ class Settings:
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     kafka_sasl_mechanism: str = "PLAIN"         # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     kafka_sasl_username: str = ""
-    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_sasl_password: str = ""
     kafka_ssl_cafile: str = ""
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
@@ -45,7 +45,7 @@ class Settings:
     commit_interval: float = 1.0
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: str = field(default="", repr=False)
+    redis_password: str = ""
     redis_tls: bool = False
     redis_tls_cafile: str = ""
     redis_retry_max_seconds: float = 5.0  # back-off cap while Redis is unreachable
@@ -67,6 +67,9 @@ class Settings:
     ood_quantile: str = "q99"
     symbol_label_limit: int = 64  # regimetry_current_regime{symbol} series at most
     log_level: str = "info"
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
 
     def redacted(self) -> dict[str, Any]:
         """All settings with secrets masked: safe for logs."""

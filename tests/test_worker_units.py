@@ -1,0 +1,111 @@
+"""Worker parts that need no broker: validation reasons, settings, event ids and schema, drift arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from fixtures_stack import schema_validator
+from worker.drift import DriftMonitor
+from worker.events import Profiles, build_event, dead_letter, encode, event_id
+from worker.settings import Settings, SettingsError, load_settings
+from worker.validate import Bar, BarValidator, Rejection
+
+GOOD = {"symbol": "EURUSD", "time": 1_700_000_000, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.15, "volume": 10}
+
+
+def msg(**changes) -> bytes:
+    return json.dumps({**GOOD, **changes}).encode()
+
+
+@pytest.fixture(scope="module")
+def validator() -> BarValidator:
+    return BarValidator(max_payload_bytes=512, allowed_symbols=("EURUSD",), clock=lambda: 1_700_000_000.0)
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"{", "malformed_json"),
+    (b"\xff", "malformed_json"),
+    (None, "malformed_json"),
+    (b"[1, 2]", "schema_violation"),
+    (msg(volume=-1), "schema_violation"),
+    (msg(time=-5), "schema_violation"),
+    (msg(time=1.5), "schema_violation"),
+    (msg(open=True), "schema_violation"),
+    (msg(symbol="EUR{USD}"), "schema_violation"),
+    (msg(open=10 ** 40), "schema_violation"),
+    (msg(open=float("nan")), "non_finite"),
+    (msg(volume=float("inf")), "non_finite"),
+    (msg(low=0), "non_positive_price"),
+    (msg(high=0.9), "high_below_low"),
+    (msg(open=1.3, high=1.25), "ohlc_out_of_range"),
+    (msg(time=1_800_000_000), "time_in_future"),
+    (json.dumps({**GOOD, "note": "x" * 600}).encode(), "payload_too_large"),
+])
+def test_rejections_carry_the_specific_reason(validator, value, reason):
+    out = validator.check(b"EURUSD", value)
+    assert isinstance(out, Rejection) and out.reason.value == reason, out
+
+
+def test_key_and_allow_list(validator):
+    assert validator.check(b"GBPUSD", msg()).reason.value == "key_mismatch"
+    assert validator.check(b"GBPUSD", msg(symbol="GBPUSD")).reason.value == "unknown_symbol"
+    assert validator.check(None, msg()) == Bar("EURUSD", 1_700_000_000, 1.1, 1.2, 1.0, 1.15, 10.0)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=600), st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(list(GOOD) + ["x"]), inner, max_size=8),
+    max_leaves=20).map(lambda v: json.dumps(v).encode())))
+def test_validator_never_raises(value):
+    out = BarValidator(max_payload_bytes=512).check(b"EURUSD", value)
+    assert isinstance(out, (Bar, Rejection))
+
+
+def test_settings_env_file_and_secrets(tmp_path):
+    f = tmp_path / "worker.yaml"
+    f.write_text("batch_size: 64\nredis_password: s3cret\n")
+    s = load_settings({"REGIMETRY_SETTINGS": str(f), "REGIMETRY_BATCH_SIZE": "128",
+                       "REGIMETRY_REDIS_URL": "redis://:pw@127.0.0.1:6379/0", "REGIMETRY_ALLOWED_SYMBOLS": "A, B"})
+    assert s.batch_size == 128 and s.redis_password == "s3cret" and s.allowed_symbols == ("A", "B")
+    shown = repr(s) + json.dumps(s.redacted())
+    assert "s3cret" not in shown and ":pw@" not in shown
+    with pytest.raises(SettingsError, match="REGIMETRY_BATCH_SIZE"):
+        load_settings({"REGIMETRY_BATCH_SIZE": "many"})
+    assert Settings().session_timeout <= 10
+
+
+def test_event_is_deterministic_and_valid():
+    profiles = Profiles((0.9, 0.8, 0.7), (20.0, 10.0, 5.0))
+    a = build_event("EURUSD", 1_700_000_000, "v1", np.array([0.1, 0.7, 0.2]), 0, np.array([0.2, 0.2, 0.6]),
+                    1.5, 4.0, profiles, emitted_at=1.0)
+    assert a["event_id"] == event_id("EURUSD", 1_700_000_000, "v1") != event_id("EURUSD", 1_700_000_000, "v2")
+    assert a["regime"]["id"] == 1 and a["regime_changed"] and a["previous_regime"] == 0
+    assert a["predicted"]["regime"] == 2 and not a["ood"] and a["profile"]["stickiness"] == 0.8
+    schema_validator("regime_event.schema.json").validate(json.loads(encode(a)))
+    b = build_event("EURUSD", 1_700_000_000, "v1", np.array([0.1, 0.7, 0.2]), 1, None, 9.0, 4.0, profiles)
+    assert b["predicted"] is None and b["previous_regime"] is None and not b["regime_changed"] and b["ood"]
+    schema_validator("regime_event.schema.json").validate(b)
+    d = json.loads(dead_letter("malformed_json", "x", b"\xff" * 100, None, "bars", 0, 7, limit=10))
+    assert d["raw_truncated"] and d["raw_bytes"] == 100 and d["source"]["offset"] == 7
+    schema_validator("dlq.schema.json").validate(d)
+
+
+def test_drift_follows_the_horizon():
+    baseline = {"cluster_distribution": [0.5, 0.5], "transition_matrix": [[0.9, 0.1], [0.1, 0.9]]}
+    mon = DriftMonitor(baseline, 2, horizon=100, ood_threshold=3.0)
+    for i in range(100):
+        mon.observe(i % 2, 0.9, 1.0, None, None)
+    calm = mon.snapshot()
+    assert calm.psi < 1e-9 and calm.js < 1e-9 and calm.ood_share == 0 and math.isnan(calm.hit_rate)
+    prev = 0
+    for _ in range(100):
+        mon.observe(0, 0.5, 5.0, prev, 1)
+    shifted = mon.snapshot()
+    assert shifted.psi > 1 and shifted.js > 0.3 and shifted.ood_share == 1.0 and shifted.hit_rate == 0.0
+    assert shifted.transition_shift > 0 and shifted.mean_confidence == 0.5
