@@ -45,7 +45,7 @@ def interleave(*streams: list) -> list:
 def producer(bootstrap: str, **kwargs):
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1, **kwargs)
+    return KafkaProducer(bootstrap_servers=bootstrap, **{"linger_ms": 5, "acks": 1, **kwargs})
 
 
 def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]], prod=None) -> int:

@@ -35,6 +35,8 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
             value = check()
             if value:
                 return value
+        except StackError:  # the component died: waiting longer cannot help
+            raise
         except Exception as exc:  # the component is not up yet: keep polling until the deadline
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -110,6 +112,8 @@ def _await(process: Process, check: Callable[[], bool], timeout: float, what: st
 
     try:
         wait_until(ready, timeout, f"{process.name}: {what}")
+    except StackError:
+        raise
     except TimeoutError as exc:
         process.stop()
         raise process.fail(str(exc)) from None

@@ -1,0 +1,187 @@
+"""Worker benchmark on the embedded stack (Tansu + Redis + one `python -m worker` process).
+
+Prints: worker start-up time; sustained end-to-end bars/s (N bars for M symbols pushed as fast as the
+producer can, timed until the worker has delivered every event); bar-to-event latency p50/p99 at a fixed
+offered rate; worker RSS; the pure batched ONNX Runtime rate of the same bundle (encoder + forecaster +
+kNN classifier on in-memory windows, same thread count) and the ratio end-to-end / pure inference.
+
+    python benchmarks/bench_worker.py --symbols 20 --bars 2500 --rate 1000 --seconds 10
+
+This is a measurement script, not a test: numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from regimetry.bundle import resolve_bundle_dir
+from regimetry.feed import interleave, producer, series_messages
+from regimetry.inference import RegimeModel
+from regimetry.stack import metric_value, metrics_text, start_stack, start_worker, wait_until
+from regimetry.synthetic import generate_bars
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MiB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        fields[k] = v.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def make_messages(prefix: str, symbols: int, bars: int, seed: int) -> list[tuple[bytes, bytes]]:
+    streams = []
+    for i in range(symbols):
+        b = generate_bars(n_bars=bars, seed=seed + i, symbol=f"{prefix}{i:03d}").bars
+        streams.append(series_messages(b.symbol, b.times, b.values))
+    return interleave(*streams)
+
+
+def emitted(port: int) -> float:
+    return metric_value(metrics_text(port), "regimetry_events_emitted_total") or 0.0
+
+
+def throughput(stack, worker, msgs, n_events: int, timeout: float) -> float:
+    """Bars/s from the first send until the worker has delivered every event of these bars."""
+    before = emitted(worker.port)
+    prod = producer(stack.bootstrap, batch_size=262_144, linger_ms=20)
+    t0 = time.perf_counter()
+    for key, value in msgs:
+        prod.send("bars", key=key, value=value)
+    prod.flush()
+    wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "all events delivered", interval=0.02)
+    elapsed = time.perf_counter() - t0
+    prod.close()
+    return len(msgs) / elapsed
+
+
+def latency(stack, worker, msgs, rate: float, history: int, symbols: int, timeout: float) -> dict:
+    """Send at a fixed rate; latency = event CreateTime (worker send) - bar CreateTime (our send)."""
+    from kafka import KafkaConsumer
+
+    sent: dict[tuple[str, int], float] = {}
+    prod = producer(stack.bootstrap, linger_ms=0)
+    consumer = KafkaConsumer("regime-events", bootstrap_servers=stack.bootstrap, auto_offset_reset="latest",
+                             enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
+    consumer.poll(timeout_ms=500)  # join and position at the end before sending
+    wait_until(lambda: consumer.assignment(), 10, "latency consumer assigned")
+    lat: list[float] = []
+    want = {f"LAT{i:03d}" for i in range(symbols)}
+
+    def send() -> None:
+        t0 = time.perf_counter()
+        for i, (key, value) in enumerate(msgs):
+            due = t0 + i / rate
+            while time.perf_counter() < due:
+                time.sleep(min(0.001, due - time.perf_counter()) if due > time.perf_counter() else 0)
+            doc = json.loads(value)
+            sent[(doc["symbol"], doc["time"])] = time.time()
+            prod.send("bars", key=key, value=value, timestamp_ms=int(time.time() * 1000))
+        prod.flush()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    expected = len(msgs) - symbols * (history - 1)
+    deadline = time.monotonic() + timeout
+    while len(lat) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=50).values():
+            for r in batch:
+                e = json.loads(r.value)
+                if e["symbol"] in want and (e["symbol"], e["bar_time"]) in sent:
+                    lat.append(r.timestamp / 1000.0 - sent[(e["symbol"], e["bar_time"])])
+    sender.join()
+    consumer.close()
+    prod.close()
+    a = np.asarray(lat)
+    return {"events": len(a), "expected": expected, "p50_ms": float(np.percentile(a, 50) * 1e3),
+            "p99_ms": float(np.percentile(a, 99) * 1e3), "max_ms": float(a.max() * 1e3)}
+
+
+def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
+    """Bars/s of encoder + forecaster + classifier on precomputed windows and embedding histories."""
+    model = RegimeModel(bundle, threads=threads)
+    b = model.bundle
+    bars = generate_bars(n_bars=n + b.history_bars, seed=5).bars.values
+    feats = b.scaler.transform(__import__("regimetry.features", fromlist=["compute_features"]).compute_features(bars, b.spec))
+    wins = np.lib.stride_tricks.sliding_window_view(feats, b.window_size, axis=0).transpose(0, 2, 1)[:n]
+    wins = np.ascontiguousarray(wins, np.float32)
+    z_hist = np.ascontiguousarray(np.random.default_rng(0).standard_normal((batch, b.input_length, b.manifest["embedding_dim"])), np.float32)
+    model.classify(model.forecast(z_hist))  # warm-up
+    model.embed(wins[:batch])
+    t0 = time.perf_counter()
+    done = 0
+    for i in range(0, len(wins) - batch + 1, batch):
+        z = model.embed(wins[i:i + batch])
+        model.classify(z)
+        model.ood(z)
+        model.classify(model.forecast(z_hist))
+        done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--bundle", default="exported_models")
+    ap.add_argument("--symbols", type=int, default=20)
+    ap.add_argument("--bars", type=int, default=2500, help="bars per symbol for the throughput run")
+    ap.add_argument("--rate", type=float, default=1000.0, help="offered bars/s for the latency run")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--within", type=float, default=0.02)
+    ap.add_argument("--ort-threads", type=int, default=1)
+    args = ap.parse_args()
+
+    bundle = resolve_bundle_dir(args.bundle).resolve()
+    history = RegimeModel(bundle).bundle.history_bars
+    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    print(f"bundle {bundle.name}, history {history} bars; workdir {work}")
+    with start_stack(work, {"bars": 4, "regime-events": 4, "bars-dlq": 1}) as stack:
+        t0 = time.perf_counter()
+        worker = start_worker(stack, work, bundle=str(bundle), batch_size=args.batch_size,
+                              batch_within=args.within, ort_threads=args.ort_threads,
+                              dedupe_window=history, log_level="warning")
+        startup = time.perf_counter() - t0
+        print(f"worker start-up (spawn -> ready): {startup:.1f} s")
+
+        warm = make_messages("WARM", 4, history + 200, seed=900)
+        throughput(stack, worker, warm, len(warm) - 4 * (history - 1), 120)
+
+        msgs = make_messages("TPUT", args.symbols, args.bars, seed=1000)
+        n_events = len(msgs) - args.symbols * (history - 1)
+        rate = throughput(stack, worker, msgs, n_events, 600)
+        print(f"sustained end to end: {rate:,.0f} bars/s ({len(msgs):,} bars, {args.symbols} symbols, "
+              f"{n_events:,} events)")
+        rss, peak = rss_mb(worker.pid)
+        text = metrics_text(worker.port)
+        batches = metric_value(text, "regimetry_batch_size_count")
+        bars_in = metric_value(text, "regimetry_bars_consumed_total")
+        infer = metric_value(text, "regimetry_inference_latency_seconds_sum")
+        batch_sum = metric_value(text, "regimetry_batch_latency_seconds_sum")
+        print(f"worker: {bars_in:,.0f} bars in {batches:,.0f} batches (mean {bars_in / batches:.0f}); "
+              f"inference {infer:.1f} s of {batch_sum:.1f} s in batch handling")
+
+        n_lat = int(args.rate * args.seconds)
+        lat_symbols = max(1, min(args.symbols, n_lat // (history + 50)))
+        lat_msgs = make_messages("LAT", lat_symbols, n_lat // lat_symbols, seed=2000)
+        lat = latency(stack, worker, lat_msgs, args.rate, history, lat_symbols, args.seconds + 60)
+        print(f"latency at {args.rate:,.0f} bars/s offered ({lat['events']}/{lat['expected']} events): "
+              f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
+        rss, peak = rss_mb(worker.pid)
+        print(f"worker RSS: {rss:.0f} MiB (peak {peak:.0f} MiB)")
+        worker.stop()
+
+    pure = pure_inference(bundle, args.ort_threads, 20_000, args.batch_size)
+    print(f"pure batched ONNX Runtime ({args.ort_threads} thread(s), batch {args.batch_size}): {pure:,.0f} bars/s")
+    print(f"ratio end-to-end / pure inference: {rate / pure:.2f}")
+
+
+if __name__ == "__main__":
+    main()
