@@ -34,7 +34,10 @@ def row_entropy(p: np.ndarray) -> np.ndarray:
 
 
 def stationary_distribution(p: np.ndarray) -> np.ndarray:
-    """pi with pi P = pi, sum pi = 1: the left eigenvector of P for eigenvalue 1."""
+    """pi with pi P = pi, sum_i pi_i = 1: the left eigenvector of P for the eigenvalue closest to 1.
+
+    The long-run share of time in each regime implied by the transition matrix alone; for a chain with one
+    closed class it is unique (for a reducible chain, one of the stationary vectors is returned)."""
     vals, vecs = np.linalg.eig(np.asarray(p, dtype=np.float64).T)
     v = np.real(vecs[:, np.argmin(np.abs(vals - 1.0))])
     v = np.abs(v)
@@ -42,12 +45,21 @@ def stationary_distribution(p: np.ndarray) -> np.ndarray:
 
 
 def entropy_rate(p: np.ndarray) -> float:
-    """Stationary entropy rate H = sum_i pi_i H_i (nats per step)."""
+    """Stationary entropy rate H = sum_i pi_i H_i (nats per step): the average surprise of the next regime."""
     return float(stationary_distribution(p) @ row_entropy(p))
 
 
+def stationary_entropy(p: np.ndarray) -> float:
+    """H(pi) = -sum_i pi_i log pi_i (nats) of the stationary distribution: how evenly the chain spreads its
+    time over the regimes in the long run (log K at most)."""
+    pi = stationary_distribution(p)
+    return float(-(np.where(pi > 0, pi * np.log(np.maximum(pi, _EPS)), 0.0)).sum())
+
+
 def stickiness(p: np.ndarray) -> float:
-    """Mean self-transition probability (1/K) sum_i P_ii."""
+    """Mean self-transition probability (1/K) sum_i P_ii (1 = regimes never change).
+
+    For a regime with self-transition p the expected run length is 1 / (1 - p) steps (geometric durations)."""
     return float(np.mean(np.diag(p)))
 
 
@@ -63,7 +75,7 @@ def run_lengths(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mean_durations(labels: np.ndarray, n_states: int) -> np.ndarray:
-    """Mean run length of each regime, in steps (0 for a regime that never occurs)."""
+    """Mean run length of each regime, in steps: D_k = (steps labelled k) / (runs of k); 0 if k never occurs."""
     reg, length = run_lengths(labels)
     out = np.zeros(n_states)
     for k in range(n_states):
@@ -79,21 +91,29 @@ def mean_duration(labels: np.ndarray) -> float:
 
 
 def shares(labels: np.ndarray, n_states: int) -> np.ndarray:
-    """Fraction of steps in each regime."""
+    """Fraction of steps in each regime: s_k = #{t : s_t = k} / n (all zero for an empty sequence)."""
     labels = np.asarray(labels, dtype=np.int64)
     c = np.bincount(labels, minlength=n_states).astype(np.float64)
     return c / max(c.sum(), 1.0)
 
 
 def balance(labels: np.ndarray, n_states: int) -> dict:
-    """Normalised share entropy H(shares)/log K (1 = perfectly balanced) and the smallest share."""
+    """Normalised share entropy -sum_k s_k log s_k / log K (1 = perfectly balanced, 0 = one regime only)
+    and the smallest share min_k s_k (0 when a regime is never used)."""
     s = shares(labels, n_states)
     h = float(-(np.where(s > 0, s * np.log(np.maximum(s, _EPS)), 0.0)).sum())
     return {"share_entropy": h / np.log(n_states) if n_states > 1 else 1.0, "min_share": float(s.min())}
 
 
 def separation(embeddings: np.ndarray, labels: np.ndarray, sample: int = 3000, seed: int = 0) -> dict:
-    """Silhouette (higher is better, in [-1, 1]) and Davies-Bouldin (lower is better) from scikit-learn."""
+    """How well the regimes separate in embedding space, from scikit-learn (Euclidean distances).
+
+    Silhouette: mean over points of (b - a) / max(a, b), a = mean distance to the point's own regime,
+    b = mean distance to the nearest other regime; in [-1, 1], higher is better. Computed on a seeded
+    random sample of at most ``sample`` points because it costs O(n^2).
+    Davies-Bouldin: (1/K) sum_i max_{j != i} (S_i + S_j) / d(c_i, c_j), S_i = mean distance of regime i's
+    points to its centroid c_i; >= 0, lower is better. Computed on all points (it is O(n K)).
+    Both are NaN when fewer than two regimes occur."""
     from sklearn.metrics import davies_bouldin_score, silhouette_score
 
     labels = np.asarray(labels)
@@ -131,6 +151,13 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
 def transition_shift(p: np.ndarray, baseline: np.ndarray) -> float:
     """Mean total-variation distance between matching rows: (1/K) sum_i (1/2) sum_j |P_ij - B_ij|."""
     return float(0.5 * np.abs(np.asarray(p) - np.asarray(baseline)).sum(1).mean())
+
+
+def change_points(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(index t, regime before, regime after) for every step where s_t != s_{t-1}: the regime changes."""
+    labels = np.asarray(labels)
+    idx = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+    return idx, labels[idx - 1], labels[idx]
 
 
 def regime_profiles(labels: np.ndarray, n_states: int, returns: np.ndarray | None = None) -> list[dict]:
