@@ -23,6 +23,9 @@ from regimetry.features import FeatureSpec
 from trainer.config import TrainConfig, dump_config
 
 Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
+# Refresh hook: (clustering, standardised embeddings of every window, their end times) -> (the clustering with
+# its regime ids renumbered, a JSON-able record of how) -- see trainer/alignment.py.
+Align = Callable[..., tuple]
 
 
 def _quiet(stage: str, step: int, total: int, msg: str = "") -> None:
@@ -31,7 +34,7 @@ def _quiet(stage: str, step: int, total: int, msg: str = "") -> None:
 
 @dataclass
 class TrainResult:
-    bundle_dir: Path
+    bundle_dir: Path | None                      # None when trained with write_bundle=False
     manifest: dict
     summary: dict
     regimes: np.ndarray = field(repr=False)      # classifier regime of every window (train + held out)
@@ -87,8 +90,12 @@ def model_version(cfg: TrainConfig, series: BarSeries) -> str:
 
 
 def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,
-          planted: np.ndarray | None = None) -> TrainResult:
-    """Run the whole pipeline and write the bundle; returns where it is and what it scored."""
+          planted: np.ndarray | None = None, write_bundle: bool = True, align: Align | None = None) -> TrainResult:
+    """Run the whole pipeline and write the bundle; returns where it is and what it scored.
+
+    write_bundle=False stops after evaluation (nothing written): the configuration search only needs the scores.
+    align, if given, renumbers the regime ids right after clustering, so every later array and the manifest
+    use the aligned ids; its record goes into manifest["alignment"]."""
     set_seed(cfg.seed)
     from trainer import clustering, encoder as enc, evaluate, export, forecaster as fc
     from trainer.windows import build_windows
@@ -115,6 +122,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     vol_key = np.array([log_ret[max(0, i - cfg.window_size + 1): i + 1].std() for i in ws.end_index[: ws.n_train]])
     cl = clustering.fit_clustering(raw[: ws.n_train], vol_key, cfg.clustering, cfg.seed)
     z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
+    alignment = None
+    if align is not None:
+        cl, alignment = align(cl, z, ws.end_time)
     proba = cl.classifier.predict_proba(z)
     regimes = proba.argmax(1)
     progress("clustering", 1, 1, f"train agreement classifier/spectral {np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}")
@@ -158,6 +168,8 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         summary["planted_regimes"] = evaluate.planted_recovery(regimes, planted[ws.end_index], hmm_x[ws.end_index],
                                                                k, cfg.seed)
     progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
+    if not write_bundle:
+        return TrainResult(None, {}, summary, regimes, ws.end_time, z)
 
     # -- export ------------------------------------------------------------------------------------------
     version = model_version(cfg, series)
@@ -217,7 +229,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
             "embedding_scaler": sha256_json({"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()}),
             "centroids": sha256_json(cl.centroids.tolist()),
         },
-        "alignment": None,
+        "alignment": alignment,
         "libraries": library_versions(),
         "data": {"source": cfg.data, "symbol": series.symbol, "n_bars": len(series),
                  "start": int(series.times[0]), "end": int(series.times[-1]),
