@@ -21,9 +21,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 OHLCV = ("open", "high", "low", "close", "volume")
-FEATURE_CODE_VERSION = 1  # bump whenever the arithmetic below changes; it is part of the spec hash
+FEATURE_CODE_VERSION = 2  # bump whenever the arithmetic below changes; it is part of the spec hash
 
 _EPS = 1e-12
+_TINY = 1e-6  # floor inside logs of ranges/volatility: a flat bar (high == low) stays finite
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,16 @@ class FeatureSpec:
             (
                 "log_return",
                 "log_range",
-                "body",
-                "upper_shadow",
-                "lower_shadow",
+                "body_share",
+                "upper_shadow_share",
+                "lower_shadow_share",
                 f"momentum_{self.momentum}",
-                f"atr_{self.atr}",
+                f"log_atr_{self.atr}",
                 f"rsi_{self.rsi}",
                 "macd_hist",
-                f"volatility_{self.volatility}",
+                f"log_volatility_{self.volatility}",
                 f"volume_z_{self.volume}",
+                f"log_volume_{self.volume}",
                 "volatility_ratio",
             ),
         )
@@ -133,15 +135,19 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     lo, lh, ll = np.log(o), np.log(h), np.log(l)
 
     ret = lc[..., 1:] - lc[..., :-1]                                   # bars 1..T-1
-    log_range = lh - ll
-    body = lc - lo
-    upper = lh - np.maximum(lo, lc)
-    lower = np.minimum(lo, lc) - ll
+    # Volatility-like quantities are positive and heavy-tailed: logs make "twice as volatile" one step.
+    spread = lh - ll
+    log_range = np.log(spread + _TINY)
+    # Candle shape as shares of the bar's range: scale-free, so comparable across symbols and regimes.
+    inv = np.where(spread > _EPS, 1.0 / np.maximum(spread, _EPS), 0.0)
+    body = (lc - lo) * inv
+    upper = (lh - np.maximum(lo, lc)) * inv
+    lower = (np.minimum(lo, lc) - ll) * inv
     momentum = lc[..., spec.momentum:] - lc[..., :-spec.momentum]
 
     prev_c = c[..., :-1]
     true_range = np.maximum(h[..., 1:], prev_c) - np.minimum(l[..., 1:], prev_c)
-    atr = _rolling(true_range, spec.atr).mean(-1) / c[..., spec.atr:]
+    atr = np.log(_rolling(true_range, spec.atr).mean(-1) / c[..., spec.atr:] + _TINY)
 
     gains = _rolling(np.maximum(ret, 0.0), spec.rsi).mean(-1)
     losses = _rolling(np.maximum(-ret, 0.0), spec.rsi).mean(-1)
@@ -159,13 +165,16 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     vol_long = _rolling(ret, 2 * spec.volatility).std(-1)
     vol_s, vol_l = _align([vol, vol_long])
     vol_ratio = np.log((vol_s + _EPS) / (vol_l + _EPS))
+    log_vol = np.log(vol + _TINY)
 
     lv = np.log1p(np.maximum(v, 0.0))
     win = _rolling(lv, spec.volume)
     sd = win.std(-1)
     volume_z = np.where(sd > _EPS, (lv[..., spec.volume - 1:] - win.mean(-1)) / np.maximum(sd, _EPS), 0.0)
+    volume_level = win.mean(-1)
 
-    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, vol, volume_z, vol_ratio])
+    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z,
+                   volume_level, vol_ratio])
     n_out = t - spec.lookback + 1
     return np.stack([col[..., col.shape[-1] - n_out:] for col in cols], axis=-1)
 

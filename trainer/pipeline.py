@@ -163,10 +163,10 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         },
     }
     if planted is not None:
-        hmm_x = np.stack([log_ret, np.log(series.values[:, 1] / series.values[:, 2]),
-                          (series.values[:, 4] - series.values[:, 4].mean()) / series.values[:, 4].std()], 1)
+        v = series.values
+        hmm_x = np.stack([log_ret, np.log(np.log(v[:, 1] / v[:, 2]) + 1e-6), np.log1p(v[:, 4])], 1)
         summary["planted_regimes"] = evaluate.planted_recovery(regimes, planted[ws.end_index], hmm_x[ws.end_index],
-                                                               k, cfg.seed)
+                                                               k, cfg.seed, fit_rows=ws.n_train)
     progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
     if not write_bundle:
         return TrainResult(None, {}, summary, regimes, ws.end_time, z)
