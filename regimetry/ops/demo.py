@@ -1,0 +1,228 @@
+"""`regimetry demo`: the whole live path on one machine with nothing but this repository installed.
+
+Starts the embedded Tansu broker and Redis (regimetry.stack), a worker process serving the committed bundle,
+replays the EURUSD sample into `bars` (plus three deliberately bad messages so the dead-letter path shows),
+prints regime events as they arrive, and ends with a summary: events, transitions, regime shares against the
+training baseline, the worker's drift gauges, dead letters by reason, and how many live regimes equal the
+batch reference (RegimeModel.run_series on the same bars). Everything started is stopped on the way out,
+including on Ctrl-C, SIGTERM and errors. No Docker, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from regimetry.data import BarSeries
+from regimetry.feed import bar_message
+
+# The bad messages the demo sends after the sample, and the dead-letter reason each must get.
+BAD_BARS_EXPECTED = {"malformed_json": 1, "high_below_low": 1, "out_of_order": 1}
+DRIFT_GAUGES = ("psi", "js", "transition_shift", "hit_rate", "mean_confidence", "ood_share")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    bars: int = 5000
+    bundle: str = "exported_models"
+    source: str = "eurusd"
+    symbol: str = "EURUSD"
+    rate: float | None = None        # bars/s; None = as fast as the worker takes them
+    show: str = "transitions"        # all | transitions | none
+    bad_bars: bool = True
+    timeout: float | None = None     # for the events to arrive; default scales with --bars
+    workdir: Path | None = None
+    keep_workdir: bool = False
+
+
+def bad_messages(series: BarSeries) -> list[tuple[bytes, bytes]]:
+    """Malformed JSON, a bar with high < low, and a bar older than the last one (out of order)."""
+    key = series.symbol.encode()
+    t_last, t_prev = int(series.times[-1]), int(series.times[-2])
+    o, h, l, c, v = (float(x) for x in series.values[-1])
+    return [
+        (key, b'{"symbol": "' + key + b'", "time": '),
+        (key, bar_message(series.symbol, t_last + 3600 * 24 * 365, (o, l * 0.99, h * 1.01, c, v))),
+        (key, bar_message(series.symbol, (t_prev + t_last) // 2 - 1, (o, h, l, c, v))),
+    ]
+
+
+def scrape(port: int) -> dict:
+    """Drift gauges, dead letters by reason and latency figures from the worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from regimetry.stack import metrics_text
+
+    out: dict = {"drift": {}, "dlq": {}}
+    for family in text_string_to_metric_families(metrics_text(port)):
+        for s in family.samples:
+            if s.name.startswith("regimetry_drift_") and s.name[16:] in DRIFT_GAUGES:
+                out["drift"][s.name[16:]] = s.value
+            elif s.name == "regimetry_bars_dead_lettered_total" and s.value:
+                out["dlq"][s.labels["reason"]] = int(s.value)
+            elif s.name in ("regimetry_end_to_end_latency_seconds_sum", "regimetry_end_to_end_latency_seconds_count",
+                            "regimetry_bars_consumed_total", "regimetry_events_emitted_total"):
+                out[s.name] = s.value
+    return out
+
+
+def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent: int, bad: int,
+              seconds: float) -> dict:
+    """The figures printed at the end (and written by --summary-json)."""
+    b = model.bundle
+    k = b.n_clusters
+    live = np.array([e["regime"]["id"] for e in events], dtype=np.int64)
+    ref = model.run_series(series.values)
+    ref_by_time = dict(zip(series.times[ref.offset:].tolist(), ref.regime.tolist()))
+    agree = sum(ref_by_time.get(e["bar_time"]) == e["regime"]["id"] for e in events)
+    lat_n = metrics.get("regimetry_end_to_end_latency_seconds_count") or 0
+    return {
+        "model_version": b.version,
+        "symbol": series.symbol,
+        "bars_sent": sent,
+        "bad_messages_sent": bad,
+        "events": len(events),
+        "expected_events": max(0, len(series) - b.history_bars + 1),
+        "transitions": int(sum(bool(e["regime_changed"]) for e in events)),
+        "ood_events": int(sum(bool(e["ood"]) for e in events)),
+        "regime_shares": {str(i): float(np.mean(live == i)) if len(live) else 0.0 for i in range(k)},
+        "baseline_shares": {str(i): float(p) for i, p in enumerate(b.manifest["baseline"]["cluster_distribution"])},
+        "drift": metrics["drift"],
+        "dlq": metrics["dlq"],
+        "batch_reference_agreement": {"equal": int(agree), "of": len(events)},
+        "mean_end_to_end_latency_seconds": (metrics["regimetry_end_to_end_latency_seconds_sum"] / lat_n) if lat_n else None,
+        "seconds": round(seconds, 3),
+        "events_per_second": round(len(events) / seconds, 1) if seconds > 0 else None,
+    }
+
+
+class _Interrupted(Exception):
+    """Raised in the replay thread when the demo is stopping."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console) -> dict:
+    """Run the demo; returns the summary. Raises TimeoutError if the events do not all arrive in time."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from regimetry.bundle import resolve_bundle_dir
+    from regimetry.feed import Collector, producer
+    from regimetry.inference import RegimeModel
+    from regimetry.ops.events_view import HEADER, Seen, decode, line
+    from regimetry.ops.replay import Pace, load_series, replay
+    from regimetry.stack import start_stack, start_worker
+
+    bundle_dir = resolve_bundle_dir(opts.bundle).resolve()  # the worker runs in the demo workdir
+    model = RegimeModel(bundle_dir)
+    series = load_series([opts.source], [opts.symbol], opts.bars)[0]
+    bad = bad_messages(series) if opts.bad_bars else []
+    expected = max(0, len(series) - model.bundle.history_bars + 1)
+    timeout = opts.timeout or 60.0 + len(series) / 100.0
+    say(f"[bold]regimetry demo[/]: {len(series)} {series.symbol} bars, model {model.bundle.version}")
+
+    workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="regimetry-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    old_handler = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    stack = collector = None
+    stopping = threading.Event()
+    ok = False
+    try:
+        t0 = time.monotonic()
+        stack = start_stack(workdir)
+        say(f"started Tansu (Kafka) on {stack.bootstrap} and Redis on port {stack.redis.port}")
+        worker = start_worker(stack, workdir, bundle=str(bundle_dir), audit_log=str(workdir / "audit.jsonl"))
+        say(f"started worker pid {worker.pid}: metrics on http://127.0.0.1:{worker.port}/metrics "
+            f"(ready in {time.monotonic() - t0:.1f} s)")
+        collector = Collector(stack.bootstrap, "regime-events")
+        prod = producer(stack.bootstrap)
+
+        def send(symbol: str, msg: bytes) -> None:
+            if stopping.is_set():
+                raise _Interrupted
+            prod.send("bars", key=symbol.encode(), value=msg)
+
+        progress = Progress(TextColumn("{task.description:<18}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=progress_console, transient=False)
+        sent_task = progress.add_task("bars -> Kafka", total=len(series) + len(bad))
+        events_task = progress.add_task("events <- worker", total=expected)
+        failure: list[BaseException] = []
+
+        def feed() -> None:
+            try:
+                replay([series], send, Pace(rate=opts.rate),
+                       on_sent=lambda n: progress.update(sent_task, completed=n))
+                for key, value in bad:
+                    prod.send("bars", key=key, value=value)
+                prod.flush()
+                progress.update(sent_task, completed=len(series) + len(bad))
+            except _Interrupted:
+                pass
+            except BaseException as exc:  # surfaced in the main thread
+                failure.append(exc)
+
+        started = time.monotonic()
+        feeder = threading.Thread(target=feed, name="demo-replay", daemon=True)
+        seen, events = Seen(), []
+        with progress:
+            if opts.show != "none":
+                progress.console.print(HEADER, style="bold")
+            feeder.start()
+            deadline = time.monotonic() + timeout
+            while len(events) < expected:
+                if failure:
+                    raise failure[0]
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{len(events)} of {expected} events arrived within {timeout:.0f} s; "
+                                       f"worker log: {worker.log}")
+                before = len(collector.records)
+                collector.poll()
+                for r in collector.records[before:]:
+                    e = decode(r.value)
+                    if e is None or not seen.first_time(e["event_id"]):
+                        continue
+                    events.append(e)
+                    if opts.show == "all" or (opts.show == "transitions" and e["regime_changed"]):
+                        progress.console.print(line(e))
+                progress.update(events_task, completed=len(events))
+            feeder.join(timeout=30)
+        seconds = time.monotonic() - started
+        want_dlq = sum(BAD_BARS_EXPECTED.values()) if bad else 0
+
+        from regimetry.stack import wait_until
+
+        metrics = wait_until(lambda: (lambda m: m if sum(m["dlq"].values()) >= want_dlq else None)(scrape(worker.port)),
+                             30.0, f"{want_dlq} dead letters counted by the worker")
+        prod.close()
+        summary = summarize(events, series, model, metrics, len(series), len(bad), seconds)
+        summary["audit_log"] = [json.loads(x) for x in (workdir / "audit.jsonl").read_text().splitlines()] \
+            if (workdir / "audit.jsonl").exists() else []
+        ok = True
+        return summary
+    except KeyboardInterrupt:
+        stopping.set()
+        say("[yellow]interrupted[/]: stopping everything the demo started")
+        raise
+    finally:
+        stopping.set()
+        if collector is not None:
+            collector.close()
+        if stack is not None:
+            stack.stop()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+        if ok and not opts.keep_workdir and opts.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not ok:
+            say(f"logs kept in {workdir}")

@@ -1,0 +1,95 @@
+"""Reading regime events as a subscriber does: decode, filter, de-duplicate, and render one line per event.
+
+Shared by `regimetry tail`, `regimetry report-events` and the demo so all three show an event the same way.
+De-duplication is on event_id because delivery is at-least-once: a redelivered bar re-emits an event with
+the same id, and a strategy must act on it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from rich.text import Text
+
+REGIME_STYLES = ("green", "yellow", "magenta", "red", "cyan", "blue", "white", "bright_red")
+
+
+def decode(value: bytes | None) -> dict | None:
+    """A regime event, or None for a record that is not a JSON object (a tail must not die on one)."""
+    try:
+        doc = json.loads(value) if value else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and "event_id" in doc else None
+
+
+class Seen:
+    """Bounded memory of event ids: enough to drop redeliveries, which arrive close to the original."""
+
+    def __init__(self, capacity: int = 100_000):
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.capacity = capacity
+
+    def first_time(self, event_id: str) -> bool:
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+def wanted(event: dict, symbols: frozenset[str], transitions_only: bool) -> bool:
+    return (not symbols or event.get("symbol") in symbols) and (not transitions_only or bool(event.get("regime_changed")))
+
+
+def iso(epoch: float | int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+HEADER = f"{'bar time (UTC)':<19}  {'symbol':<10} {'regime':>6} {'conf':>5}  {'from':>4}  {'next':>4} {'p':>5}  {'ood':>6}"
+
+
+def line(event: dict) -> Text:
+    """One aligned row: bar time, symbol, regime and confidence, previous regime on a change, forecast, OOD."""
+    r, pred = event["regime"], event.get("predicted") or {}
+    prev, nxt = event.get("previous_regime"), pred.get("regime")
+    style = f"bold {REGIME_STYLES[r['id'] % len(REGIME_STYLES)]}"
+    return Text.assemble(
+        f"{iso(event['bar_time']):<19}  {event['symbol']:<10} ",
+        (f"{r['id']:>6}", style),
+        f" {r['confidence']:>5.2f}  ",
+        (f"{'<- ' + str(prev) if prev is not None else '':>4}", "bold"),
+        f"  {'' if nxt is None else nxt:>4}",
+        f" {pred['confidence']:>5.2f}" if nxt is not None else f" {'':>5}",
+        (f"  {event.get('ood_score', 0.0):>6.2f}", "bold red" if event.get("ood") else ""),
+    )
+
+
+CSV_COLUMNS = ("event_id", "symbol", "bar_time", "bar_time_utc", "model_version", "regime", "confidence",
+               "regime_changed", "previous_regime", "predicted_regime", "predicted_confidence", "ood_score", "ood",
+               "stickiness", "mean_duration", "emitted_at", "schema_version")
+
+
+def flat(event: dict) -> dict[str, Any]:
+    """The event as one CSV row (probability vectors stay in the JSON export)."""
+    pred = event.get("predicted") or {}
+    prof = event.get("profile") or {}
+    return {
+        "event_id": event["event_id"], "symbol": event["symbol"], "bar_time": event["bar_time"],
+        "bar_time_utc": iso(event["bar_time"]), "model_version": event["model_version"],
+        "regime": event["regime"]["id"], "confidence": event["regime"]["confidence"],
+        "regime_changed": event["regime_changed"], "previous_regime": event.get("previous_regime"),
+        "predicted_regime": pred.get("regime"), "predicted_confidence": pred.get("confidence"),
+        "ood_score": event.get("ood_score"), "ood": event.get("ood"),
+        "stickiness": prof.get("stickiness"), "mean_duration": prof.get("mean_duration"),
+        "emitted_at": event.get("emitted_at"), "schema_version": event.get("schema_version"),
+    }
+
+
+def unique(events: Iterable[dict]) -> list[dict]:
+    seen = Seen(capacity=10**9)
+    return [e for e in events if seen.first_time(e["event_id"])]

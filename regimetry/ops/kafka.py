@@ -1,0 +1,53 @@
+"""kafka-python clients built from the worker's Settings.
+
+One translation of REGIMETRY_BROKER_URL and the SASL/TLS settings into kafka-python keyword arguments, so
+`replay`, `tail`, `report-events` and `topics` authenticate exactly like the worker (which goes through
+Faust/aiokafka with the same settings) and an operator configures a cluster once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from worker.settings import Settings
+
+
+def bootstrap_servers(broker_url: str) -> list[str]:
+    """'kafka://a:9092;kafka://b:9092' or 'a:9092,b:9092' -> ['a:9092', 'b:9092'] (Faust's URL form or Kafka's)."""
+    parts = [p.strip() for p in re.split(r"[;,]", broker_url) if p.strip()]
+    return [re.sub(r"^[a-z]+://", "", p).rstrip("/") for p in parts]
+
+
+def client_config(s: Settings) -> dict[str, Any]:
+    """Connection keyword arguments shared by KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+    protocol = s.kafka_security_protocol.upper()
+    cfg: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(s.broker_url), "security_protocol": protocol}
+    if protocol.startswith("SASL"):
+        cfg.update(sasl_mechanism=s.kafka_sasl_mechanism.upper(), sasl_plain_username=s.kafka_sasl_username,
+                   sasl_plain_password=s.kafka_sasl_password)
+    if "SSL" in protocol:
+        cfg.update(ssl_cafile=s.kafka_ssl_cafile or None, ssl_certfile=s.kafka_ssl_certfile or None,
+                   ssl_keyfile=s.kafka_ssl_keyfile or None, ssl_check_hostname=True)
+    return cfg
+
+
+def producer(s: Settings, **kwargs: Any):
+    """A producer that waits for the leader's ack; small linger so paced replays still go out promptly."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**client_config(s), **{"linger_ms": 5, "acks": 1, **kwargs})
+
+
+def consumer(s: Settings, topic: str | None, from_beginning: bool, group: str | None = None, **kwargs: Any):
+    """A consumer of one topic (or none, for manual assignment); without a group it commits nothing."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(*([topic] if topic else []), **client_config(s), group_id=group, enable_auto_commit=group is not None,
+                         auto_offset_reset="earliest" if from_beginning else "latest", **kwargs)
+
+
+def admin(s: Settings):
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(**client_config(s), request_timeout_ms=10_000)

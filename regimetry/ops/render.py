@@ -1,0 +1,54 @@
+"""Terminal rendering of the demo summary (rich tables), kept apart from the logic that computes it."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_summary(console: Console, s: dict) -> None:
+    top = Table(title=f"regimetry demo: summary ({s['symbol']}, model {s['model_version']})", show_header=False)
+    top.add_column(style="bold")
+    top.add_column(justify="right")
+    agree = s["batch_reference_agreement"]
+    rows = [
+        ("bars sent (+ bad messages)", f"{s['bars_sent']} (+{s['bad_messages_sent']})"),
+        ("regime events (expected)", f"{s['events']} ({s['expected_events']})"),
+        ("regime transitions", s["transitions"]),
+        ("out-of-distribution events", s["ood_events"]),
+        ("live regime == batch reference", f"{agree['equal']} / {agree['of']}"),
+        ("events per second (end to end)", f"{s['events_per_second'] or 0:,.0f}"),
+        ("mean bar-to-event latency (s)", _fmt(s["mean_end_to_end_latency_seconds"])),
+    ]
+    for k, v in rows:
+        top.add_row(k, str(v))
+    console.print(top)
+
+    shares = Table(title="regime shares: live vs training baseline")
+    for col in ("regime", "live", "baseline"):
+        shares.add_column(col, justify="right")
+    for k, live in s["regime_shares"].items():
+        shares.add_row(k, f"{live:.3f}", f"{s['baseline_shares'].get(k, 0.0):.3f}")
+    console.print(shares)
+
+    drift = Table(title="drift gauges (worker /metrics)")
+    drift.add_column("gauge")
+    drift.add_column("value", justify="right")
+    for k, v in s["drift"].items():
+        drift.add_row(k, _fmt(v))
+    console.print(drift)
+
+    dlq = Table(title="dead letters by reason")
+    dlq.add_column("reason")
+    dlq.add_column("count", justify="right")
+    for k, v in sorted(s["dlq"].items()) or [("(none)", 0)]:
+        dlq.add_row(k, str(v))
+    console.print(dlq)
