@@ -46,6 +46,10 @@ class Runtime:
         self.ood_threshold = float(quantiles[settings.ood_quantile])
         self.metrics = WorkerMetrics(b.n_clusters, settings.symbol_label_limit)
         self.metrics.set_model(b.manifest)
+        if settings.audit_log:
+            from regimetry.audit import record_model_load
+
+            record_model_load(settings.audit_log, b.manifest, b.path, group_id=settings.group_id)
         self.drift = DriftMonitor(b.manifest["baseline"], b.n_clusters, settings.drift_horizon, self.ood_threshold)
         self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols,
                                       settings.max_future_seconds)

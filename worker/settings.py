@@ -67,6 +67,7 @@ class Settings:
     ood_quantile: str = "q99"
     symbol_label_limit: int = 64  # regimetry_current_regime{symbol} series at most
     log_level: str = "info"
+    audit_log: str = ""  # JSON-lines audit of model loads and version changes (regimetry.audit); "" = off
 
     def __repr__(self) -> str:
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
