@@ -206,6 +206,7 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
                              30.0, f"{want_dlq} dead letters counted by the worker")
         prod.close()
         summary = summarize(events, series, model, metrics, len(series), len(bad), seconds)
+        summary["processes"] = {"tansu": stack.kafka.pid, "redis": stack.redis.pid, "worker": worker.pid}
         summary["audit_log"] = [json.loads(x) for x in (workdir / "audit.jsonl").read_text().splitlines()] \
             if (workdir / "audit.jsonl").exists() else []
         ok = True
