@@ -109,3 +109,28 @@ def test_drift_follows_the_horizon():
     shifted = mon.snapshot()
     assert shifted.psi > 1 and shifted.js > 0.3 and shifted.ood_share == 1.0 and shifted.hit_rate == 0.0
     assert shifted.transition_shift > 0 and shifted.mean_confidence == 0.5
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "symbol": st.one_of(st.sampled_from(["EURUSD", "a{b}", "", "X" * 40, "EQ:C"]), st.integers()),
+    "time": st.one_of(st.integers(-10, 5_000_000_000), st.floats(allow_nan=False), st.text(max_size=3)),
+    "open": st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-5, 10 ** 14), st.booleans()),
+    "high": st.floats(allow_nan=False, allow_infinity=False),
+    "low": st.floats(allow_nan=False, allow_infinity=False),
+    "close": st.floats(allow_nan=False, allow_infinity=False),
+    "volume": st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.none()),
+}))
+def test_compiled_schema_agrees_with_jsonschema(doc):
+    """fastjsonschema (the worker's compiled validator) gives jsonschema's verdict on the bar schema."""
+    import fastjsonschema
+
+    from regimetry.bundle import load_schema
+
+    fast = fastjsonschema.compile(load_schema("bar.schema.json"))
+    try:
+        fast(doc)
+        accepted = True
+    except fastjsonschema.JsonSchemaValueException:
+        accepted = False
+    assert accepted == schema_validator("bar.schema.json").is_valid(doc)

@@ -1,5 +1,9 @@
 """`python -m worker`: run one worker process with settings from REGIMETRY_* / REGIMETRY_SETTINGS."""
 
-from worker.app import main
+from worker.threads import pin_math_threads
+
+pin_math_threads()  # before numpy is imported: see worker/threads.py
+
+from worker.app import main  # noqa: E402
 
 raise SystemExit(main())

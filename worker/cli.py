@@ -20,6 +20,9 @@ def worker_cmd(
     """Consume bars from Kafka and emit regime events (at-least-once, state in Redis)."""
     given = {"bundle": bundle, "broker_url": broker, "redis_url": redis, "metrics_port": metrics_port,
              "batch_size": batch_size, "ort_threads": ort_threads}
+    from worker.threads import pin_math_threads
+
+    pin_math_threads()  # takes effect only if numpy is not loaded yet; python -m worker always pins
     for name, value in given.items():
         if value is not None:
             os.environ[f"REGIMETRY_{name.upper()}"] = str(value)

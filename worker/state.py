@@ -26,10 +26,13 @@ import numpy as np
 BAR_DTYPE = np.dtype([("time", ">i8"), ("ohlcv", ">f8", (5,))])
 _TIME = struct.Struct(">q")
 
-# KEYS: bars, emb, events, meta.  ARGV: n_history, then candidate bar times (those <= last_time matter).
-# Returns {meta pairs, last n_history bars, embeddings, oldest bar time or '', lookups [bar, event] per candidate}.
+# KEYS: bars, emb, events, meta.  ARGV: n_history, then candidate bar times.
+# Returns {meta pairs, last n_history bars concatenated, embeddings concatenated, oldest bar time or '',
+# [time, stored bar, stored event] for each candidate at or before last_time (only those can be duplicates)}.
+# Concatenating fixed-size members server-side turns ~100 reply items per symbol into one.
 READ_LUA = """
 local meta = redis.call('HGETALL', KEYS[4])
+local last = tonumber(redis.call('HGET', KEYS[4], 'last_time') or '-1')
 local n = tonumber(ARGV[1])
 local bars = {}
 if n > 0 then bars = redis.call('ZRANGE', KEYS[1], -n, -1) end
@@ -37,11 +40,13 @@ local emb = redis.call('ZRANGE', KEYS[2], 0, -1)
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local lookups = {}
 for i = 2, #ARGV do
-  local b = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
-  local e = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[i], ARGV[i])
-  lookups[#lookups + 1] = {b[1] or '', e[1] or ''}
+  if tonumber(ARGV[i]) <= last then
+    local b = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+    local e = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[i], ARGV[i])
+    lookups[#lookups + 1] = {ARGV[i], b[1] or '', e[1] or ''}
+  end
 end
-return {meta, bars, emb, oldest[2] or '', lookups}
+return {meta, table.concat(bars), table.concat(emb), oldest[2] or '', lookups}
 """
 
 # KEYS: bars, emb, events, meta.
@@ -76,11 +81,11 @@ def pack_bar(time: int, values: tuple[float, ...]) -> bytes:
     return np.array([(time, values)], dtype=BAR_DTYPE).tobytes()
 
 
-def unpack_bars(members: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Packed bar members -> (times int64 (n,), values float64 (n, 5))."""
-    if not members:
+def unpack_bars(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated packed bars -> (times int64 (n,), values float64 (n, 5))."""
+    if not blob:
         return np.zeros(0, np.int64), np.zeros((0, 5), np.float64)
-    arr = np.frombuffer(b"".join(members), dtype=BAR_DTYPE)
+    arr = np.frombuffer(blob, dtype=BAR_DTYPE)
     return arr["time"].astype(np.int64), arr["ohlcv"].astype(np.float64)
 
 
@@ -88,13 +93,13 @@ def pack_embedding(time: int, z: np.ndarray) -> bytes:
     return _TIME.pack(time) + np.ascontiguousarray(z, dtype="<f4").tobytes()
 
 
-def unpack_embeddings(members: list[bytes], dim: int) -> np.ndarray:
-    """Packed embedding members (oldest first) -> (n, dim) float32; members of another size are skipped."""
-    size = 8 + 4 * dim
-    good = [m[8:] for m in members if len(m) == size]
-    if not good:
+def unpack_embeddings(blob: bytes, dim: int) -> np.ndarray:
+    """Concatenated packed embeddings (oldest first) -> (n, dim) float32; a blob of another model's
+    embedding size (which the model-version check should already have excluded) yields none."""
+    record = np.dtype([("time", ">i8"), ("z", "<f4", (dim,))])
+    if not blob or len(blob) % record.itemsize:
         return np.zeros((0, dim), np.float32)
-    return np.frombuffer(b"".join(good), dtype="<f4").reshape(len(good), dim).astype(np.float32)
+    return np.frombuffer(blob, dtype=record)["z"].astype(np.float32)
 
 
 @dataclass
@@ -107,9 +112,9 @@ class SymbolState:
     model_version: str | None
     bar_times: np.ndarray
     bars: np.ndarray
-    emb: list[bytes]
+    emb: bytes                               # concatenated packed embeddings, oldest first
     oldest_time: int | None
-    lookups: dict[int, tuple[bytes, bytes]]  # bar time -> (stored bar member, stored event) or b""
+    lookups: dict[int, tuple[bytes, bytes]]  # bar time <= last_time -> (stored bar, stored event) or b""
 
 
 @dataclass
@@ -185,9 +190,9 @@ class RedisStore:
                 model_version=meta[b"model_version"].decode() if b"model_version" in meta else None,
                 bar_times=times,
                 bars=values,
-                emb=list(emb),
+                emb=emb,
                 oldest_time=int(float(oldest)) if oldest not in (b"", "") else None,
-                lookups={t: (pair[0], pair[1]) for t, pair in zip(candidates[s], lookups)},
+                lookups={int(t): (bar, event) for t, bar, event in lookups},
             )
         return out
 
