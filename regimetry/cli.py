@@ -12,7 +12,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Market regimes: train, search, serve, watch.")
 
 # Modules exposing register(app: typer.Typer); each must stay import-light.
-COMMAND_MODULES = ["trainer.cli", "worker.cli", "regimetry.ops.cli"]
+COMMAND_MODULES = ["trainer.cli", "worker.cli", "regimetry.ops.cli", "trainer.research_cli"]
 
 
 def _register() -> None:

@@ -1,0 +1,141 @@
+"""`regimetry report`: figures and a Markdown report describing the regimes of one configuration.
+
+The regimes come either from an exported bundle run with ONNX Runtime over some bars (exactly what the live
+worker would emit, bar by bar) or from a training config trained without export (a search candidate before
+anyone commits to it). Both reduce to a RegimeView: times, prices, embeddings and regime ids; everything in
+the report is computed from that view alone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from regimetry import diagnostics as dg
+
+
+@dataclass
+class RegimeView:
+    title: str
+    source: str
+    times: np.ndarray            # epoch seconds of each labelled bar (a window's last bar)
+    close: np.ndarray
+    returns: np.ndarray          # log return of that bar
+    regimes: np.ndarray
+    z: np.ndarray                # embeddings in clustering geometry
+    k: int
+    bars_per_step: int = 1       # stride between consecutive labelled bars
+    info: dict = field(default_factory=dict)
+
+
+def log_returns(close: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0.0], np.diff(np.log(close))])
+
+
+def from_bundle(bundle: str | Path, data: str | None = None) -> RegimeView:
+    """Run a bundle over bars (default: the data it was trained on) as the worker would."""
+    from regimetry.data import resolve_data
+    from regimetry.inference import RegimeModel
+
+    model = RegimeModel(bundle)
+    m = model.bundle.manifest
+    source = data or m["data"]["source"]
+    series = resolve_data(source)
+    r = model.run_series(series.values)
+    idx = r.offset + np.arange(len(r.regime))
+    close = series.values[:, 3]
+    return RegimeView(f"{m['model_version']} on {series.symbol}", source, series.times[idx], close[idx],
+                      log_returns(close)[idx], r.regime, r.z, model.bundle.n_clusters, 1,
+                      {"model_version": m["model_version"], "bundle": str(model.bundle.path)})
+
+
+def from_config(cfg) -> RegimeView:
+    """Train a TrainConfig without exporting it and view its regimes on its own training data."""
+    from trainer.pipeline import load_training_data, train
+
+    series, planted = load_training_data(cfg)
+    result = train(cfg, series=series, planted=planted, write_bundle=False)
+    idx = np.searchsorted(series.times, result.end_time)
+    close = series.values[:, 3]
+    return RegimeView(f"{cfg.name} (config, not exported) on {series.symbol}", cfg.data, result.end_time,
+                      close[idx], log_returns(close)[idx], result.regimes, result.z, cfg.clustering.n_clusters,
+                      cfg.stride, {"config_name": cfg.name})
+
+
+def metrics(view: RegimeView, seed: int = 0) -> dict:
+    """The report's metric table (durations in bars)."""
+    k, reg = view.k, view.regimes
+    p = dg.transition_matrix(reg, k)
+    return {
+        "labelled bars": int(len(reg)),
+        **dg.separation(view.z, reg, seed=seed),
+        **dg.balance(reg, k),
+        "stickiness": dg.stickiness(p),
+        "mean duration (bars)": dg.mean_duration(reg) * view.bars_per_step,
+        "entropy rate (nats/step)": dg.entropy_rate(p),
+        "stationary entropy (nats)": dg.stationary_entropy(p),
+    }
+
+
+def umap_available() -> bool:
+    return importlib.util.find_spec("umap") is not None
+
+
+@dataclass
+class ReportFiles:
+    report: Path
+    figures: dict                # name -> PNG path
+
+
+def write_report(view: RegimeView, out_dir: str | Path, max_points: int = 1500, seed: int = 0,
+                 umap: bool | None = None) -> ReportFiles:
+    """All figures plus report.md linking them; UMAP is drawn when umap-learn is installed (or umap=True)."""
+    from trainer import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    k, reg = view.k, view.regimes
+    p = dg.transition_matrix(reg, k)
+    figs: dict[str, Path] = {}
+    sample = plots.evenly(len(reg), max_points)
+    methods = ["t-SNE"] + (["UMAP"] if (umap_available() if umap is None else umap) else [])
+    for method in methods:
+        xy = plots.project_2d(view.z[sample].astype(np.float64), method, seed)
+        name = "embedding_" + method.lower().replace("-", "")
+        figs[name] = plots.embedding_map(xy, reg[sample], k, method, out / f"{name}.png")
+    figs["price_regimes"] = plots.price_bands(view.times, view.close, reg, k, out / "price_regimes.png",
+                                              f"{view.title}: close price with regime bands")
+    figs["transition_matrix"] = plots.transition_heatmap(p, out / "transition_matrix.png")
+    durations = dg.mean_durations(reg, k) * view.bars_per_step
+    figs["regime_shares"] = plots.share_bars(dg.shares(reg, k), durations, out / "regime_shares.png")
+    table = metrics(view, seed)
+    profiles = dg.regime_profiles(reg, k, view.returns)
+    report = out / "report.md"
+    report.write_text(markdown(view, table, profiles, figs, out))
+    return ReportFiles(report, figs)
+
+
+def markdown(view: RegimeView, table: dict, profiles: list[dict], figs: dict, out: Path) -> str:
+    from trainer.locked_profile import iso
+
+    lines = [f"# Regime report: {view.title}", "",
+             f"Data: `{view.source}`, {len(view.regimes)} labelled bars from {iso(view.times[0])} to "
+             f"{iso(view.times[-1])}; {view.k} regimes."]
+    lines += [f"{k}: `{v}`" for k, v in view.info.items()]
+    lines += ["", "## Metrics", "", "| metric | value |", "| --- | ---: |"]
+    lines += [f"| {name} | {v:.4f} |" if isinstance(v, float) else f"| {name} | {v} |" for name, v in table.items()]
+    lines += ["", "Silhouette: higher is better (-1..1). Davies-Bouldin: lower is better. Share entropy: 1 = "
+              "perfectly balanced. Stickiness: mean self-transition probability.", "",
+              "## Regimes", "", "| regime | share | mean duration (bars) | stickiness | mean log return | volatility |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in profiles:
+        lines.append(f"| {p['id']} | {p['share']:.3f} | {p['mean_duration'] * view.bars_per_step:.1f} | "
+                     f"{p['stickiness']:.3f} | {p['mean_return']:.2e} | {p['volatility']:.2e} |")
+    lines += ["", "## Figures", ""]
+    for name, path in figs.items():
+        rel = Path(path).relative_to(out)
+        lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({rel})", ""]
+    return "\n".join(lines) + "\n"

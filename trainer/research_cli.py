@@ -1,0 +1,214 @@
+"""The researcher's commands: `regimetry search`, `report`, `lock` and `refresh`.
+
+Thin wrappers: parse options, call the module that does the work, print. Heavy imports (TensorFlow,
+matplotlib, scikit-learn) happen inside the commands so `regimetry --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from regimetry.console import console, fail
+
+
+def search_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="search.yaml: base profile, grid, output, workers."),
+    workers: Optional[int] = typer.Option(None, help="Candidate processes at once (overrides the file)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (overrides the file)."),
+) -> None:
+    """Train and score every configuration of a grid; rank them; write ranking.csv, shortlist.json and
+    best_config.yaml. Rerun the same command to resume an interrupted search."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from trainer.search import run_search
+    from trainer.search_spec import load_search
+
+    try:
+        spec = load_search(config)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    if workers is not None:
+        spec.workers = workers
+    if output is not None:
+        spec.output = output
+    bar = Progress(TextColumn("[bold]candidates"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console)
+    task = None
+
+    def on_start(todo: int, done: int) -> None:
+        nonlocal task
+        console.print(f"[bold]regimetry search[/] {todo + done} candidates: {done} already finished, {todo} to "
+                      f"train with {spec.workers} worker(s); records in {spec.output / 'candidates'}")
+        task = bar.add_task("", total=todo + done)
+
+    def on_done(record: dict, how: str) -> None:
+        style = {"trained": "green", "skipped": "dim", "failed": "red"}[how]
+        bar.update(task, advance=1, description=f"[{style}]{how}[/] {record['id']} {record['params']}")
+        if how == "failed":
+            console.print(f"[red]candidate {record['id']} failed:[/] {record['error'].splitlines()[0]}")
+
+    with bar:
+        outcome = run_search(spec, on_start, on_done)
+    for bad in outcome.invalid:
+        console.print(f"[yellow]skipped invalid combination[/] {bad['params']}: {bad['error']}")
+    print_ranking(outcome.ranking, spec.shortlist)
+    console.print(f"trained {len(outcome.trained)}, resumed {len(outcome.skipped)}, failed {len(outcome.failed)}; "
+                  f"wrote {spec.output / 'ranking.csv'}, {spec.output / 'shortlist.json'}"
+                  + (f", [bold]{spec.output / 'best_config.yaml'}[/]" if any(r['status'] == 'ok'
+                                                                             for r in outcome.ranking) else ""))
+    if not any(r["status"] == "ok" for r in outcome.ranking):
+        fail("no candidate finished", code=1)
+
+
+def print_ranking(ranking: list[dict], highlight: int) -> None:
+    from rich.table import Table
+
+    if not ranking:
+        return
+    t = Table(title="Candidates ranked by composite score (separation, balance, persistence: trainer/scorecard.py)")
+    params = list(ranking[0]["params"])
+    for col in ["#", "id", *params, "composite", "separation", "balance", "persistence", "silhouette", "DB",
+                "min share", "duration (bars)"]:
+        t.add_column(col, justify="right" if col not in ("id",) else "left")
+    for r in ranking:
+        s, m = r["score"], r["metrics"]
+        if s is None:
+            t.add_row(str(r["rank"]), r["id"], *[str(r["params"][p]) for p in params], "[red]failed[/]")
+            continue
+        t.add_row(str(r["rank"]), r["id"], *[str(r["params"][p]) for p in params], f"{s['composite']:.3f}",
+                  f"{s['separation']:.3f}", f"{s['balance']:.3f}", f"{s['persistence']:.3f}",
+                  f"{m['silhouette']:.3f}", f"{m['davies_bouldin']:.2f}", f"{m['min_share']:.3f}",
+                  f"{m['mean_duration_bars']:.1f}", style="bold green" if r["rank"] == 1 else
+                  ("" if r["rank"] <= highlight else "dim"))
+    console.print(t)
+
+
+def report_cmd(
+    bundle: Optional[Path] = typer.Option(None, help="Bundle folder or models root (default exported_models)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="Report a training config instead (trained without export)."),
+    data: Optional[str] = typer.Option(None, help="Bars for a bundle: 'eurusd', 'synthetic' or a path "
+                                                  "(default: the bundle's training data)."),
+    output: Path = typer.Option(Path("reports"), "--output", "-o", help="Folder for report.md and the PNGs."),
+    max_points: int = typer.Option(1500, help="Embeddings drawn in the t-SNE/UMAP maps (even subsample)."),
+    umap: Optional[bool] = typer.Option(None, "--umap/--no-umap", help="Draw UMAP (default: if installed)."),
+) -> None:
+    """Figures (t-SNE/UMAP of embeddings, price with regime bands, transition matrix, shares) and report.md."""
+    from regimetry.bundle import BundleError
+    from regimetry.data import BarDataError
+    from trainer import report
+
+    if bundle is not None and config is not None:
+        fail("give --bundle or --config, not both")
+    try:
+        if config is not None:
+            from trainer.config import load_config
+
+            with console.status("training the configuration (no export)"):
+                view = report.from_config(load_config(config))
+        else:
+            view = report.from_bundle(bundle or Path("exported_models"), data)
+    except (BundleError, BarDataError, ValueError, OSError) as exc:
+        fail(str(exc))
+    with console.status("drawing figures"):
+        files = report.write_report(view, output, max_points=max_points, umap=umap)
+    for name, path in files.figures.items():
+        console.print(f"  {name}: {path}")
+    console.print(f"[bold green]report written:[/] {files.report}")
+
+
+def lock_cmd(
+    config: Path = typer.Option(Path("best_config.yaml"), "--config", "-c", help="The chosen training config."),
+    data: Optional[str] = typer.Option(None, help="Bars it was chosen on (default: the config's data)."),
+    seed: Optional[int] = typer.Option(None, help="Override the seed."),
+    output: Path = typer.Option(Path("locked_profile.yaml"), "--output", "-o"),
+) -> None:
+    """Freeze a configuration into locked_profile.yaml: config + seed + data range + feature spec hash."""
+    from regimetry.data import BarDataError
+    from trainer import locked_profile
+    from trainer.config import load_config
+    from trainer.pipeline import load_training_data
+
+    overrides = {k: v for k, v in (("data", data), ("seed", seed)) if v is not None}
+    try:
+        cfg = load_config(config, overrides)
+        series, _ = load_training_data(cfg)
+    except (ValueError, OSError, BarDataError) as exc:
+        fail(str(exc))
+    doc = locked_profile.lock(cfg, series)
+    locked_profile.write(doc, output)
+    d = doc["data"]
+    console.print(f"[bold green]locked[/] {output}: seed {doc['seed']}, {d['symbol']} {d['n_bars']} bars "
+                  f"{d['start']} .. {d['end']}, feature spec {doc['feature_spec_hash'][:12]}")
+
+
+def json_logger(log_file: Path | None):
+    """log(event, **fields): one JSON object per line on stdout, appended to ``log_file`` as well."""
+    def log(event: str, **fields) -> None:
+        line = json.dumps({"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "event": event,
+                           **fields}, default=str)
+        print(line, flush=True)
+        if log_file is not None:
+            with open(log_file, "a") as f:
+                f.write(line + "\n")
+    return log
+
+
+def refresh_cmd(
+    profile: Path = typer.Option(..., help="locked_profile.yaml (from `regimetry lock`)."),
+    data: str = typer.Option(..., help="The new bars: CSV/parquet path (or a sample name)."),
+    models: Path = typer.Option(Path("exported_models"), help="Models root holding CURRENT."),
+    previous: Optional[Path] = typer.Option(None, help="Align to this bundle instead of the one CURRENT names."),
+    min_agreement: float = typer.Option(0.9, help="Publish only if at least this share of windows keep their id."),
+    min_windows: int = typer.Option(50, help="Fewest windows labelled by both models to align on labels."),
+    transitions: Optional[Path] = typer.Option(None, help="Transition log (JSON lines; default "
+                                                          "<models>/transitions.jsonl)."),
+    log_file: Optional[Path] = typer.Option(None, "--log", help="Also append the JSON log lines here."),
+) -> None:
+    """Refit the locked profile on new bars, align regime ids to the bundle in force, publish if they agree.
+
+    Exit codes: 0 published or up to date; 2 bad input; 3 flagged (agreement below --min-agreement, bundle
+    written but CURRENT not moved); 4 profile mismatch; 5 training failed. Logs are JSON lines on stdout."""
+    from regimetry.bundle import BundleError
+    from regimetry.data import BarDataError, resolve_data
+    from trainer import locked_profile, refresh as rf
+
+    log = json_logger(log_file)
+
+    def stop(code: int, message: str) -> None:
+        log("error", exit_code=code, message=message)
+        raise typer.Exit(code)
+
+    try:
+        prof = locked_profile.load(profile)
+    except locked_profile.ProfileMismatch as exc:
+        stop(rf.EXIT_PROFILE, str(exc))
+    except locked_profile.ProfileError as exc:
+        stop(rf.EXIT_USAGE, str(exc))
+    try:
+        series = resolve_data(data)
+    except BarDataError as exc:
+        stop(rf.EXIT_USAGE, str(exc))
+    log("start", profile=str(profile), data=data, bars=len(series), symbol=series.symbol, models=str(models))
+    try:
+        outcome = rf.refresh(prof, data, series, models, previous, min_agreement, min_windows,
+                             transitions or models / "transitions.jsonl", log)
+    except locked_profile.ProfileMismatch as exc:
+        stop(rf.EXIT_PROFILE, str(exc))
+    except BundleError as exc:
+        stop(rf.EXIT_USAGE, str(exc))
+    except Exception as exc:  # cron needs a code and a line, not a traceback alone
+        stop(rf.EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+    raise typer.Exit(outcome.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search_cmd)
+    app.command("report")(report_cmd)
+    app.command("lock")(lock_cmd)
+    app.command("refresh")(refresh_cmd)
