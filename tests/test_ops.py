@@ -1,0 +1,233 @@
+"""Operator tools: replay pacing and interleaving, tail, report-events, topic creation, the audit log.
+
+The commands run as real subprocesses (`python -m regimetry.cli ...`) against the session's Tansu broker and
+worker; only the pacing schedule is checked with an injected clock, because waiting out a real 60x replay
+would make the test slow without testing anything more.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from regimetry.data import BarSeries
+from regimetry.ops.replay import Pace, PaceError, merged, replay
+
+TIMEOUT = 90
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "regimetry.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def hourly(symbol: str, start: int, n: int, seed: int = 0) -> BarSeries:
+    from fixtures_stack import series
+
+    s = series(symbol, n, seed=seed)
+    return BarSeries(start + 3600 * np.arange(n, dtype=np.int64), s.values, symbol)
+
+
+# -- pacing and interleaving (pure) ------------------------------------------------------------------------
+def test_pace_parsing():
+    assert Pace.parse("60x", None) == Pace(speed=60.0)
+    assert Pace.parse(None, "200/s") == Pace(rate=200.0)
+    assert Pace.parse("max", None) == Pace() and Pace.parse(None, None) == Pace()
+    for speed, rate in [("60x", "10/s"), ("fast", None), (None, "-3/s"), ("0.0x1", None)]:
+        with pytest.raises(PaceError):
+            Pace.parse(speed, rate)
+
+
+def test_replay_follows_the_schedule_and_interleaves_by_time():
+    a = hourly("A", 0, 4)
+    b = hourly("B", 1800, 3)            # half an hour after each A bar
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(dt: float) -> None:
+        sleeps.append(dt)
+        now[0] += dt
+
+    sent: list[tuple[float, str, int]] = []
+    stats = replay([a, b], lambda sym, msg: sent.append((now[0], sym, json.loads(msg)["time"])), Pace(speed=60.0),
+                   clock=lambda: now[0], sleep=sleep)
+    assert [s for _, s, _ in sent] == ["A", "B", "A", "B", "A", "B", "A"]
+    times = [t for _, _, t in sent]
+    assert times == sorted(times)
+    # 60x: half an hour of bar time per message = 30 s of wall time, measured from the first bar
+    np.testing.assert_allclose([w for w, _, _ in sent], [(t - times[0]) / 60.0 for t in times])
+    assert stats.sent == 7 and stats.per_symbol == {"A": 4, "B": 3}
+
+    now[0], sent[:] = 0.0, []
+    replay([a], lambda sym, msg: sent.append((now[0], sym, 0)), Pace(rate=2.0), clock=lambda: now[0], sleep=sleep)
+    np.testing.assert_allclose([w for w, _, _ in sent], [0.0, 0.5, 1.0, 1.5])
+
+
+def test_merge_keeps_each_symbol_in_order_on_equal_times():
+    a, b = hourly("A", 0, 3), hourly("B", 0, 3)
+    got = [(t, s) for t, s, _ in merged([a, b])]
+    assert got == [(0, "A"), (0, "B"), (3600, "A"), (3600, "B"), (7200, "A"), (7200, "B")]
+
+
+# -- replay against the broker -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_replay_command_produces_interleaved_bars(stack, tmp_path):
+    from regimetry.feed import Collector
+    from regimetry.stack import create_topics
+
+    from regimetry.ops.events_view import iso
+
+    create_topics(stack.bootstrap, {"ops-replay": 1})  # one partition: the global order is observable
+    for name, start in (("a", 0), ("b", 1200)):
+        s = hourly(name, 1_500_000_000 + start, 25, seed=len(name) + start)
+        rows = ["time,open,high,low,close,volume"] + [",".join(map(str, [iso(t), *v])) for t, v in zip(s.times, s.values)]
+        (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    r = run_cli("replay", "--csv", str(tmp_path / "a.csv"), "--csv", str(tmp_path / "b.csv"), "--symbol", "RA",
+                "--symbol", "RB", "--rate", "500/s", "--max", "20", "--topic", "ops-replay",
+                "--broker", f"kafka://{stack.bootstrap}")
+    assert r.returncode == 0, r.stderr
+    assert "sent 40 bars" in r.stderr
+    col = Collector(stack.bootstrap, "ops-replay")
+    try:
+        got = col.wait_for(lambda v: len(v) >= 40, TIMEOUT, "40 replayed bars")
+        keys = [rec.key for rec in col.records]
+    finally:
+        col.close()
+    assert len(got) == 40
+    assert [g["time"] for g in got] == sorted(g["time"] for g in got)
+    assert keys == [g["symbol"].encode() for g in got]
+    assert [g["symbol"] for g in got[:4]] == ["RA", "RB", "RA", "RB"]
+
+
+@pytest.mark.slow
+def test_replay_refuses_bad_arguments():
+    r = run_cli("replay", "--sample", "synthetic", "--speed", "60x", "--rate", "5/s")
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = run_cli("replay")
+    assert r.returncode == 2 and "--csv" in r.stderr
+
+
+# -- tail and report-events on the worker's events ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def t35_events(stack, worker, model):
+    """Events of symbol T35 (its bars sent twice: the second time the worker re-emits the same ids)."""
+    from fixtures_stack import series
+    from regimetry.feed import Collector, produce, series_messages
+
+    history = model.bundle.history_bars
+    bars = series("T35", history + 120, seed=35)
+    msgs = series_messages("T35", bars.times, bars.values)
+    n = len(bars) - history + 1
+    col = Collector(stack.bootstrap, "regime-events")
+    try:
+        produce(stack.bootstrap, "bars", msgs)
+        col.wait_for(lambda v: sum(e["symbol"] == "T35" for e in v) >= n, TIMEOUT, "T35 events")
+        produce(stack.bootstrap, "bars", msgs)  # redelivery: same event ids again
+        vals = col.wait_for(lambda v: sum(e["symbol"] == "T35" for e in v) >= 2 * n, TIMEOUT, "T35 re-emissions")
+    finally:
+        col.close()
+    events = [e for e in vals if e["symbol"] == "T35"]
+    assert len({e["event_id"] for e in events}) == n
+    first = {}
+    for e in events:
+        first.setdefault(e["event_id"], e)
+    return sorted(first.values(), key=lambda e: e["bar_time"])
+
+
+@pytest.mark.slow
+def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t35_events):
+    want = [e for e in t35_events if e["regime_changed"]]
+    assert want, "the series must contain regime changes for this test to mean anything"
+    r = run_cli("tail", "--from-beginning", "--json", "--symbol", "T35", "--transitions-only", "--idle-timeout", "3",
+                "--broker", stack.bootstrap)
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [e["event_id"] for e in got] == [e["event_id"] for e in want]
+    assert all(e["symbol"] == "T35" and e["regime_changed"] and e["previous_regime"] is not None for e in got)
+
+
+@pytest.mark.slow
+def test_tail_table_stops_after_max(stack, t35_events):
+    r = run_cli("tail", "--from-beginning", "--symbol", "T35", "--max", "5", "--broker", stack.bootstrap)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("bar time (UTC)") and len(lines) == 6
+    assert all(" T35 " in ln for ln in lines[1:])
+
+
+@pytest.mark.slow
+def test_report_events_writes_the_range_once_each(stack, t35_events, tmp_path):
+    from datetime import datetime, timezone
+
+    since, until = t35_events[10]["bar_time"], t35_events[50]["bar_time"]
+    want = [e for e in t35_events if since <= e["bar_time"] < until]
+    since_iso = datetime.fromtimestamp(since, tz=timezone.utc).isoformat()
+    out_csv, out_json = tmp_path / "ev.csv", tmp_path / "ev.json"
+    r = run_cli("report-events", "--since", since_iso, "--until", str(until), "--symbol", "T35",
+                "--csv", str(out_csv), "--json", str(out_json), "--idle", "1", "--broker", stack.bootstrap)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert [row["event_id"] for row in rows] == [e["event_id"] for e in want] and len(rows) == 40
+    assert [int(row["regime"]) for row in rows] == [e["regime"]["id"] for e in want]
+    assert json.loads(out_json.read_text()) == want
+
+
+# -- topics ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_topics_command_creates_topics_with_partition_counts_from_env(stack):
+    from kafka import KafkaAdminClient
+
+    env = {"REGIMETRY_BARS_TOPIC": "ops-bars", "REGIMETRY_EVENTS_TOPIC": "ops-events", "REGIMETRY_DLQ_TOPIC": "ops-dlq",
+           "REGIMETRY_BARS_PARTITIONS": "3", "REGIMETRY_EVENTS_PARTITIONS": "2", "REGIMETRY_DLQ_PARTITIONS": "1",
+           "REGIMETRY_BROKER_URL": f"kafka://{stack.bootstrap}"}
+    for _ in range(2):  # idempotent
+        r = run_cli("topics", env=env)
+        assert r.returncode == 0, r.stderr
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
+    try:
+        found = {d["topic"]: len(d["partitions"]) for d in admin.describe_topics(["ops-bars", "ops-events", "ops-dlq"])}
+    finally:
+        admin.close()
+    assert found == {"ops-bars": 3, "ops-events": 2, "ops-dlq": 1}
+
+
+def test_kafka_client_config_carries_sasl_and_tls():
+    from regimetry.ops.kafka import bootstrap_servers, client_config
+    from worker.settings import load_settings
+
+    assert bootstrap_servers("kafka://a:9092;kafka://b:9093") == ["a:9092", "b:9093"]
+    s = load_settings(env={"REGIMETRY_BROKER_URL": "kafka://k1:9094,k2:9094", "REGIMETRY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                           "REGIMETRY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "REGIMETRY_KAFKA_SASL_USERNAME": "u",
+                           "REGIMETRY_KAFKA_SASL_PASSWORD": "p", "REGIMETRY_KAFKA_SSL_CAFILE": "/ca.pem"})
+    cfg = client_config(s)
+    assert cfg["bootstrap_servers"] == ["k1:9094", "k2:9094"] and cfg["security_protocol"] == "SASL_SSL"
+    assert (cfg["sasl_mechanism"], cfg["sasl_plain_username"], cfg["sasl_plain_password"]) == ("SCRAM-SHA-512", "u", "p")
+    assert cfg["ssl_cafile"] == "/ca.pem"
+    assert "sasl_mechanism" not in client_config(load_settings(env={}))
+
+
+# -- audit log ---------------------------------------------------------------------------------------------
+def test_audit_log_records_loads_and_version_changes(tmp_path):
+    from regimetry.audit import record_model_load
+
+    log = tmp_path / "audit" / "models.jsonl"
+    m1 = {"model_version": "v1", "files": {"encoder.onnx": "aa"}, "feature_spec_hash": "h"}
+    m2 = {"model_version": "v2", "files": {"encoder.onnx": "bb"}, "feature_spec_hash": "h"}
+    record_model_load(log, m1, tmp_path / "v1", group_id="g")
+    record_model_load(log, m1, tmp_path / "v1", group_id="g")
+    with open(log, "a") as f:
+        f.write('{"torn": tr')          # a crash mid-line must not break the next record
+    record_model_load(log, m2, tmp_path / "v2", group_id="g")
+    lines = log.read_text().splitlines()
+    docs = [json.loads(x) for x in (lines[0], lines[1], lines[2][lines[2].index('{"bundle_dir"'):])]
+    assert [d["event"] for d in docs] == ["model_loaded", "model_loaded", "model_changed"]
+    assert docs[2]["previous_version"] == "v1" and docs[2]["model_version"] == "v2"
+    assert docs[2]["files"] == {"encoder.onnx": "bb"} and docs[2]["group_id"] == "g"
