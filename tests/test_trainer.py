@@ -48,20 +48,22 @@ def test_sinusoidal_styles():
     assert np.allclose(stacked[:, :4], np.sin(pos * freq)) and np.allclose(stacked[:, 4:], np.cos(pos * freq))
 
 
-@pytest.mark.parametrize("method, style", [("learnable", "interleaved"), ("sinusoidal", "interleaved"),
-                                           ("sinusoidal", "stacked")])
-def test_encoder_options_pretrain_and_export(tmp_path, method, style):
+@pytest.mark.parametrize("method, style, contrast", [("learnable", "interleaved", 0.0),
+                                                     ("sinusoidal", "interleaved", 0.5),
+                                                     ("sinusoidal", "stacked", 0.0)])
+def test_encoder_options_pretrain_and_export(tmp_path, method, style, contrast):
     from trainer import encoder as enc
     from trainer.export import check_parity, to_onnx
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 12, 5)).astype(np.float32)
     cfg = EncoderConfig(d_model=16, heads=2, depth=1, ff_dim=16, embedding_dim=6, encoding_method=method,
-                        encoding_style=style, epochs=2, batch_size=32)
+                        encoding_style=style, epochs=2, batch_size=32, contrast_weight=contrast)
     model = enc.build_encoder(12, 5, cfg)
     before = enc.embed(model, x[:8])
-    hist = enc.pretrain(model, x[:80], x[80:], cfg, seed=1)
-    assert len(hist) == 2 and all(np.isfinite(h["loss"]) for h in hist)
+    hist = enc.pretrain(model, x[:80], x[70:], cfg, seed=1, positive_offset=12)
+    assert len(hist) == 2 and all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in hist)
+    assert (hist[0]["contrast"] > 0) == (contrast > 0)
     after = enc.embed(model, x[:8])
     assert after.shape == (8, 6) and not np.allclose(before, after)  # pretraining changed the weights
     info = to_onnx(model, (12, 5), "window", "embedding", tmp_path / "enc.onnx")

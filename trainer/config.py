@@ -28,6 +28,8 @@ class EncoderConfig:
     encoding_method: str = "sinusoidal"   # learnable | sinusoidal
     encoding_style: str = "interleaved"   # interleaved | stacked (sinusoidal only)
     mask_ratio: float = 0.15              # share of time steps hidden during masked-window pretraining
+    contrast_weight: float = 0.0          # weight of the temporal contrastive loss (0 = reconstruction only)
+    temperature: float = 0.5              # InfoNCE temperature
     epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -100,7 +102,7 @@ def _merge(obj, values: dict, where: str) -> None:
     known = {f.name: f for f in fields(obj)}
     for key, val in values.items():
         if key not in known:
-            raise ValueError(f"unknown option {where}{key!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown option '{where}{key}'; known: {', '.join(sorted(known))}")
         cur = getattr(obj, key)
         if hasattr(cur, "__dataclass_fields__"):
             if not isinstance(val, dict):

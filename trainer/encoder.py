@@ -1,9 +1,10 @@
-"""Transformer window encoder and its unsupervised masked-window pretraining (after Zerveas et al., 2021).
+"""Transformer window encoder and its unsupervised pretraining.
 
-Pretraining hides a share of the time steps of each window and asks a small decoder to rebuild the whole
-window from the embedding alone (broadcast over time plus a position code). The decoder sees nothing but
-the embedding, so the embedding is forced to carry what distinguishes one window from another; the masking
-keeps the encoder from learning a plain copy.
+Two objectives, both without labels. Masked-window reconstruction (after Zerveas et al., 2021): a share of
+the time steps is hidden and a small decoder rebuilds the whole window from the embedding alone, so the
+embedding must carry the window. Temporal contrast (InfoNCE, in the spirit of TNC/TS2Vec): a window's
+embedding must pick out the window that follows it from a batch of others, so the embedding favours what
+persists across windows, which is what a regime is.
 """
 
 from __future__ import annotations
@@ -86,16 +87,21 @@ def build_encoder(window_size: int, n_features: int, cfg: EncoderConfig) -> kera
     return keras.Model(inp, emb, name="encoder")
 
 
-def build_autoencoder(encoder: keras.Model, window_size: int, n_features: int, cfg: EncoderConfig) -> keras.Model:
-    """Encoder + a decoder that rebuilds every time step from the embedding and a learnable position code."""
-    inp = keras.Input((window_size, n_features), name="masked_window")
-    emb = encoder(inp)
-    x = layers.RepeatVector(window_size)(emb)
+def build_decoder(window_size: int, n_features: int, cfg: EncoderConfig) -> keras.Model:
+    """Rebuilds every time step from the embedding alone plus a learnable position code (a bottleneck)."""
+    inp = keras.Input((cfg.embedding_dim,), name="embedding")
+    x = layers.RepeatVector(window_size)(inp)
     x = layers.Dense(cfg.d_model, name="dec_in")(x)
     x = PositionalEncoding(window_size, cfg.d_model, "learnable", name="dec_position")(x)
     x = layers.Dense(cfg.ff_dim, activation="relu", name="dec_hidden")(x)
-    out = layers.Dense(n_features, name="reconstruction")(x)
-    return keras.Model(inp, out, name="masked_autoencoder")
+    return keras.Model(inp, layers.Dense(n_features, name="reconstruction")(x), name="decoder")
+
+
+def build_projector(cfg: EncoderConfig) -> keras.Model:
+    """Small head whose normalised output is compared across windows (kept out of the exported encoder)."""
+    inp = keras.Input((cfg.embedding_dim,))
+    x = layers.Dense(cfg.d_model, activation="relu")(inp)
+    return keras.Model(inp, layers.Dense(cfg.d_model)(x), name="projector")
 
 
 def mask_windows(x: np.ndarray, ratio: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -106,19 +112,69 @@ def mask_windows(x: np.ndarray, ratio: float, rng: np.random.Generator) -> tuple
 
 
 def pretrain(encoder: keras.Model, train: np.ndarray, val: np.ndarray, cfg: EncoderConfig, seed: int,
-             on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Masked-window reconstruction; fresh masks every epoch from a seeded generator. Returns the history."""
+             positive_offset: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Masked reconstruction + temporal contrast, fresh masks and batch order every epoch from seeded draws.
+
+    Reconstruction alone makes the embedding describe the window's fast detail (trend wiggles, single bars);
+    regimes are what persists. The contrastive term (InfoNCE, in-batch negatives) pulls a window towards the
+    window ``positive_offset`` rows later, which shares no bar with it but usually shares its regime, and away
+    from random other windows, so what survives in the embedding is what stays put from one window to the
+    next: volatility, volume and drift levels.
+    """
+    import tensorflow as tf
+
     w, f = train.shape[1:]
-    auto = build_autoencoder(encoder, w, f, cfg)
-    auto.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mse")
+    decoder, projector = build_decoder(w, f, cfg), build_projector(cfg)
+    opt = keras.optimizers.Adam(cfg.learning_rate)
+    weights = encoder.trainable_variables + decoder.trainable_variables + projector.trainable_variables
+    tau, lam = cfg.temperature, cfg.contrast_weight
+
+    def losses(masked, target, weight, positive, training):
+        ea = encoder(masked, training=training)
+        rec = decoder(ea, training=training)
+        rec_loss = tf.reduce_sum(weight * tf.reduce_mean(tf.square(rec - target), -1)) / tf.reduce_sum(weight)
+        if lam == 0:
+            return rec_loss, tf.constant(0.0)
+        pa = tf.math.l2_normalize(projector(ea, training=training), -1)
+        pb = tf.math.l2_normalize(projector(encoder(positive, training=training), training=training), -1)
+        logits = tf.matmul(pa, pb, transpose_b=True) / tau
+        labels = tf.range(tf.shape(logits)[0])
+        ce = keras.losses.sparse_categorical_crossentropy
+        nce = 0.5 * (tf.reduce_mean(ce(labels, logits, from_logits=True)) +
+                     tf.reduce_mean(ce(labels, tf.transpose(logits), from_logits=True)))
+        return rec_loss, nce
+
+    @tf.function(reduce_retracing=True)
+    def step(masked, target, weight, positive):
+        with tf.GradientTape() as tape:
+            rec_loss, nce = losses(masked, target, weight, positive, True)
+            loss = rec_loss + lam * nce
+        opt.apply_gradients(zip(tape.gradient(loss, weights), weights))
+        return rec_loss, nce
+
+    def pairs(x: np.ndarray) -> int:
+        return max(0, len(x) - positive_offset)
+
+    if pairs(train) < cfg.batch_size or pairs(val) < 2:
+        raise ValueError(f"too few windows for pretraining: {len(train)} train / {len(val)} validation windows with "
+                         f"positive offset {positive_offset}; use more data or a smaller window")
     rng = np.random.default_rng(seed)
-    val_masked, val_weight = mask_windows(val, cfg.mask_ratio, np.random.default_rng(seed + 1))
+    val_masked, val_weight = mask_windows(val[: pairs(val)], cfg.mask_ratio, np.random.default_rng(seed + 1))
     history = []
     for epoch in range(cfg.epochs):
         masked, weight = mask_windows(train, cfg.mask_ratio, rng)
-        h = auto.fit(masked, train, sample_weight=weight, batch_size=cfg.batch_size, epochs=1, shuffle=True,
-                     validation_data=(val_masked, val, val_weight), verbose=0)
-        row = {"epoch": epoch + 1, "loss": float(h.history["loss"][-1]), "val_loss": float(h.history["val_loss"][-1])}
+        order = rng.permutation(pairs(train))
+        tot = np.zeros(2)
+        n_batches = 0
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):  # full batches: same negatives count
+            idx = order[i: i + cfg.batch_size]
+            r, c = step(masked[idx], train[idx], weight[idx], train[idx + positive_offset])
+            tot += (float(r), float(c))
+            n_batches += 1
+        vr, vc = losses(val_masked, val[: pairs(val)], val_weight, val[positive_offset:], False)
+        row = {"epoch": epoch + 1, "loss": float(tot.sum() / n_batches), "reconstruction": float(tot[0] / n_batches),
+               "contrast": float(tot[1] / n_batches), "val_reconstruction": float(vr), "val_contrast": float(vc)}
+        row["val_loss"] = row["val_reconstruction"] + lam * row["val_contrast"]
         history.append(row)
         if on_epoch:
             on_epoch(epoch, row)

@@ -22,6 +22,8 @@ from regimetry.data import BarSeries, resolve_data
 from regimetry.features import FeatureSpec
 from trainer.config import TrainConfig, dump_config
 
+TRAINER_VERSION = 2  # bump when training changes what a given config produces (part of the model version)
+
 Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
 # Refresh hook: (clustering, standardised embeddings of every window, their end times) -> (the clustering with
 # its regime ids renumbered, a JSON-able record of how) -- see trainer/alignment.py.
@@ -86,6 +88,8 @@ def model_version(cfg: TrainConfig, series: BarSeries) -> str:
     """Deterministic: the same config on the same bars gives the same version (and the same event ids)."""
     data_hash = sha256_json({"t": series.times.tolist(), "v": np.round(series.values, 10).tolist()})
     recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "set_current")}
+    recipe["feature_spec"] = FeatureSpec().hash()
+    recipe["trainer"] = TRAINER_VERSION
     return f"{cfg.name}-{sha256_json({'cfg': recipe, 'data': data_hash})[:10]}"
 
 
@@ -111,7 +115,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     e_cfg = cfg.encoder
     encoder = enc.build_encoder(cfg.window_size, spec.n_features, e_cfg)
     n_val = max(1, ws.n_train // 10)
-    enc_hist = enc.pretrain(encoder, ws.train[:-n_val], ws.train[-n_val:], e_cfg, cfg.seed,
+    offset = max(1, -(-cfg.window_size // cfg.stride))  # the first window sharing no bar with the anchor
+    n_val = max(n_val, offset + 2)
+    enc_hist = enc.pretrain(encoder, ws.train[:-n_val], ws.train[-n_val:], e_cfg, cfg.seed, offset,
                             on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs,
                                                            f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"))
     raw = enc.embed(encoder, ws.windows)
