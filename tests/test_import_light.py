@@ -72,3 +72,24 @@ def test_evaluate_runs_on_onnx_runtime_only(tiny_bundle, tmp_path):
     scores = json.loads(out.read_text())
     assert {"psi", "jensen_shannon", "transition_shift", "ood_share"} <= set(scores["drift"])
     assert scores["next_regime"]["all_steps"]["persistence"]["n"] > 100
+
+
+def test_operator_commands_start_without_tensorflow():
+    r = run_blocked(
+        """
+        import sys
+        import regimetry.ops.cli, regimetry.ops.demo, regimetry.ops.replay, regimetry.ops.tail
+        import regimetry.ops.report, regimetry.ops.topics, regimetry.ops.kafka, regimetry.audit
+        from regimetry.cli import main
+        for cmd in ("replay", "tail", "report-events", "topics", "demo"):
+            sys.argv = ["regimetry", cmd, "--help"]
+            try:
+                main()
+            except SystemExit as e:
+                assert e.code in (0, None), (cmd, e.code)
+        assert not any(m.split(".")[0] in ("tensorflow", "keras", "trainer.pipeline") for m in sys.modules)
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    for option in ("--speed", "--transitions-only", "--since", "--bars-partitions", "--summary-json"):
+        assert option in r.stdout

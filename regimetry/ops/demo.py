@@ -141,7 +141,8 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     try:
         t0 = time.monotonic()
         stack = start_stack(workdir)
-        say(f"started Tansu (Kafka) on {stack.bootstrap} and Redis on port {stack.redis.port}")
+        say(f"started Tansu (Kafka) on {stack.bootstrap} (pid {stack.kafka.pid}) and Redis on port "
+            f"{stack.redis.port} (pid {stack.redis.pid})")
         worker = start_worker(stack, workdir, bundle=str(bundle_dir), audit_log=str(workdir / "audit.jsonl"))
         say(f"started worker pid {worker.pid}: metrics on http://127.0.0.1:{worker.port}/metrics "
             f"(ready in {time.monotonic() - t0:.1f} s)")
