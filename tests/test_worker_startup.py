@@ -46,3 +46,18 @@ def test_refuses_other_feature_spec(bundle_copy):
     path.write_text(json.dumps(m))
     r = start(bundle_copy)
     assert r.returncode == EXIT_BAD_BUNDLE and "feature spec hash" in r.stderr
+
+
+def test_unreachable_broker_gives_clear_error_and_exit_code(tiny_bundle):
+    """No broker at start: retried with back-off for REGIMETRY_STARTUP_TIMEOUT, then exit 3 with one clear
+    line for the supervisor; the Redis password in the URL never reaches the output."""
+    from worker.preflight import EXIT_BROKER_UNREACHABLE
+
+    env = {**os.environ, "REGIMETRY_BUNDLE": str(tiny_bundle), "REGIMETRY_METRICS_PORT": "0",
+           "REGIMETRY_STARTUP_TIMEOUT": "2", "REGIMETRY_BROKER_URL": "kafka://127.0.0.1:1",
+           "REGIMETRY_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}
+    r = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == EXIT_BROKER_UNREACHABLE, r.stderr[-2000:]
+    assert "Kafka broker kafka://127.0.0.1:1 unreachable after" in r.stderr
+    assert "not reachable yet" in r.stderr  # the retries are logged
+    assert "hunter2" not in r.stderr + r.stdout

@@ -70,7 +70,8 @@ class Runtime:
         store = RedisStore(redis_client(s), s.key_prefix, b.history_bars, (b.input_length - 1) * b.stride,
                            s.dedupe_window, b.version)
         processor = BatchProcessor(self.model, store, self.validator, self.metrics, self.drift, self.executor,
-                                   self.ood_threshold, s.max_payload_bytes, s.redis_retry_max_seconds)
+                                   self.ood_threshold, s.max_payload_bytes, s.redis_retry_max_seconds,
+                                   s.classify_threads)
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
         self.connected = True
@@ -193,6 +194,13 @@ def main() -> int:
     except (BundleError, ValueError) as exc:
         print(f"regimetry worker: refusing to start: {exc}", file=sys.stderr)
         return EXIT_BAD_BUNDLE
+    from worker.preflight import PreflightError, check_dependencies
+
+    try:
+        asyncio.run(check_dependencies(settings))
+    except PreflightError as exc:
+        print(f"regimetry worker: {exc}", file=sys.stderr)
+        return exc.exit_code
     runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
     app = create_app(settings, runtime)
     import faust

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,9 +65,11 @@ class _SymbolPlan:
 
 
 class BatchProcessor:
+    MIN_BLOCK = 32  # rows per classifier block below which splitting costs more than it saves
+
     def __init__(self, model: RegimeModel, store: RedisStore, validator: BarValidator, metrics: WorkerMetrics,
                  drift: DriftMonitor, executor: Executor, ood_threshold: float, dlq_limit: int,
-                 retry_max_seconds: float = 5.0):
+                 retry_max_seconds: float = 5.0, classify_threads: int = 1):
         self.model = model
         self.store = store
         self.validator = validator
@@ -77,6 +79,9 @@ class BatchProcessor:
         self.ood_threshold = ood_threshold
         self.dlq_limit = dlq_limit
         self.retry_max_seconds = retry_max_seconds
+        self.classify_threads = classify_threads
+        self.classify_pool = (ThreadPoolExecutor(classify_threads, thread_name_prefix="regimetry-knn")
+                              if classify_threads > 1 else None)
         b = model.bundle
         self.version = b.version
         self.history = b.history_bars
@@ -190,7 +195,7 @@ class BatchProcessor:
             windows.append(self._symbol_windows(combined[first + 1 - self.history:]))
             owners += [(pi, p - len(stored)) for p in range(first, len(combined))]
         z = (m.embed(np.concatenate(windows)) if windows else np.zeros((0, self.dim), np.float32))
-        proba = m.classify(z) if len(z) else np.zeros((0, self.bundle_k))
+        proba = self._classify(z)
         ood = m.ood(z) if len(z) else np.zeros(0)
 
         # forecaster input: last L embeddings spaced by stride, from Redis then from this batch
@@ -213,13 +218,24 @@ class BatchProcessor:
                     fc_rows.append(row)
         next_proba: dict[int, np.ndarray] = {}
         if fc_hist:
-            pred = m.classify(m.forecast(np.stack(fc_hist)))
+            pred = self._classify(m.forecast(np.stack(fc_hist)))
             next_proba = dict(zip(fc_rows, pred))
         rows_by_bar: dict[int, dict[int, int]] = {}
         for row, (pi, j) in enumerate(owners):
             rows_by_bar.setdefault(pi, {})[j] = row
         return [self._finish(plan, rows_by_bar.get(pi, {}), z, proba, ood, next_proba)
                 for pi, plan in enumerate(plans)]
+
+    def _classify(self, z: np.ndarray) -> np.ndarray:
+        """kNN vote shares, split over `classify_threads` row blocks: the classifier is the costliest step
+        per bar (a distance matrix against every reference plus an argpartition), numpy releases the GIL
+        for both, and rows are independent, so the blocks run in parallel with identical results."""
+        if len(z) == 0:
+            return np.zeros((0, self.bundle_k))
+        if self.classify_pool is None or len(z) < 2 * self.MIN_BLOCK:
+            return self.model.classify(z)
+        blocks = np.array_split(z, min(self.classify_threads, len(z) // self.MIN_BLOCK))
+        return np.concatenate(list(self.classify_pool.map(self.model.classify, blocks)))
 
     def _symbol_windows(self, bars: np.ndarray) -> np.ndarray:
         """Feature windows ending at every bar of one symbol's run that has a full history, from ONE

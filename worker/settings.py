@@ -43,6 +43,7 @@ class Settings:
     rebalance_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     commit_interval: float = 1.0
+    startup_timeout: float = 30.0  # seconds the broker and Redis may take to answer at start (then exit 3 / 4)
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_password: str = ""
@@ -54,6 +55,7 @@ class Settings:
     # Model and inference
     bundle: str = "exported_models"
     ort_threads: int = 1
+    classify_threads: int = 2  # kNN row blocks classified in parallel (numpy releases the GIL)
     batch_size: int = 256
     batch_within: float = 0.05  # seconds a partial micro-batch may wait
     # Input checks

@@ -1,0 +1,84 @@
+"""Start-up checks of the broker and Redis, so a supervisor gets a clear message and a distinct exit code
+instead of a library traceback (Faust exits 1 with an aiokafka stack trace when it cannot bootstrap).
+
+Each dependency is retried with capped back-off until `startup_timeout` seconds pass; every failed attempt
+is logged (without credentials). Exit codes: 3 = broker unreachable, 4 = Redis unreachable (2 is a bundle
+or settings problem, see worker.app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+from worker.connections import kafka_ssl_context, redis_client
+from worker.settings import Settings, mask_url
+
+log = logging.getLogger("regimetry.worker")
+
+EXIT_BROKER_UNREACHABLE = 3
+EXIT_REDIS_UNREACHABLE = 4
+
+
+class PreflightError(RuntimeError):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def bootstrap_servers(broker_url: str) -> list[str]:
+    """'kafka://h1:9092;kafka://h2:9092' (Faust style) or 'h1:9092,h2:9092' -> ['h1:9092', 'h2:9092']."""
+    parts = broker_url.replace(";", ",").split(",")
+    return [p.strip().split("://", 1)[-1] for p in parts if p.strip()]
+
+
+async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: float, exit_code: int,
+                 hint: str) -> None:
+    deadline = time.monotonic() + timeout
+    delay, tries = 0.2, 0
+    while True:
+        tries += 1
+        try:
+            await attempt()
+            return
+        except Exception as exc:  # any failure to connect counts; the last one is reported
+            if time.monotonic() + delay > deadline:
+                raise PreflightError(f"{what} unreachable after {tries} attempts in {timeout:.0f} s "
+                                     f"({type(exc).__name__}: {exc}); {hint}", exit_code) from None
+            log.warning("%s not reachable yet (%s); retrying in %.1f s", what, type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _kafka_once(s: Settings) -> None:
+    from aiokafka import AIOKafkaClient
+
+    kwargs: dict = {"security_protocol": s.kafka_security_protocol.upper(), "request_timeout_ms": 5000}
+    if "SSL" in kwargs["security_protocol"]:
+        kwargs["ssl_context"] = kafka_ssl_context(s)
+    if kwargs["security_protocol"].startswith("SASL"):
+        kwargs.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
+                      sasl_plain_password=s.kafka_sasl_password)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers(s.broker_url), **kwargs)
+    try:
+        await client.bootstrap()
+    finally:
+        await client.close()
+
+
+async def _redis_once(s: Settings) -> None:
+    client = redis_client(s)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def check_dependencies(s: Settings) -> None:
+    """Raise PreflightError (with its exit code) if the broker or Redis stays unreachable."""
+    await _retry(f"Kafka broker {mask_url(s.broker_url)}", lambda: _kafka_once(s), s.startup_timeout,
+                 EXIT_BROKER_UNREACHABLE, "check REGIMETRY_BROKER_URL and the REGIMETRY_KAFKA_* security settings")
+    await _retry(f"Redis {mask_url(s.redis_url)}", lambda: _redis_once(s), s.startup_timeout,
+                 EXIT_REDIS_UNREACHABLE, "check REGIMETRY_REDIS_URL, REGIMETRY_REDIS_PASSWORD and REGIMETRY_REDIS_TLS")
