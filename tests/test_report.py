@@ -1,0 +1,60 @@
+"""Report figures are real PNGs of a sensible size, and report.md links every one of them with the metrics."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the signature."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE, f"{path.name} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plots_from_arrays(tmp_path):
+    from trainer import plots
+
+    rng = np.random.default_rng(0)
+    reg = np.repeat([0, 2, 1, 0, 2], 40)
+    times = 1_700_000_000 + 3600 * np.arange(len(reg))
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, len(reg))))
+    p = np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.3, 0.0, 0.7]])
+    made = [plots.price_bands(times, close, reg, 3, tmp_path / "price.png"),
+            plots.transition_heatmap(p, tmp_path / "tm.png"),
+            plots.share_bars(np.array([0.4, 0.2, 0.4]), np.array([40.0, 40.0, 40.0]), tmp_path / "shares.png"),
+            plots.embedding_map(rng.normal(size=(len(reg), 2)), reg, 3, "t-SNE", tmp_path / "map.png")]
+    for path in made:
+        w, h = png_size(path)
+        assert 250 <= w <= 1400 and 200 <= h <= 700, (path.name, w, h)
+        assert path.stat().st_size > 5_000        # something was drawn, not an empty canvas
+    np.testing.assert_array_equal(plots.evenly(10, 4), [0, 3, 6, 9])
+    np.testing.assert_array_equal(plots.evenly(3, 4), [0, 1, 2])
+
+
+@pytest.mark.slow
+def test_report_of_a_bundle(tiny_bundle, tmp_path):
+    from trainer import report
+
+    view = report.from_bundle(tiny_bundle)
+    assert view.k == 3 and len(view.times) == len(view.regimes) == len(view.z) == len(view.close)
+    assert np.all(np.diff(view.times) > 0)
+    files = report.write_report(view, tmp_path / "rep", max_points=300, umap=False)
+    assert set(files.figures) == {"embedding_tsne", "price_regimes", "transition_matrix", "regime_shares"}
+    text = files.report.read_text()
+    for name, path in files.figures.items():
+        png_size(path)
+        assert f"]({path.name})" in text
+    assert "| silhouette |" in text and "| min_share |" in text and text.count("\n| 2 |") == 1
+    # the report's metric table is computed from the same regimes the worker would emit
+    table = report.metrics(view)
+    from regimetry import diagnostics as dg
+
+    assert table["min_share"] == pytest.approx(dg.shares(view.regimes, 3).min())
