@@ -55,7 +55,7 @@ class Settings:
     # Model and inference
     bundle: str = "exported_models"
     ort_threads: int = 1
-    classify_threads: int = 2  # kNN row blocks classified in parallel (numpy releases the GIL)
+    classify_threads: int = 1  # >1 splits kNN rows over threads (numpy releases the GIL); helps only on idle cores
     batch_size: int = 256
     batch_within: float = 0.05  # seconds a partial micro-batch may wait
     # Input checks
