@@ -126,8 +126,10 @@ def pretrain(encoder: keras.Model, train: np.ndarray, val: np.ndarray, cfg: Enco
     w, f = train.shape[1:]
     decoder, projector = build_decoder(w, f, cfg), build_projector(cfg)
     opt = keras.optimizers.Adam(cfg.learning_rate)
-    weights = encoder.trainable_variables + decoder.trainable_variables + projector.trainable_variables
     tau, lam = cfg.temperature, cfg.contrast_weight
+    weights = encoder.trainable_variables + decoder.trainable_variables
+    if lam:
+        weights += projector.trainable_variables
 
     def losses(masked, target, weight, positive, training):
         ea = encoder(masked, training=training)
