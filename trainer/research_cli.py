@@ -36,7 +36,7 @@ def search_cmd(
         spec.workers = workers
     if output is not None:
         spec.output = output
-    bar = Progress(TextColumn("[bold]candidates"), BarColumn(bar_width=30), MofNCompleteColumn(),
+    bar = Progress(TextColumn("[bold]candidates"), BarColumn(bar_width=24), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("{task.description}"), console=console)
     task = None
 
@@ -48,7 +48,7 @@ def search_cmd(
 
     def on_done(record: dict, how: str) -> None:
         style = {"trained": "green", "skipped": "dim", "failed": "red"}[how]
-        bar.update(task, advance=1, description=f"[{style}]{how}[/] {record['id']} {record['params']}")
+        bar.update(task, advance=1, description=f"[{style}]{how}[/] {record['id']}")
         if how == "failed":
             console.print(f"[red]candidate {record['id']} failed:[/] {record['error'].splitlines()[0]}")
 
@@ -66,26 +66,36 @@ def search_cmd(
 
 
 def print_ranking(ranking: list[dict], highlight: int) -> None:
+    """Ranked table; only the gridded options that vary get a column (the fixed ones are listed above it)."""
     from rich.table import Table
 
     if not ranking:
         return
-    t = Table(title="Candidates ranked by composite score (separation, balance, persistence: trainer/scorecard.py)")
     params = list(ranking[0]["params"])
-    for col in ["#", "id", *params, "composite", "separation", "balance", "persistence", "silhouette", "DB",
-                "min share", "duration (bars)"]:
-        t.add_column(col, justify="right" if col not in ("id",) else "left")
+    varying = [p for p in params if len({str(r["params"][p]) for r in ranking}) > 1]
+    fixed = ", ".join(f"{p}={ranking[0]['params'][p]}" for p in params if p not in varying)
+    t = Table(title="Candidates ranked by composite score (trainer/scorecard.py)",
+              caption=f"same for all: {fixed}" if fixed else None)
+    heads = ["#", "id", *[SHORT_HEADS.get(p, p) for p in varying], "score", "sep.", "bal.", "pers.", "silh.",
+             "min sh.", "bars"]
+    for col in heads:
+        t.add_column(col, justify="left" if col == "id" else "right", no_wrap=True)
     for r in ranking:
         s, m = r["score"], r["metrics"]
+        cells = [str(r["rank"]), r["id"], *[str(r["params"][p]) for p in varying]]
         if s is None:
-            t.add_row(str(r["rank"]), r["id"], *[str(r["params"][p]) for p in params], "[red]failed[/]")
+            t.add_row(*cells, "[red]failed[/]")
             continue
-        t.add_row(str(r["rank"]), r["id"], *[str(r["params"][p]) for p in params], f"{s['composite']:.3f}",
-                  f"{s['separation']:.3f}", f"{s['balance']:.3f}", f"{s['persistence']:.3f}",
-                  f"{m['silhouette']:.3f}", f"{m['davies_bouldin']:.2f}", f"{m['min_share']:.3f}",
-                  f"{m['mean_duration_bars']:.1f}", style="bold green" if r["rank"] == 1 else
-                  ("" if r["rank"] <= highlight else "dim"))
+        style = "bold green" if r["rank"] == 1 else ("" if r["rank"] <= highlight else "dim")
+        t.add_row(*cells, f"{s['composite']:.3f}", f"{s['separation']:.3f}", f"{s['balance']:.3f}",
+                  f"{s['persistence']:.3f}", f"{m['silhouette']:.3f}", f"{m['min_share']:.3f}", f"{m['mean_duration_bars']:.1f}", style=style)
     console.print(t)
+    console.print("score = weighted separation (silhouette, Davies-Bouldin), balance (share entropy, smallest share) "
+                  "and persistence (mean regime duration in bars); all metrics in ranking.csv")
+
+
+SHORT_HEADS = {"window_size": "window", "embedding_dim": "emb.", "encoding_method": "pos. enc.",
+               "encoding_style": "style", "n_clusters": "K"}
 
 
 def report_cmd(
