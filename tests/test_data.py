@@ -74,3 +74,18 @@ def test_eurusd_sample_reads_from_installed_package():
     assert "site-packages" in str(eurusd_sample_path()) or "dist-packages" in str(eurusd_sample_path())
     s = load_sample("eurusd")
     assert len(s) == 5000 and s.symbol == "EURUSD"
+
+
+def test_parquet_bars(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    syn = generate_bars(n_bars=300, seed=5)
+    df = pd.DataFrame(syn.bars.values, columns=["Open", "High", "Low", "Close", "Volume"])
+    df.insert(0, "timestamp", pd.to_datetime(syn.bars.times, unit="s", utc=True))
+    df.to_parquet(tmp_path / "bars.parquet")
+    back = load_bars(tmp_path / "bars.parquet")
+    assert np.array_equal(back.times, syn.bars.times) and np.array_equal(back.values, syn.bars.values)
+    df.loc[7, "Low"] = df.loc[7, "High"] * 2
+    df.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(BarDataError, match="row 9, columns 'high'/'low'"):
+        load_bars(tmp_path / "bad.parquet")

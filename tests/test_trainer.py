@@ -104,7 +104,7 @@ def test_bundle_is_complete_and_verified(tiny_training):
     b = tiny_training.bundle_dir
     manifest = verify_bundle(b)
     names = {"encoder.onnx", "forecaster.onnx", "classifier.npz", "training_summary.json",
-             "training_profile_used.yaml"}
+             "training_profile_used.yaml", "regimes.csv"}
     assert names <= set(manifest["files"])
     for name, digest in manifest["files"].items():
         assert sha256_file(b / name) == digest
@@ -120,7 +120,11 @@ def test_bundle_is_complete_and_verified(tiny_training):
     assert set(nr["all_steps"]) == {"forecaster", "persistence", "markov"}
     assert set(nr["change_steps"]) == {"forecaster", "persistence", "markov"}
     assert "verdict" in nr and isinstance(nr["forecaster_beats_baselines"], bool)
-    assert {"ari_regimetry", "ari_hmm"} <= set(summary["planted_regimes"])
+    assert {"ari_regimetry", "ari_hmm", "ari_hmm_filtered"} <= set(summary["planted_regimes"])
+    rows = (b / "regimes.csv").read_text().splitlines()
+    assert rows[0] == "bar_time,epoch,regime,confidence,split" and len(rows) == len(tiny_training.regimes) + 1
+    last = rows[-1].split(",")
+    assert int(last[1]) == int(tiny_training.end_time[-1]) and int(last[2]) == int(tiny_training.regimes[-1])
 
 
 def test_tampered_bundle_is_refused(tiny_training, tmp_path):

@@ -93,6 +93,15 @@ def model_version(cfg: TrainConfig, series: BarSeries) -> str:
     return f"{cfg.name}-{sha256_json({'cfg': recipe, 'data': data_hash})[:10]}"
 
 
+def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confidence: np.ndarray, n_train: int) -> None:
+    """The regime of every window, keyed by the time of its last bar (the bar it describes, causally)."""
+    with open(path, "w") as f:
+        f.write("bar_time,epoch,regime,confidence,split\n")
+        for i, (t, r, c) in enumerate(zip(end_time.tolist(), regimes.tolist(), confidence.tolist())):
+            stamp = dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            f.write(f"{stamp},{t},{r},{c:.4f},{'train' if i < n_train else 'held_out'}\n")
+
+
 def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,
           planted: np.ndarray | None = None, write_bundle: bool = True, align: Align | None = None) -> TrainResult:
     """Run the whole pipeline and write the bundle; returns where it is and what it scored.
@@ -195,6 +204,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     onnx_info["forecaster"]["parity_max_abs_diff"] = export.check_parity(forecaster, onnx_info["forecaster"],
                                                                          tmp / "forecaster.onnx", x_test)
     cl.classifier.save(tmp / "classifier.npz")
+    write_regimes(tmp / "regimes.csv", ws.end_time, regimes, proba.max(1), ws.n_train)
     dump_config(cfg, tmp / "training_profile_used.yaml")
     summary["export"] = {k2: {"parity_max_abs_diff": v["parity_max_abs_diff"]} for k2, v in onnx_info.items()}
     (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2))
