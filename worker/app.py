@@ -27,36 +27,37 @@ EXIT_BROKEN_BATCH = 70  # EX_SOFTWARE: a bug while processing; exit without ackn
 
 
 class Runtime:
-    """Everything one worker process holds: model, Redis store, metrics, the batch processor."""
+    """Everything one worker process holds: the model in force, Redis store, metrics, the batch processor."""
 
     def __init__(self, settings: Settings):
         from regimetry.bundle import resolve_bundle_dir
-        from regimetry.inference import RegimeModel
-        from worker.drift import DriftMonitor
         from worker.metrics import WorkerMetrics
+        from worker.serving import load_serving
         from worker.validate import BarValidator
 
         self.settings = settings
-        self.model = RegimeModel(resolve_bundle_dir(settings.bundle), threads=settings.ort_threads)
-        b = self.model.bundle
-        quantiles = b.manifest["baseline"]["centroid_distance_quantiles"]
-        if settings.ood_quantile not in quantiles:
-            raise ValueError(f"REGIMETRY_OOD_QUANTILE={settings.ood_quantile!r} is not in the bundle's "
-                             f"centroid_distance_quantiles ({', '.join(sorted(quantiles))})")
-        self.ood_threshold = float(quantiles[settings.ood_quantile])
-        self.metrics = WorkerMetrics(b.n_clusters, settings.symbol_label_limit)
-        self.metrics.set_model(b.manifest)
-        if settings.audit_log:
-            from regimetry.audit import record_model_load
-
-            record_model_load(settings.audit_log, b.manifest, b.path, group_id=settings.group_id)
-        self.drift = DriftMonitor(b.manifest["baseline"], b.n_clusters, settings.drift_horizon, self.ood_threshold)
+        self.serving = load_serving(resolve_bundle_dir(settings.bundle), settings)
+        self.metrics = WorkerMetrics(self.serving.n_clusters, settings.symbol_label_limit)
+        self._record_model()
         self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols,
                                       settings.max_future_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regimetry-infer")
         self.processor = None
+        self.pending = None  # a verified Serving waiting for the next batch boundary
         self.connected = False
         self.assigned = False
+
+    @property
+    def model(self):
+        return self.serving.model
+
+    def _record_model(self) -> None:
+        b = self.serving.model.bundle
+        self.metrics.set_model(b.manifest)
+        if self.settings.audit_log:
+            from regimetry.audit import record_model_load
+
+            record_model_load(self.settings.audit_log, b.manifest, b.path, group_id=self.settings.group_id)
 
     async def connect(self) -> None:
         """Open Redis and load the scripts, retrying with back-off until Redis answers."""
@@ -66,16 +67,42 @@ class Runtime:
 
         if self.processor is not None:
             return
-        s, b = self.settings, self.model.bundle
-        store = RedisStore(redis_client(s), s.key_prefix, b.history_bars, (b.input_length - 1) * b.stride,
-                           s.dedupe_window, b.version)
-        processor = BatchProcessor(self.model, store, self.validator, self.metrics, self.drift, self.executor,
-                                   self.ood_threshold, s.max_payload_bytes, s.redis_retry_max_seconds,
-                                   s.classify_threads)
+        s, sv = self.settings, self.serving
+        store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.span, s.dedupe_window, sv.version)
+        processor = BatchProcessor(sv, store, self.validator, self.metrics, self.executor, s.max_payload_bytes,
+                                   s.redis_retry_max_seconds, s.classify_threads)
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
         self.connected = True
         self._update_ready()
+
+    async def check_for_new_bundle(self) -> None:
+        """Hot reload, step 1: if the bundle setting now resolves elsewhere (CURRENT pointer moved), verify
+        and open the new bundle off the event loop. A bundle that fails verification is refused, logged and
+        counted; the current model keeps serving."""
+        from regimetry.bundle import BundleError, resolve_bundle_dir
+        from worker.serving import load_serving
+
+        try:
+            target = resolve_bundle_dir(self.settings.bundle).resolve()
+            current = (self.pending or self.serving).path
+            if target == current:
+                return
+            loop = asyncio.get_running_loop()
+            self.pending = await loop.run_in_executor(None, load_serving, target, self.settings)
+            log.info("bundle %s verified; switching at the next batch boundary", self.pending.version)
+        except (BundleError, ValueError, OSError) as exc:
+            self.metrics.reload_failures.inc()
+            log.error("new bundle refused, still serving %s: %s", self.serving.version, exc)
+
+    def apply_pending(self) -> None:
+        """Hot reload, step 2 (between batches): serve the verified new bundle from now on."""
+        if self.pending is None or self.processor is None:
+            return
+        old, self.serving, self.pending = self.serving, self.pending, None
+        self.processor.use(self.serving)
+        self._record_model()
+        log.info("model switched from %s to %s", old.version, self.serving.version)
 
     def on_assigned(self) -> None:
         self.assigned = True
@@ -154,10 +181,14 @@ def create_app(settings: Settings, runtime: Runtime):
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
         runtime.on_assigned()
 
+    if settings.reload_interval > 0:
+        app.timer(settings.reload_interval)(runtime.check_for_new_bundle)
+
     @app.agent(bars, name="regimetry-bars")
     async def consume(stream) -> None:
         await runtime.connect()
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            runtime.apply_pending()
             records = [Record(e.message.key, e.message.value, e.message.topic, e.message.partition,
                               e.message.offset, e.message.timestamp) for e in events]
             task = asyncio.ensure_future(runtime.handle(app, records))

@@ -39,6 +39,10 @@ class WorkerMetrics:
         self.redis_conflicts = Counter("regimetry_redis_conflicts_total",
                                        "Symbol writes lost to another worker (re-read and retried)", registry=r)
         self.model_info = Info("regimetry_model", "The model bundle in force", registry=r)
+        self.model_switches = Counter("regimetry_model_loads_total", "Bundles put in force (start-up and hot reloads)",
+                                      registry=r)
+        self.reload_failures = Counter("regimetry_model_reload_failures_total",
+                                       "New bundles refused at hot reload (verification failed)", registry=r)
         self.drift_psi = Gauge("regimetry_drift_psi", "PSI of regime shares vs the training baseline", registry=r)
         self.drift_js = Gauge("regimetry_drift_js", "Jensen-Shannon divergence (bits) of regime shares vs baseline", registry=r)
         self.drift_transition = Gauge("regimetry_drift_transition_shift",
@@ -59,6 +63,7 @@ class WorkerMetrics:
         start_http_server(port, addr=host, registry=self.registry)
 
     def set_model(self, manifest: dict) -> None:
+        self.model_switches.inc()
         self.model_info.info({"model_version": str(manifest["model_version"]),
                               "window_size": str(manifest["window_size"]),
                               "n_clusters": str(manifest["n_clusters"]),

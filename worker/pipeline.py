@@ -20,10 +20,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from regimetry.features import compute_features
-from regimetry.inference import RegimeModel
-from worker.drift import DriftMonitor
-from worker.events import Profiles, build_event, dead_letter, encode
+from worker.events import build_event, dead_letter, encode
 from worker.metrics import WorkerMetrics
+from worker.serving import Serving
 from worker.state import RedisStore, SymbolState, SymbolWrite, pack_bar, pack_embedding, unpack_embeddings
 from worker.validate import Bar, BarValidator, Reason, Rejection
 
@@ -67,29 +66,29 @@ class _SymbolPlan:
 class BatchProcessor:
     MIN_BLOCK = 32  # rows per classifier block below which splitting costs more than it saves
 
-    def __init__(self, model: RegimeModel, store: RedisStore, validator: BarValidator, metrics: WorkerMetrics,
-                 drift: DriftMonitor, executor: Executor, ood_threshold: float, dlq_limit: int,
-                 retry_max_seconds: float = 5.0, classify_threads: int = 1):
-        self.model = model
+    def __init__(self, serving: Serving, store: RedisStore, validator: BarValidator, metrics: WorkerMetrics,
+                 executor: Executor, dlq_limit: int, retry_max_seconds: float = 5.0, classify_threads: int = 1):
         self.store = store
         self.validator = validator
         self.metrics = metrics
-        self.drift = drift
         self.executor = executor
-        self.ood_threshold = ood_threshold
         self.dlq_limit = dlq_limit
         self.retry_max_seconds = retry_max_seconds
         self.classify_threads = classify_threads
         self.classify_pool = (ThreadPoolExecutor(classify_threads, thread_name_prefix="regimetry-knn")
                               if classify_threads > 1 else None)
-        b = model.bundle
-        self.version = b.version
-        self.history = b.history_bars
-        self.stride = b.stride
-        self.length = b.input_length
-        self.span = (self.length - 1) * self.stride
-        self.dim = int(b.manifest["embedding_dim"])
-        self.profiles = Profiles.from_manifest(b.manifest)
+        self.use(serving)
+
+    def use(self, serving: Serving) -> None:
+        """Serve another model from the next batch on (call between batches only)."""
+        self.serving = serving
+        self.model = serving.model
+        self.drift = serving.drift
+        self.ood_threshold = serving.ood_threshold
+        self.profiles = serving.profiles
+        self.version, self.history, self.stride = serving.version, serving.history, serving.stride
+        self.span, self.dim = serving.span, serving.dim
+        self.store.configure(serving.history, serving.span, serving.version)
 
     # -- orchestration ------------------------------------------------------------------------------------
     async def process(self, records: list[Record]) -> Outgoing:
@@ -248,7 +247,7 @@ class BatchProcessor:
 
     @property
     def bundle_k(self) -> int:
-        return self.model.bundle.n_clusters
+        return self.serving.n_clusters
 
     def _finish(self, plan: _SymbolPlan, row_of: dict[int, int], z: np.ndarray, proba: np.ndarray,
                 ood: np.ndarray, next_proba: dict) -> tuple[SymbolWrite | None, object]:

@@ -54,6 +54,7 @@ class Settings:
     dedupe_window: int = 1024  # bars and events kept per symbol so a redelivery re-emits its event
     # Model and inference
     bundle: str = "exported_models"
+    reload_interval: float = 10.0  # seconds between checks of the bundle's CURRENT pointer; 0 = no hot reload
     ort_threads: int = 1
     classify_threads: int = 1  # >1 splits kNN rows over threads (numpy releases the GIL); helps only on idle cores
     batch_size: int = 256

@@ -139,13 +139,18 @@ class RedisStore:
     def __init__(self, client, prefix: str, history: int, emb_keep: int, dedupe_window: int, model_version: str):
         self.client = client
         self.prefix = prefix
-        self.history = history
-        self.keep_bars = max(history, dedupe_window)
-        self.keep_emb = max(emb_keep, 1)
+        self.dedupe_window = dedupe_window
         self.keep_events = max(dedupe_window, 1)
-        self.model_version = model_version
+        self.configure(history, emb_keep, model_version)
         self._read_sha: str | None = None
         self._write_sha: str | None = None
+
+    def configure(self, history: int, emb_keep: int, model_version: str) -> None:
+        """Sizes that depend on the model in force (set again on a hot reload)."""
+        self.history = history
+        self.keep_bars = max(history, self.dedupe_window)
+        self.keep_emb = max(emb_keep, 1)
+        self.model_version = model_version
 
     def keys(self, symbol: str) -> list[str]:
         base = f"{self.prefix}:{{{symbol}}}:"

@@ -1,0 +1,82 @@
+"""Hot reload (issue 6, item 6): the CURRENT pointer moves to another bundle while the worker runs.
+
+Runs the worker's Runtime and BatchProcessor in-process against the session Redis (no Kafka needed for
+this: the switch happens between micro-batches, which is all the agent adds). Bundles: the tiny test bundle,
+then the committed default bundle (another window, history and embedding size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_stack import series
+from regimetry.bundle import resolve_bundle_dir
+from regimetry.feed import series_messages
+from regimetry.inference import RegimeModel
+from worker.pipeline import Record
+from worker.settings import load_settings
+
+pytestmark = pytest.mark.slow
+DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "exported_models"
+
+
+def records(msgs: list, start: int = 0) -> list[Record]:
+    return [Record(k, v, "bars", 0, start + i, time.time()) for i, (k, v) in enumerate(msgs)]
+
+
+def test_switch_at_batch_boundary_and_refuse_a_bad_bundle(stack, tiny_bundle, tmp_path):
+    from worker.app import Runtime
+
+    second = resolve_bundle_dir(DEFAULT_MODELS)
+    root = tmp_path / "models"
+    root.mkdir()
+    for b in (tiny_bundle, second):
+        shutil.copytree(b, root / b.name)
+    (root / "CURRENT").write_text(tiny_bundle.name)
+    rt = Runtime(load_settings({}, bundle=str(root), redis_url=stack.redis_url, key_prefix="reload"))
+    new_model = RegimeModel(root / second.name)
+    bars = series("T30", new_model.bundle.history_bars + 60, seed=44)
+    msgs = series_messages("T30", bars.times, bars.values)
+    cut = len(msgs) - 30
+
+    async def run() -> tuple[list[dict], list[dict], float]:
+        await rt.connect()
+        before = [json.loads(v) for _, v in (await rt.processor.process(records(msgs[:cut]))).events]
+        # a tampered bundle is refused and the current one keeps serving
+        bad = root / "bad"
+        shutil.copytree(tiny_bundle, bad)
+        with open(bad / "encoder.onnx", "ab") as f:
+            f.write(b"\0")
+        (root / "CURRENT").write_text("bad")
+        await rt.check_for_new_bundle()
+        rt.apply_pending()
+        assert rt.serving.version == RegimeModel(tiny_bundle).bundle.version
+        failures = rt.metrics.reload_failures._value.get()
+        # the real switch
+        (root / "CURRENT").write_text(second.name)
+        await rt.check_for_new_bundle()
+        rt.apply_pending()
+        after = [json.loads(v) for _, v in (await rt.processor.process(records(msgs[cut:], cut))).events]
+        return before, after, failures
+
+    before, after, failures = asyncio.run(run())
+    assert failures == 1
+    assert {e["model_version"] for e in before} == {RegimeModel(tiny_bundle).bundle.version}
+    assert {e["model_version"] for e in after} == {new_model.bundle.version}
+    assert [e["bar_time"] for e in after] == bars.times[cut:].tolist()
+
+    # after the switch every regime equals the new model's batch reference (a regime depends only on its
+    # window); forecasts need L embeddings of the new model, so they come back after input_length bars
+    ref = new_model.run_series(bars.values)
+    rows = np.arange(cut, len(bars)) - ref.offset
+    np.testing.assert_array_equal([e["regime"]["id"] for e in after], ref.regime[rows])
+    span = (new_model.bundle.input_length - 1) * new_model.bundle.stride
+    assert all(e["predicted"] is None for e in after[:span])
+    assert [e["predicted"]["regime"] for e in after[span:]] == ref.next_regime[rows][span:].tolist()

@@ -1,0 +1,68 @@
+"""The model in force and everything derived from its manifest, swappable as one unit.
+
+Hot reload replaces this object between two micro-batches, never inside one: a batch is computed entirely
+by one model version, its events carry that version (and so that version's event ids), and the drift
+gauges restart against the new bundle's baseline. Embeddings stored in Redis by the previous version are
+ignored and replaced (they live in another geometry), so forecasts resume after forecaster.input_length
+bars of the new version; regimes and their ids continue, since a retrain aligns ids to the previous bundle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from regimetry.inference import RegimeModel
+from worker.drift import DriftMonitor
+from worker.events import Profiles
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Serving:
+    model: RegimeModel
+    ood_threshold: float
+    drift: DriftMonitor
+    profiles: Profiles
+
+    @property
+    def path(self) -> Path:
+        return self.model.bundle.path.resolve()
+
+    @property
+    def version(self) -> str:
+        return self.model.bundle.version
+
+    @property
+    def history(self) -> int:
+        return self.model.bundle.history_bars
+
+    @property
+    def stride(self) -> int:
+        return self.model.bundle.stride
+
+    @property
+    def span(self) -> int:
+        """Embeddings between the oldest and newest forecaster input: (L - 1) * stride."""
+        return (self.model.bundle.input_length - 1) * self.model.bundle.stride
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.bundle.manifest["embedding_dim"])
+
+    @property
+    def n_clusters(self) -> int:
+        return self.model.bundle.n_clusters
+
+
+def load_serving(bundle_dir: str | Path, settings: Settings) -> Serving:
+    """Verify and open a bundle (BundleError / ValueError with a clear message if it cannot be served)."""
+    model = RegimeModel(bundle_dir, threads=settings.ort_threads)
+    manifest = model.bundle.manifest
+    quantiles = manifest["baseline"]["centroid_distance_quantiles"]
+    if settings.ood_quantile not in quantiles:
+        raise ValueError(f"REGIMETRY_OOD_QUANTILE={settings.ood_quantile!r} is not in the bundle's "
+                         f"centroid_distance_quantiles ({', '.join(sorted(quantiles))})")
+    threshold = float(quantiles[settings.ood_quantile])
+    drift = DriftMonitor(manifest["baseline"], model.bundle.n_clusters, settings.drift_horizon, threshold)
+    return Serving(model, threshold, drift, Profiles.from_manifest(manifest))
