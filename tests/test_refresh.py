@@ -127,6 +127,7 @@ def test_refresh_on_shifted_bars_keeps_ids_and_publishes(tiny_bundle, locked, tm
     events = json_lines(res.stdout)
     assert res.exit_code == 0, res.stdout
     aligned = next(e for e in events if e["event"] == "aligned")
+    print("shifted refresh:", {k: aligned[k] for k in ("agreement", "agreement_in_previous_data", "mapping")})
     assert aligned["method"] == "window_labels" and aligned["agreement"] >= 0.9
     assert not aligned["identity"]                     # the previous ids were permuted: alignment had work to do
     version = next(e for e in events if e["event"] == "published")["model_version"]
@@ -179,3 +180,29 @@ def test_refresh_exit_codes_for_bad_inputs(tmp_path, locked):
     missing = run_cli(["refresh", "--profile", str(locked), "--data", str(tmp_path / "nope.csv"),
                        "--models", str(tmp_path)])
     assert missing.exit_code == 2 and "no such file" in json_lines(missing.stdout)[-1]["message"]
+
+
+def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot_label():
+    from regimetry.classify import KNNClassifier
+    from regimetry.data import BarSeries
+    from trainer.clustering import Clustering
+    from trainer.refresh import Aligner, Previous
+
+    rng = np.random.default_rng(2)
+    n = 600
+    new_ids = np.repeat([0, 1, 2], n // 3)                       # the refit's own ids, by block of bars
+    vol = np.array([0.001, 0.004, 0.012])[new_ids]
+    drift = np.array([0.0005, 0.0, -0.0005])[new_ids]
+    close = 100 * np.exp(np.cumsum(drift + vol * rng.standard_normal(n)))
+    series = BarSeries(3600 * np.arange(n), np.stack([close] * 4 + [np.ones(n)], 1))
+    z = np.eye(3, dtype=np.float32)[new_ids] * 10               # embeddings that the classifier maps to new_ids
+    cl = Clustering(np.zeros(3), np.ones(3), new_ids, np.eye(3) * 10, KNNClassifier(z, new_ids, 3, 1))
+    # the previous bundle called the calm regime 2, the middle one 0, the wild one 1 (PERM)
+    profiles = [{"id": int(PERM[i]), "mean_return": [0.0005, 0.0, -0.0005][i], "volatility": [0.001, 0.004, 0.012][i]}
+                for i in range(3)]
+    prev = Previous(Path("prev"), {"model_version": "old", "regime_profiles": profiles, "data": {}}, None, None,
+                    "feature code version 1 is gone")
+    aligned, rec = Aligner(prev, series, 0.9, 50)(cl, z, series.times)
+    assert rec["method"] == "profile_centroids" and rec["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
+    assert rec["agreement"] is None and rec["flagged"] and "gone" in rec["reason"]
+    np.testing.assert_array_equal(aligned.classifier.predict(z), PERM[new_ids])
