@@ -133,7 +133,7 @@ class Runtime:
         for ts in out.new_event_timestamps:
             m.e2e_latency.observe(max(now - ts, 0.0))
         m.batch_latency.observe(time.perf_counter() - t0)
-        m.set_drift(self.drift.snapshot())
+        m.set_drift(self.serving.drift.snapshot())
 
     async def _deliver(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> None:
         """Send and await broker acknowledgement; on failure resend everything (duplicates are harmless,
