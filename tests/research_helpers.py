@@ -15,6 +15,23 @@ from regimetry.data import BarSeries
 from regimetry.synthetic import generate_bars, write_csv
 
 
+def run_cli(args: list[str]):
+    """Invoke the research commands (search, report, lock, refresh) in-process; returns click's Result."""
+    import typer
+    from typer.testing import CliRunner
+
+    from trainer import research_cli
+
+    app = typer.Typer()
+    research_cli.register(app)
+    return CliRunner().invoke(app, args)
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON log lines of a refresh's stdout."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def nested(dotted: dict) -> dict:
     """{'encoder.epochs': 2} -> {'encoder': {'epochs': 2}} (what a YAML profile looks like)."""
     out: dict = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research_helpers import csv_of, nested, permute_bundle, shifted, write_yaml
+from research_helpers import csv_of, json_lines, nested, permute_bundle, run_cli, shifted, write_yaml
 from trainer import alignment
 
 PERM = np.array([2, 0, 1])   # tiny bundles have 3 regimes
@@ -95,19 +95,6 @@ def locked(tmp_path):
     path = tmp_path / "locked_profile.yaml"
     locked_profile.write(locked_profile.lock(cfg, generate_bars().bars), path)
     return path
-
-
-def run_cli(args: list[str]):
-    from typer.testing import CliRunner
-
-    from regimetry.cli import _register, app
-
-    _register()
-    return CliRunner().invoke(app, args)
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import math
 import pytest
 import yaml
 
-from research_helpers import csv_of, nested, write_yaml
+from research_helpers import csv_of, nested, run_cli, write_yaml
 from trainer import scorecard
 from trainer.search_spec import expand, load_search
 
@@ -77,7 +77,6 @@ def test_rank_orders_by_composite_and_puts_failures_last():
 @pytest.mark.slow
 def test_tiny_grid_search_ranks_writes_best_config_and_resumes(tmp_path):
     from regimetry.synthetic import generate_bars
-    from test_refresh import run_cli
     from trainer.config import load_config
 
     data = csv_of(generate_bars(n_bars=1500, seed=3).bars, tmp_path / "bars.csv")

@@ -22,7 +22,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from regimetry.bundle import MANIFEST, POINTER, BundleError, resolve_bundle_dir
 from regimetry.data import BarSeries
 from trainer import alignment
 from trainer.clustering import Clustering
+
+if TYPE_CHECKING:
+    from trainer.locked_profile import LockedProfile
 
 EXIT_PUBLISHED, EXIT_USAGE, EXIT_FLAGGED, EXIT_PROFILE, EXIT_FAILED = 0, 2, 3, 4, 5
 Log = Callable[..., None]   # log(event, **fields)
@@ -146,7 +149,7 @@ def point_current(models: Path, version: str) -> None:
     tmp.replace(models / POINTER)
 
 
-def refresh(profile, data: str, series: BarSeries, models: Path, previous: Path | None = None,
+def refresh(profile: "LockedProfile", data: str, series: BarSeries, models: Path, previous: Path | None = None,
             min_agreement: float = 0.9, min_windows: int = 50, transitions: Path | None = None,
             log: Log = lambda event, **kw: None) -> Outcome:
     """Refit ``profile`` (a LockedProfile) on ``series`` (read from ``data``); see the module docstring."""
