@@ -193,3 +193,16 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
     assert rec["method"] == "profile_centroids" and rec["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
     assert rec["agreement"] is None and rec["flagged"] and "gone" in rec["reason"]
     np.testing.assert_array_equal(aligned.classifier.predict(z), PERM[new_ids])
+
+
+def test_overlapping_refreshes_are_refused(tmp_path, locked):
+    from trainer.refresh import Busy, exclusive
+
+    with exclusive(tmp_path):
+        with pytest.raises(Busy):
+            with exclusive(tmp_path):
+                pass
+        res = run_cli(["refresh", "--profile", str(locked), "--data", "synthetic", "--models", str(tmp_path)])
+        assert res.exit_code == 6 and json_lines(res.stdout)[-1]["event"] == "error"
+    with exclusive(tmp_path):      # released on exit
+        pass

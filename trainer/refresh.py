@@ -14,11 +14,14 @@ say what happened:
     3  flagged: agreement below the threshold, or no way to measure it; the bundle is written, NOT published
     4  profile mismatch: the profile's feature hash or cluster count differs from the code or previous bundle
     5  training or export failed
+    6  busy: another refresh holds the models root's lock (overlapping cron runs); nothing was done
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,25 @@ from trainer.clustering import Clustering
 if TYPE_CHECKING:
     from trainer.locked_profile import LockedProfile
 
-EXIT_PUBLISHED, EXIT_USAGE, EXIT_FLAGGED, EXIT_PROFILE, EXIT_FAILED = 0, 2, 3, 4, 5
+EXIT_PUBLISHED, EXIT_USAGE, EXIT_FLAGGED, EXIT_PROFILE, EXIT_FAILED, EXIT_BUSY = 0, 2, 3, 4, 5, 6
+LOCK_FILE = ".refresh.lock"
+
+
+class Busy(RuntimeError):
+    """Another refresh is running on the same models root."""
+
+
+@contextlib.contextmanager
+def exclusive(models: Path):
+    """Hold an advisory lock on the models root for the whole refresh, so overlapping cron runs cannot both
+    train and race on CURRENT; the second one gives up at once. The OS releases it if the process dies."""
+    models.mkdir(parents=True, exist_ok=True)
+    with open(models / LOCK_FILE, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(f"another refresh holds {models / LOCK_FILE}") from None
+        yield
 Log = Callable[..., None]   # log(event, **fields)
 
 

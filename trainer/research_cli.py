@@ -183,7 +183,8 @@ def refresh_cmd(
     """Refit the locked profile on new bars, align regime ids to the bundle in force, publish if they agree.
 
     Exit codes: 0 published or up to date; 2 bad input; 3 flagged (agreement below --min-agreement, bundle
-    written but CURRENT not moved); 4 profile mismatch; 5 training failed. Logs are JSON lines on stdout."""
+    written but CURRENT not moved); 4 profile mismatch; 5 training failed; 6 another refresh is running.
+    Logs are JSON lines on stdout."""
     from regimetry.bundle import BundleError
     from regimetry.data import BarDataError, resolve_data
     from trainer import locked_profile, refresh as rf
@@ -206,8 +207,11 @@ def refresh_cmd(
         stop(rf.EXIT_USAGE, str(exc))
     log("start", profile=str(profile), data=data, bars=len(series), symbol=series.symbol, models=str(models))
     try:
-        outcome = rf.refresh(prof, data, series, models, previous, min_agreement, min_windows,
-                             transitions or models / "transitions.jsonl", log)
+        with rf.exclusive(models):
+            outcome = rf.refresh(prof, data, series, models, previous, min_agreement, min_windows,
+                                 transitions or models / "transitions.jsonl", log)
+    except rf.Busy as exc:
+        stop(rf.EXIT_BUSY, str(exc))
     except locked_profile.ProfileMismatch as exc:
         stop(rf.EXIT_PROFILE, str(exc))
     except BundleError as exc:

@@ -2,7 +2,7 @@
 
     base: configs/eurusd.yaml        # a training YAML (path relative to this file) or an inline mapping
     output: search_runs/eurusd       # records, ranking.csv, shortlist.json, best_config.yaml
-    workers: 1                       # candidate processes at once ("auto": one per 2 cores)
+    workers: 1                       # candidate processes at once (default "auto": one per 2 cores)
     shortlist: 5
     score: {weights: {separation: 0.4, balance: 0.3, persistence: 0.3}, duration_scale: 24}
     grid:
@@ -92,7 +92,7 @@ def load_search(path: str | Path) -> SearchSpec:
     grid = {SHORT_NAMES.get(k, k): (v if isinstance(v, list) else [v]) for k, v in (doc.get("grid") or {}).items()}
     if not grid or any(len(v) == 0 for v in grid.values()):
         raise ValueError(f"{path}: 'grid' must map options to non-empty lists of values")
-    workers = doc.get("workers", 1)
+    workers = doc.get("workers", "auto")
     return SearchSpec(
         base=flatten(base),
         grid=grid,
