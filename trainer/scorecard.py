@@ -49,20 +49,20 @@ def _num(x) -> float:
     return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def components(metrics: dict) -> dict:
+def components(metrics: dict, spec: ScoreSpec = ScoreSpec()) -> dict:
     """separation, balance and persistence (each in [0, 1]) from a candidate's metrics; see module docstring."""
     sil, db = metrics.get("silhouette"), metrics.get("davies_bouldin")
-    sep = 0.5 * min(max(_num(sil), 0.0), 1.0) + (0.5 / (1.0 + db) if db is not None and not math.isnan(db) else 0.0)
+    db_term = 0.0 if db is None or math.isnan(db) else 0.5 / (1.0 + db)
     k = metrics["n_clusters"]
-    bal = 0.5 * _num(metrics.get("share_entropy")) + 0.5 * min(1.0, k * _num(metrics.get("min_share")))
-    return {"separation": sep, "balance": bal, "duration_bars": _num(metrics.get("mean_duration_bars"))}
+    return {
+        "separation": 0.5 * min(max(_num(sil), 0.0), 1.0) + db_term,
+        "balance": 0.5 * _num(metrics.get("share_entropy")) + 0.5 * min(1.0, k * _num(metrics.get("min_share"))),
+        "persistence": 1.0 - math.exp(-_num(metrics.get("mean_duration_bars")) / spec.duration_scale),
+    }
 
 
 def score(metrics: dict, spec: ScoreSpec = ScoreSpec()) -> dict:
-    """Components and the weighted composite."""
-    c = components(metrics)
-    per = 1.0 - math.exp(-c.pop("duration_bars") / spec.duration_scale)
-    c["persistence"] = per
-    w = spec.weights
-    c["composite"] = sum(w[name] * c[name] for name in DEFAULT_WEIGHTS) / sum(w.values())
+    """Components and their weighted mean, the composite."""
+    c = components(metrics, spec)
+    c["composite"] = sum(spec.weights[name] * c[name] for name in DEFAULT_WEIGHTS) / sum(spec.weights.values())
     return c
