@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     s = json.loads(out.read_text())
-    bundle = load_bundle("exported_models")
+    bundle = load_bundle(Path(__file__).resolve().parents[1] / "exported_models")
     expected = BARS - bundle.history_bars + 1
     assert s["model_version"] == bundle.version
     assert s["events"] == s["expected_events"] == expected
@@ -64,6 +65,10 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     assert s["dlq"] == BAD_BARS_EXPECTED
     assert set(s["drift"]) == {"psi", "js", "transition_shift", "hit_rate", "mean_confidence", "ood_share"}
     assert abs(sum(s["regime_shares"].values()) - 1.0) < 1e-9
+    # fewer events than the worker's drift horizon: its gauges cover exactly the events the demo received
+    assert s["drift_horizon_events"] == expected
+    assert s["whole_run"]["psi"] == pytest.approx(s["drift"]["psi"], abs=1e-9)
+    assert s["whole_run"]["js"] == pytest.approx(s["drift"]["js"], abs=1e-9)
     # --show all printed one line per event; transitions counted from the events themselves
     event_lines = [ln for ln in stderr.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+EURUSD", ln)]
     assert len(event_lines) == expected

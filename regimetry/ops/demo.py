@@ -69,6 +69,8 @@ def scrape(port: int) -> dict:
                 out["drift"][s.name[16:]] = s.value
             elif s.name == "regimetry_bars_dead_lettered_total" and s.value:
                 out["dlq"][s.labels["reason"]] = int(s.value)
+            elif s.name == "regimetry_drift_horizon_events":
+                out["drift_horizon_events"] = int(s.value)
             elif s.name in ("regimetry_end_to_end_latency_seconds_sum", "regimetry_end_to_end_latency_seconds_count",
                             "regimetry_bars_consumed_total", "regimetry_events_emitted_total"):
                 out[s.name] = s.value
@@ -80,7 +82,11 @@ def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent:
     """The figures printed at the end (and written by --summary-json)."""
     b = model.bundle
     k = b.n_clusters
+    from regimetry.diagnostics import jensen_shannon, psi
+
     live = np.array([e["regime"]["id"] for e in events], dtype=np.int64)
+    live_shares = np.bincount(live, minlength=k)[:k] / max(len(live), 1)
+    baseline = np.asarray(b.manifest["baseline"]["cluster_distribution"], dtype=np.float64)
     ref = model.run_series(series.values)
     ref_by_time = dict(zip(series.times[ref.offset:].tolist(), ref.regime.tolist()))
     agree = sum(ref_by_time.get(e["bar_time"]) == e["regime"]["id"] for e in events)
@@ -94,9 +100,11 @@ def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent:
         "expected_events": max(0, len(series) - b.history_bars + 1),
         "transitions": int(sum(bool(e["regime_changed"]) for e in events)),
         "ood_events": int(sum(bool(e["ood"]) for e in events)),
-        "regime_shares": {str(i): float(np.mean(live == i)) if len(live) else 0.0 for i in range(k)},
-        "baseline_shares": {str(i): float(p) for i, p in enumerate(b.manifest["baseline"]["cluster_distribution"])},
+        "regime_shares": {str(i): float(x) for i, x in enumerate(live_shares)},
+        "baseline_shares": {str(i): float(x) for i, x in enumerate(baseline)},
         "drift": metrics["drift"],
+        "drift_horizon_events": metrics.get("drift_horizon_events"),
+        "whole_run": {"psi": psi(live_shares, baseline), "js": jensen_shannon(live_shares, baseline)},
         "dlq": metrics["dlq"],
         "batch_reference_agreement": {"equal": int(agree), "of": len(events)},
         "mean_end_to_end_latency_seconds": (metrics["regimetry_end_to_end_latency_seconds_sum"] / lat_n) if lat_n else None,

@@ -6,6 +6,9 @@ from rich.console import Console
 from rich.table import Table
 
 
+WIDTH = 56
+
+
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
@@ -15,7 +18,8 @@ def _fmt(value: object) -> str:
 
 
 def print_summary(console: Console, s: dict) -> None:
-    top = Table(title=f"regimetry demo: summary ({s['symbol']}, model {s['model_version']})", show_header=False)
+    top = Table(title=f"regimetry demo: summary ({s['symbol']}, model {s['model_version']})", show_header=False,
+                min_width=WIDTH)
     top.add_column(style="bold")
     top.add_column(justify="right")
     agree = s["batch_reference_agreement"]
@@ -32,21 +36,24 @@ def print_summary(console: Console, s: dict) -> None:
         top.add_row(k, str(v))
     console.print(top)
 
-    shares = Table(title="regime shares: live vs training baseline")
+    shares = Table(title="regime shares: live (all events) vs training baseline", min_width=WIDTH)
     for col in ("regime", "live", "baseline"):
         shares.add_column(col, justify="right")
     for k, live in s["regime_shares"].items():
         shares.add_row(k, f"{live:.3f}", f"{s['baseline_shares'].get(k, 0.0):.3f}")
+    whole = s["whole_run"]
+    shares.add_row("PSI / JS", f"{whole['psi']:.4f}", f"{whole['js']:.4f}", style="dim")
     console.print(shares)
 
-    drift = Table(title="drift gauges (worker /metrics)")
+    drift = Table(title=f"drift gauges on the worker's /metrics (last {s['drift_horizon_events']} events)",
+                  min_width=WIDTH)
     drift.add_column("gauge")
     drift.add_column("value", justify="right")
     for k, v in s["drift"].items():
         drift.add_row(k, _fmt(v))
     console.print(drift)
 
-    dlq = Table(title="dead letters by reason")
+    dlq = Table(title="dead letters by reason", min_width=WIDTH)
     dlq.add_column("reason")
     dlq.add_column("count", justify="right")
     for k, v in sorted(s["dlq"].items()) or [("(none)", 0)]:
