@@ -66,7 +66,7 @@ def csv_of(series: BarSeries, path: Path) -> Path:
 
 def permute_bundle(src: Path, dst_root: Path, perm: np.ndarray) -> Path:
     """A copy of a bundle whose regime id i is renamed perm[i] everywhere (classifier labels, centroids,
-    profiles, baseline), re-hashed and re-versioned: a previous model that numbered the same regimes differently."""
+    profiles, baseline, regimes.csv), re-hashed and re-versioned: a previous model that numbered the same regimes differently."""
     perm = np.asarray(perm)
     m = json.loads((src / MANIFEST).read_text())
     version = m["model_version"] + "-perm" + "".join(map(str, perm))
@@ -74,6 +74,12 @@ def permute_bundle(src: Path, dst_root: Path, perm: np.ndarray) -> Path:
     shutil.copytree(src, dst)
     clf = KNNClassifier.load(dst / "classifier.npz")
     KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k).save(dst / "classifier.npz")
+    regimes_csv = dst / "regimes.csv"
+    if regimes_csv.exists():                    # bar_time,epoch,regime,confidence,split
+        head, *rows = regimes_csv.read_text().splitlines()
+        cells = [r.split(",") for r in rows]
+        regimes_csv.write_text("\n".join([head] + [",".join(c[:2] + [str(perm[int(c[2])])] + c[3:])
+                                                   for c in cells]) + "\n")
     inv = np.argsort(perm)                      # new position j holds old regime inv[j]
     m["model_version"] = version
     m["centroids"] = [m["centroids"][i] for i in inv]

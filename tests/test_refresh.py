@@ -206,3 +206,28 @@ def test_overlapping_refreshes_are_refused(tmp_path, locked):
         assert res.exit_code == 6 and json_lines(res.stdout)[-1]["event"] == "error"
     with exclusive(tmp_path):      # released on exit
         pass
+
+
+def test_permuted_bundle_helper_renames_every_id(tiny_bundle, tmp_path):
+    """The previous bundle of the refresh tests must be the tiny model with ids renamed, nothing else."""
+    from regimetry.inference import RegimeModel
+    from regimetry.synthetic import generate_bars
+
+    bars = generate_bars().bars.values[:800]
+    copy = permute_bundle(Path(tiny_bundle), tmp_path, PERM)
+    a, b = RegimeModel(tiny_bundle).run_series(bars), RegimeModel(copy).run_series(bars)
+    # a tied k-NN vote goes to the lowest id, so renaming ids can only change the winner of a tie
+    tied = (a.proba == a.proba.max(1, keepdims=True)).sum(1) > 1
+    assert tied.mean() < 0.05
+    np.testing.assert_array_equal(b.regime[~tied], PERM[a.regime[~tied]])
+    np.testing.assert_allclose(b.proba[:, PERM], a.proba)
+    np.testing.assert_allclose(b.ood, a.ood)                  # centroids moved with their ids
+    ma = json.loads((Path(tiny_bundle) / "manifest.json").read_text())
+    mb = json.loads((copy / "manifest.json").read_text())
+    for i in range(3):
+        assert mb["baseline"]["cluster_distribution"][PERM[i]] == ma["baseline"]["cluster_distribution"][i]
+        assert mb["regime_profiles"][PERM[i]]["volatility"] == ma["regime_profiles"][i]["volatility"]
+    if (copy / "regimes.csv").exists():
+        ra = [r.split(",")[2] for r in (Path(tiny_bundle) / "regimes.csv").read_text().splitlines()[1:]]
+        rb = [r.split(",")[2] for r in (copy / "regimes.csv").read_text().splitlines()[1:]]
+        assert rb == [str(PERM[int(x)]) for x in ra]
