@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -157,7 +157,7 @@ def lock_cmd(
                   f"{d['start']} .. {d['end']}, feature spec {doc['feature_spec_hash'][:12]}")
 
 
-def json_logger(log_file: Path | None):
+def json_logger(log_file: Path | None) -> Callable[..., None]:
     """log(event, **fields): one JSON object per line on stdout, appended to ``log_file`` as well."""
     def log(event: str, **fields) -> None:
         line = json.dumps({"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "event": event,
