@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 OHLCV = ("open", "high", "low", "close", "volume")
-FEATURE_CODE_VERSION = 2  # bump whenever the arithmetic below changes; it is part of the spec hash
+FEATURE_CODE_VERSION = 3  # bump whenever the arithmetic below changes; it is part of the spec hash
 
 _EPS = 1e-12
 _TINY = 1e-6  # floor inside logs of ranges/volatility: a flat bar (high == low) stays finite
@@ -59,7 +59,6 @@ class FeatureSpec:
                 "macd_hist",
                 f"log_volatility_{self.volatility}",
                 f"volume_z_{self.volume}",
-                f"log_volume_{self.volume}",
                 "volatility_ratio",
             ),
         )
@@ -171,10 +170,11 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     win = _rolling(lv, spec.volume)
     sd = win.std(-1)
     volume_z = np.where(sd > _EPS, (lv[..., spec.volume - 1:] - win.mean(-1)) / np.maximum(sd, _EPS), 0.0)
-    volume_level = win.mean(-1)
 
-    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z,
-                   volume_level, vol_ratio])
+    # Deliberately no raw volume level: on real feeds it drifts with the data vendor and the years (EURUSD
+    # tick volume doubles mid-sample), and regimes built on it become calendar periods. Volume enters only
+    # relative to its own recent history.
+    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z, vol_ratio])
     n_out = t - spec.lookback + 1
     return np.stack([col[..., col.shape[-1] - n_out:] for col in cols], axis=-1)
 

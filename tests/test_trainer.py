@@ -184,3 +184,20 @@ def test_config_errors_are_clear(tmp_path):
     p.write_text("encoder:\n  epochs: 3\nforecaster:\n  name: stratum_attn\n")
     cfg = load_config(p)
     assert cfg.encoder.epochs == 3 and cfg.forecaster.name == "stratum_attn" and cfg.window_size == 30
+
+
+def test_committed_bundle_regimes_recur_over_time():
+    """Regimes must be states the market returns to, not calendar periods (a non-stationary input such as
+    raw volume level turns clusters into eras). Checked on the committed EURUSD bundle."""
+    import csv
+
+    from regimetry.bundle import resolve_bundle_dir
+
+    d = resolve_bundle_dir("exported_models")
+    verify_bundle(d)
+    regimes = np.array([int(r["regime"]) for r in csv.DictReader(open(d / "regimes.csv"))])
+    deciles = np.array_split(regimes, 10)
+    k = int(regimes.max()) + 1
+    present = [sum((part == r).mean() > 0.02 for part in deciles) for r in range(k)]
+    major = [r for r in range(k) if (regimes == r).mean() > 0.15]
+    assert major and all(present[r] >= 8 for r in major), present
