@@ -201,3 +201,27 @@ def test_committed_bundle_regimes_recur_over_time():
     present = [sum((part == r).mean() > 0.02 for part in deciles) for r in range(k)]
     major = [r for r in range(k) if (regimes == r).mean() > 0.15]
     assert major and all(present[r] >= 8 for r in major), present
+
+
+def test_train_config_reads_a_locked_profile(tmp_path):
+    from fixtures_bundle import tiny_config
+    from trainer import locked_profile
+
+    cfg = tiny_config(tmp_path, seed=99)
+    doc = locked_profile.lock(cfg, generate_bars(n_bars=300).bars)
+    locked_profile.write(doc, tmp_path / "locked_profile.yaml")
+    again = load_config(tmp_path / "locked_profile.yaml")
+    assert again == cfg and again.seed == 99
+    doc["feature_spec_hash"] = "0" * 64
+    locked_profile.write(doc, tmp_path / "stale.yaml")
+    with pytest.raises(ValueError, match="locked with feature spec"):
+        load_config(tmp_path / "stale.yaml")
+
+
+def test_hmm_baseline_never_fails_training():
+    from trainer.evaluate import planted_recovery
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=400), np.zeros(400), np.ones(400)])  # singular covariance
+    out = planted_recovery(rng.integers(0, 3, 400), rng.integers(0, 3, 400), x, 3, seed=0)
+    assert "ari_regimetry" in out and "hmm_note" in out

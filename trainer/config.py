@@ -119,8 +119,16 @@ def from_dict(values: dict | None) -> TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then dotted overrides such as {'encoder.epochs': 2}."""
+    """Defaults, then the YAML file, then dotted overrides such as {'encoder.epochs': 2}.
+
+    The file may be a plain profile (best_config.yaml, training_profile_used.yaml) or a locked profile from
+    `regimetry lock`, whose frozen config and seed are used after its feature hash is checked.
+    """
     values = yaml.safe_load(Path(path).read_text()) if path else {}
+    if isinstance(values, dict) and values.get("kind") == "regimetry-locked-profile":
+        from trainer.locked_profile import load as load_locked
+
+        values = load_locked(path).config.to_dict()
     cfg = TrainConfig()
     _merge(cfg, values or {}, "")
     for dotted, val in (overrides or {}).items():

@@ -39,8 +39,18 @@ def planted_recovery(found: np.ndarray, planted: np.ndarray, hmm_features: np.nd
         from hmmlearn.hmm import GaussianHMM
     except ImportError:  # pragma: no cover
         return {**out, "ari_hmm": None, "ari_hmm_filtered": None, "hmm_note": "hmmlearn not installed"}
-    hmm = GaussianHMM(n_components=n_states, covariance_type="full", n_iter=100, random_state=seed)
-    hmm.fit(hmm_features[:fit_rows])
+    hmm = None
+    for cov in ("full", "diag"):  # a degenerate full covariance must not fail a training run over a baseline
+        try:
+            hmm = GaussianHMM(n_components=n_states, covariance_type=cov, n_iter=100, random_state=seed)
+            hmm.fit(hmm_features[:fit_rows])
+            hmm.predict(hmm_features[:10])
+            break
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            hmm, failure = None, f"{cov} covariance: {exc}"
+    if hmm is None:
+        return {**out, "ari_hmm": None, "ari_hmm_filtered": None, "hmm_note": f"Gaussian HMM failed to fit ({failure})"}
+    out["hmm_covariance"] = hmm.covariance_type
     out["ari_hmm"] = float(adjusted_rand_score(planted, hmm.predict(hmm_features)))
     out["ari_hmm_filtered"] = float(adjusted_rand_score(planted, forward_filter(hmm, hmm_features)))
     out["hmm_note"] = ("GaussianHMM (hmmlearn) on each bar's log return, log range and log volume, fitted on the "
