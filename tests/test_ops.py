@@ -256,3 +256,36 @@ def test_strategy_subscriber_example_in_the_docs_runs(stack, t35_events, tmp_pat
     got = [ln for ln in r.stdout.splitlines() if ln.startswith("T35:")]
     assert got and len(got) == len(want)
     assert got[0].startswith(f"T35: regime {want[0]['previous_regime']} -> {want[0]['regime']['id']} ")
+
+
+@pytest.mark.slow
+def test_tail_follows_new_events_from_the_end(stack, worker, model):
+    """Started before the bars exist, tail shows the new events: nothing sent after "following" is skipped.
+
+    (Tansu reports end offsets too low, so older events of other symbols may show first: --symbol filters them.)"""
+    import os
+    import time
+
+    from fixtures_stack import series
+    from regimetry.feed import produce, series_messages
+
+    history = model.bundle.history_bars
+    bars = series("T36", history + 9, seed=36)
+    proc = subprocess.Popen([sys.executable, "-m", "regimetry.cli", "tail", "--json", "--symbol", "T36", "--max", "10", "--broker",
+                             stack.bootstrap], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        line = ""
+        while "following" not in line:  # positions resolved: from here on nothing is skipped
+            assert time.monotonic() < deadline and proc.poll() is None, line
+            line = proc.stderr.readline()
+        produce(stack.bootstrap, "bars", series_messages("T36", bars.times, bars.values))
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    got = [json.loads(x) for x in out.splitlines()]
+    assert [e["symbol"] for e in got] == ["T36"] * 10
+    assert sorted(e["bar_time"] for e in got) == bars.times[history - 1:].tolist()

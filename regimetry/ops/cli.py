@@ -97,13 +97,22 @@ def tail_cmd(
     from rich.console import Console
 
     from regimetry.ops.events_view import HEADER, line
-    from regimetry.ops.kafka import consumer
+    from regimetry.ops.kafka import assign_all, consumer
     from regimetry.ops.tail import TailOptions, follow, json_line, kafka_poller
 
     s = _settings(broker)
     out = Console(highlight=False, soft_wrap=True)
     opts = TailOptions(frozenset(symbol), transitions_only, not no_dedupe, max_events, idle_timeout)
-    cons = consumer(s, topic or s.events_topic, from_beginning, group)
+    topic = topic or s.events_topic
+    cons = consumer(s, topic if group else None, from_beginning, group)
+    if group is None:
+        try:
+            n = len(assign_all(cons, topic, from_beginning))
+        except LookupError as exc:
+            cons.close()
+            fail(str(exc))
+        console.print(f"following {topic} ({n} partitions) from the {'beginning' if from_beginning else 'end'}; "
+                      "Ctrl-C to stop")
     if as_json:
         def show(e: dict) -> None:
             sys.stdout.write(json_line(e) + "\n")

@@ -56,6 +56,15 @@ def bad_messages(series: BarSeries) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def locate_bundle(path: str) -> Path:
+    """`path` as given, or, for the default relative path run outside the clone, the clone's committed bundle."""
+    p = Path(path)
+    repo_models = Path(__file__).resolve().parents[2] / "exported_models"
+    if not p.exists() and not p.is_absolute() and p == Path("exported_models") and repo_models.exists():
+        return repo_models
+    return p
+
+
 def scrape(port: int) -> dict:
     """Drift gauges, dead letters by reason and latency figures from the worker's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -132,7 +141,7 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     from regimetry.ops.replay import Pace, load_series, replay
     from regimetry.stack import start_stack, start_worker
 
-    bundle_dir = resolve_bundle_dir(opts.bundle).resolve()  # the worker runs in the demo workdir
+    bundle_dir = resolve_bundle_dir(locate_bundle(opts.bundle)).resolve()  # the worker runs in the demo workdir
     model = RegimeModel(bundle_dir)
     series = load_series([opts.source], [opts.symbol], opts.bars)[0]
     bad = bad_messages(series) if opts.bad_bars else []

@@ -51,3 +51,23 @@ def admin(s: Settings):
     from kafka import KafkaAdminClient
 
     return KafkaAdminClient(**client_config(s), request_timeout_ms=10_000)
+
+
+def assign_all(consumer, topic: str, from_beginning: bool) -> list:
+    """Read every partition of `topic` without a group, positioned now at its start or end.
+
+    Positions are resolved before returning, so a caller that then says "following" really follows: nothing
+    sent afterwards is skipped. (Some brokers report end offsets too low; a viewer then shows a few older
+    records, which is harmless, whereas correctness-critical readers start from the beginning.)
+    """
+    from kafka import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        raise LookupError(f"topic {topic!r} does not exist (or has no partitions)")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
+    for tp in tps:
+        consumer.position(tp)
+    return tps

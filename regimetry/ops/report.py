@@ -36,14 +36,10 @@ def read_all(consumer, topic: str, idle: float = 2.0, timeout: float = 120.0,
 
     The consumer must not be subscribed: all partitions are assigned here, so no group is joined or moved.
     """
-    from kafka import TopicPartition
+    from regimetry.ops.kafka import assign_all
 
     deadline = clock() + timeout
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        raise LookupError(f"topic {topic!r} does not exist (or has no partitions)")
-    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-    consumer.seek_to_beginning()
+    assign_all(consumer, topic, from_beginning=True)
     targets = consumer.end_offsets(list(consumer.assignment()))
     values: list[bytes] = []
     last_new = clock()
