@@ -92,6 +92,21 @@ def test_worker_service_settings_load_and_point_at_the_other_services():
     assert services["trainer"]["profiles"] == ["train"]
 
 
+def test_kafka_service_is_a_single_kraft_node_with_a_valid_cluster_id():
+    import base64
+
+    kafka = compose()["services"]["kafka"]
+    env = service_env(kafka)
+    assert kafka["image"].startswith("${KAFKA_IMAGE:-apache/kafka:")
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    node, voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split("@")
+    assert node == str(env["KAFKA_NODE_ID"]) and voter.split(":")[1] in env["KAFKA_LISTENERS"]
+    raw = base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")
+    assert len(env["CLUSTER_ID"]) == 22 and len(raw) == 16
+    assert base64.urlsafe_b64encode(raw).decode().rstrip("=") == env["CLUSTER_ID"], "no stray bits in the last character"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics come from the topics service, with their partition counts"
+
+
 def test_topics_service_creates_what_the_worker_consumes():
     from regimetry.ops.topics import TOPIC_ENV
 
