@@ -49,6 +49,19 @@ def test_every_deployment_file_parses():
     assert len(ids) == len(set(ids)), "panel ids must be unique"
 
 
+def test_dashboard_panels_fit_the_grid_without_overlapping():
+    cells: dict[tuple[int, int], str] = {}
+    for p in dashboard()["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["w"] >= 1 and g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
+    kinds = {p["type"] for p in dashboard()["panels"]}
+    assert kinds <= {"row", "stat", "table", "timeseries", "state-timeline"}
+
+
 def test_promtool_accepts_config_and_rules_and_alert_unit_tests_pass():
     for args in (("check", "config", str(PROM_DIR / "prometheus.yml")),
                  ("check", "rules", str(PROM_DIR / "alerts.yml")),
