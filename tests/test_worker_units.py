@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -134,3 +135,24 @@ def test_compiled_schema_agrees_with_jsonschema(doc):
     except fastjsonschema.JsonSchemaValueException:
         accepted = False
     assert accepted == schema_validator("bar.schema.json").is_valid(doc)
+
+
+def test_faust_consumer_fetch_wait_is_bounded():
+    """Faust hard-codes fetch_max_wait_ms=1500 (~450 ms extra latency per bar on Tansu); the worker caps it
+    for Faust's consumers only."""
+    import aiokafka
+    import faust.transport.drivers.aiokafka as driver
+
+    from worker.faust_tuning import limit_fetch_wait
+
+    async def build():
+        return driver.aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=1500)
+
+    original = driver.aiokafka
+    try:
+        limit_fetch_wait(100)
+        consumer = asyncio.run(build())
+        assert consumer._fetch_max_wait_ms == 100
+        assert aiokafka.AIOKafkaConsumer is not driver.aiokafka.AIOKafkaConsumer  # nobody else is affected
+    finally:
+        driver.aiokafka = original

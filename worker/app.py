@@ -156,7 +156,10 @@ def create_app(settings: Settings, runtime: Runtime):
     import faust
 
     from worker.connections import faust_credentials
+    from worker.faust_tuning import limit_fetch_wait
     from worker.pipeline import Record
+
+    limit_fetch_wait(settings.fetch_max_wait_ms)
 
     app = faust.App(
         settings.group_id,

@@ -43,6 +43,7 @@ class Settings:
     rebalance_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     commit_interval: float = 1.0
+    fetch_max_wait_ms: int = 100  # Faust hard-codes 1500, which delays every bar ~450 ms on Tansu
     startup_timeout: float = 30.0  # seconds the broker and Redis may take to answer at start (then exit 3 / 4)
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
