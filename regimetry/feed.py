@@ -8,6 +8,7 @@ the earliest offset until the caller's condition holds or a deadline passes.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -64,6 +65,42 @@ def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, b
     return n
 
 
+class PacedFeed:
+    """Sends messages from a background thread in chunks with a pause between them: a steady stream, so
+    faults injected by a test land mid-flow. The pause paces the offered load; it is not a wait for a result."""
+
+    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], chunk: int = 16,
+                 pause: float = 0.02):
+        self._args = (bootstrap, topic, messages, chunk, pause)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paced-feed")
+
+    def _run(self) -> None:
+        bootstrap, topic, messages, chunk, pause = self._args
+        prod = producer(bootstrap, linger_ms=0)
+        try:
+            for i in range(0, len(messages), chunk):
+                if self._stop.is_set():
+                    break
+                for key, value in messages[i:i + chunk]:
+                    prod.send(topic, key=key, value=value)
+                prod.flush()
+                self._stop.wait(pause)
+        finally:
+            prod.close()
+
+    def start(self) -> "PacedFeed":
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 @dataclass
 class Collector:
     """Reads a topic from the earliest offset and keeps every record (decoded JSON where it parses)."""
@@ -99,6 +136,17 @@ class Collector:
                 return vals
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what}: not reached within {timeout:.0f} s ({len(vals)} records on {self.topic})")
+
+    def copies_by_event_id(self) -> dict[str, set[bytes]]:
+        """Distinct raw values per event id: one value per id means every redelivered copy was identical."""
+        out: dict[str, set[bytes]] = {}
+        for r in self.records:
+            out.setdefault(json.loads(r.value)["event_id"], set()).add(r.value)
+        return out
+
+    def wait_for_bars(self, n: int, timeout: float, what: str) -> list[dict]:
+        """Wait until events for `n` distinct (symbol, bar_time) pairs have arrived."""
+        return self.wait_for(lambda v: len({(e["symbol"], e["bar_time"]) for e in v}) >= n, timeout, what)
 
     def stream(self) -> Iterator:
         while True:

@@ -8,13 +8,10 @@ and Redis key prefix, so the session worker used by the other tests is not distu
 
 from __future__ import annotations
 
-import json
-import threading
-
 import pytest
 
 from fixtures_stack import series
-from regimetry.feed import Collector, interleave, producer, series_messages
+from regimetry.feed import Collector, PacedFeed, interleave, series_messages
 from regimetry.stack import create_topics, start_worker, wait_until
 
 pytestmark = pytest.mark.slow
@@ -36,19 +33,7 @@ def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_clie
     settings = {**SETTINGS, "bundle": str(tiny_bundle)}
     worker = start_worker(stack, tmp_path, name="crash-worker-0", **settings)
     events = Collector(stack.bootstrap, "regime-events-crash")
-    done = threading.Event()
-
-    def feed() -> None:  # a steady stream, so the kills land mid-flow
-        prod = producer(stack.bootstrap, linger_ms=0)
-        for i in range(0, len(msgs), 20):
-            for key, value in msgs[i:i + 20]:
-                prod.send("bars-crash", key=key, value=value)
-            prod.flush()
-            done.wait(0.02)  # pacing the offered load, not waiting for a result
-        prod.close()
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feed = PacedFeed(stack.bootstrap, "bars-crash", msgs, chunk=20).start()
     crashes = 0
     try:
         for k, threshold in enumerate((n_expected // 8, n_expected // 3, n_expected // 2)):
@@ -56,17 +41,13 @@ def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_clie
             worker.kill()
             crashes += 1
             worker = start_worker(stack, tmp_path, name=f"crash-worker-{k + 1}", **settings)
-        feeder.join(120)
-        keys = lambda v: {(e["symbol"], e["bar_time"]) for e in v}  # noqa: E731
-        events.wait_for(lambda v: len(keys(v)) >= n_expected, 180, "an event for every complete window")
+        feed.join(120)
+        events.wait_for_bars(n_expected, 180, "an event for every complete window")
     finally:
-        done.set()
-        feeder.join(10)
+        feed.stop()
         worker.stop()
 
-    by_id: dict[str, set[bytes]] = {}
-    for r in events.records:
-        by_id.setdefault(json.loads(r.value)["event_id"], set()).add(r.value)
+    by_id = events.copies_by_event_id()
     events.close()
     assert crashes == 3
     assert len(by_id) == n_expected, "one distinct event id per bar with a complete window"

@@ -6,12 +6,11 @@ consistent (one distinct event per bar with a window, identical copies, equal to
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
 from fixtures_stack import series
-from regimetry.feed import Collector, interleave, producer, series_messages
+from regimetry.feed import Collector, PacedFeed, interleave, series_messages
 from regimetry.stack import create_topics, metric_value, metrics_text, start_worker, wait_until
 from test_worker_e2e import assert_matches_reference
 
@@ -37,36 +36,20 @@ def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tin
     a = start_worker(stack, tmp_path, name="scale-a", **settings)
     b = start_worker(stack, tmp_path, name="scale-b", **settings)
     events = Collector(stack.bootstrap, "regime-events-scale")
-    stop = threading.Event()
-
-    def feed() -> None:
-        prod = producer(stack.bootstrap, linger_ms=0)
-        for i in range(0, len(msgs), 16):
-            for key, value in msgs[i:i + 16]:
-                prod.send("bars-scale", key=key, value=value)
-            prod.flush()
-            stop.wait(0.02)  # pacing the offered load
-        prod.close()
-
-    feeder = threading.Thread(target=feed)
+    feed = PacedFeed(stack.bootstrap, "bars-scale", msgs).start()
     try:
-        feeder.start()
         # both members got work once the group settled, then one leaves mid-stream
         wait_until(lambda: consumed(a) > 0 and consumed(b) > 0, 120, "both workers consuming")
         events.wait_for(lambda v: len(v) >= n_expected // 3, 120, "a third of the events")
         assert a.stop() == 0
-        feeder.join(120)
-        keys = lambda v: {(e["symbol"], e["bar_time"]) for e in v}  # noqa: E731
-        events.wait_for(lambda v: len(keys(v)) >= n_expected, 180, "every event after the rebalance")
+        feed.join(120)
+        events.wait_for_bars(n_expected, 180, "every event after the rebalance")
     finally:
-        stop.set()
-        feeder.join(10)
+        feed.stop()
         b.stop()
         a.stop()
 
-    copies: dict[str, set[bytes]] = {}
-    for r in events.records:
-        copies.setdefault(json.loads(r.value)["event_id"], set()).add(r.value)
+    copies = events.copies_by_event_id()
     events.close()
     assert len(copies) == n_expected and all(len(c) == 1 for c in copies.values())
     values = {json.loads(next(iter(c)))["event_id"]: json.loads(next(iter(c))) for c in copies.values()}
