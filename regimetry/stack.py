@@ -198,12 +198,14 @@ def redis_answers(port: int, password: str | None = None) -> bool:
 
 
 def start_redis(workdir: Path, port: int | None = None, password: str | None = None,
-                timeout: float = 20.0) -> Process:
-    """redis-server on 127.0.0.1 without persistence (tests want a clean slate, not a dump file)."""
+                timeout: float = 20.0, appendonly: bool = False) -> Process:
+    """redis-server on 127.0.0.1; no persistence by default (tests want a clean slate), or an append-only
+    file in `workdir` (as in production) so a restart on the same port and folder keeps the data."""
     port = port or free_port()
     binary = os.environ.get("REGIMETRY_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(workdir)]
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "yes" if appendonly else "no", "--appendfsync", "always", "--dir", str(workdir)]
     if password:
         argv += ["--requirepass", password]
     proc = _spawn(f"redis-{port}", argv, workdir, port)
