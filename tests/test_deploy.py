@@ -28,6 +28,7 @@ from worker.settings import Settings, load_settings
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 needs_prometheus = pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian prometheus not installed")
 REGIMETRY_SERVICES = ("topics", "worker")
+# Symbols of this module on the shared session worker: T20-T22 (test_ops uses T23, T24; the worker tests others).
 
 
 def code_env_names() -> set[str]:
@@ -200,13 +201,13 @@ def fed_worker(stack, worker, model):
     from regimetry.stack import metric_value, metrics_text, wait_until
 
     history = model.bundle.history_bars
-    data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(["T30", "T31"])}
+    data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(["T20", "T21"])}
     before = metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") or 0.0
     dead_before = metric_value(metrics_text(worker.port), "regimetry_bars_dead_lettered_total", {"reason": "malformed_json"})
     produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
-            + [(b"T32", b"{not json")])
+            + [(b"T22", b"{not json")])
     wait_until(lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + 2 * 31,
-               90, "events of T30/T31 emitted")
+               90, "events of T20/T21 emitted")
     wait_until(lambda: metric_value(metrics_text(worker.port), "regimetry_bars_dead_lettered_total",
                                     {"reason": "malformed_json"}) >= dead_before + 1, 30, "malformed message dead-lettered")
     return worker

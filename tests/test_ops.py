@@ -20,6 +20,7 @@ from regimetry.data import BarSeries
 from regimetry.ops.replay import Pace, PaceError, merged, replay
 
 TIMEOUT = 90
+# Symbols of this module on the shared session worker: T23, T24 (test_deploy uses T20-T22; the worker tests others).
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -117,24 +118,24 @@ def test_replay_refuses_bad_arguments():
 
 # -- tail and report-events on the worker's events ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def t35_events(stack, worker, model):
-    """Events of symbol T35 (its bars sent twice: the second time the worker re-emits the same ids)."""
+def t23_events(stack, worker, model):
+    """Events of symbol T23 (its bars sent twice: the second time the worker re-emits the same ids)."""
     from fixtures_stack import series
     from regimetry.feed import Collector, produce, series_messages
 
     history = model.bundle.history_bars
-    bars = series("T35", history + 120, seed=35)
-    msgs = series_messages("T35", bars.times, bars.values)
+    bars = series("T23", history + 120, seed=23)
+    msgs = series_messages("T23", bars.times, bars.values)
     n = len(bars) - history + 1
     col = Collector(stack.bootstrap, "regime-events")
     try:
         produce(stack.bootstrap, "bars", msgs)
-        col.wait_for(lambda v: sum(e["symbol"] == "T35" for e in v) >= n, TIMEOUT, "T35 events")
+        col.wait_for(lambda v: sum(e["symbol"] == "T23" for e in v) >= n, TIMEOUT, "T23 events")
         produce(stack.bootstrap, "bars", msgs)  # redelivery: same event ids again
-        vals = col.wait_for(lambda v: sum(e["symbol"] == "T35" for e in v) >= 2 * n, TIMEOUT, "T35 re-emissions")
+        vals = col.wait_for(lambda v: sum(e["symbol"] == "T23" for e in v) >= 2 * n, TIMEOUT, "T23 re-emissions")
     finally:
         col.close()
-    events = [e for e in vals if e["symbol"] == "T35"]
+    events = [e for e in vals if e["symbol"] == "T23"]
     assert len({e["event_id"] for e in events}) == n
     first = {}
     for e in events:
@@ -143,35 +144,35 @@ def t35_events(stack, worker, model):
 
 
 @pytest.mark.slow
-def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t35_events):
-    want = [e for e in t35_events if e["regime_changed"]]
+def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t23_events):
+    want = [e for e in t23_events if e["regime_changed"]]
     assert want, "the series must contain regime changes for this test to mean anything"
-    r = run_cli("tail", "--from-beginning", "--json", "--symbol", "T35", "--transitions-only", "--idle-timeout", "3",
+    r = run_cli("tail", "--from-beginning", "--json", "--symbol", "T23", "--transitions-only", "--idle-timeout", "3",
                 "--broker", stack.bootstrap)
     assert r.returncode == 0, r.stderr
     got = [json.loads(x) for x in r.stdout.splitlines()]
     assert [e["event_id"] for e in got] == [e["event_id"] for e in want]
-    assert all(e["symbol"] == "T35" and e["regime_changed"] and e["previous_regime"] is not None for e in got)
+    assert all(e["symbol"] == "T23" and e["regime_changed"] and e["previous_regime"] is not None for e in got)
 
 
 @pytest.mark.slow
-def test_tail_table_stops_after_max(stack, t35_events):
-    r = run_cli("tail", "--from-beginning", "--symbol", "T35", "--max", "5", "--broker", stack.bootstrap)
+def test_tail_table_stops_after_max(stack, t23_events):
+    r = run_cli("tail", "--from-beginning", "--symbol", "T23", "--max", "5", "--broker", stack.bootstrap)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("bar time (UTC)") and len(lines) == 6
-    assert all(" T35 " in ln for ln in lines[1:])
+    assert all(" T23 " in ln for ln in lines[1:])
 
 
 @pytest.mark.slow
-def test_report_events_writes_the_range_once_each(stack, t35_events, tmp_path):
+def test_report_events_writes_the_range_once_each(stack, t23_events, tmp_path):
     from datetime import datetime, timezone
 
-    since, until = t35_events[10]["bar_time"], t35_events[50]["bar_time"]
-    want = [e for e in t35_events if since <= e["bar_time"] < until]
+    since, until = t23_events[10]["bar_time"], t23_events[50]["bar_time"]
+    want = [e for e in t23_events if since <= e["bar_time"] < until]
     since_iso = datetime.fromtimestamp(since, tz=timezone.utc).isoformat()
     out_csv, out_json = tmp_path / "ev.csv", tmp_path / "ev.json"
-    r = run_cli("report-events", "--since", since_iso, "--until", str(until), "--symbol", "T35",
+    r = run_cli("report-events", "--since", since_iso, "--until", str(until), "--symbol", "T23",
                 "--csv", str(out_csv), "--json", str(out_json), "--idle", "1", "--broker", stack.bootstrap)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
@@ -234,7 +235,7 @@ def test_audit_log_records_loads_and_version_changes(tmp_path):
 
 
 @pytest.mark.slow
-def test_strategy_subscriber_example_in_the_docs_runs(stack, t35_events, tmp_path):
+def test_strategy_subscriber_example_in_the_docs_runs(stack, t23_events, tmp_path):
     """The kafka-python example of docs/operations.md, run as written against the embedded broker."""
     import os
     import re
@@ -252,10 +253,10 @@ def test_strategy_subscriber_example_in_the_docs_runs(stack, t35_events, tmp_pat
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "KAFKA_BOOTSTRAP": stack.bootstrap, "EXIT_AFTER_IDLE_MS": "3000"})
     assert r.returncode == 0, r.stderr
-    want = [e for e in t35_events if e["regime_changed"] and e["regime"]["confidence"] >= 0.6]
-    got = [ln for ln in r.stdout.splitlines() if ln.startswith("T35:")]
+    want = [e for e in t23_events if e["regime_changed"] and e["regime"]["confidence"] >= 0.6]
+    got = [ln for ln in r.stdout.splitlines() if ln.startswith("T23:")]
     assert got and len(got) == len(want)
-    assert got[0].startswith(f"T35: regime {want[0]['previous_regime']} -> {want[0]['regime']['id']} ")
+    assert got[0].startswith(f"T23: regime {want[0]['previous_regime']} -> {want[0]['regime']['id']} ")
 
 
 @pytest.mark.slow
@@ -270,8 +271,8 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
     from regimetry.feed import produce, series_messages
 
     history = model.bundle.history_bars
-    bars = series("T36", history + 9, seed=36)
-    proc = subprocess.Popen([sys.executable, "-m", "regimetry.cli", "tail", "--json", "--symbol", "T36", "--max", "10", "--broker",
+    bars = series("T24", history + 9, seed=24)
+    proc = subprocess.Popen([sys.executable, "-m", "regimetry.cli", "tail", "--json", "--symbol", "T24", "--max", "10", "--broker",
                              stack.bootstrap], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"})
     try:
@@ -280,12 +281,12 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
         while "following" not in line:  # positions resolved: from here on nothing is skipped
             assert time.monotonic() < deadline and proc.poll() is None, line
             line = proc.stderr.readline()
-        produce(stack.bootstrap, "bars", series_messages("T36", bars.times, bars.values))
+        produce(stack.bootstrap, "bars", series_messages("T24", bars.times, bars.values))
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     got = [json.loads(x) for x in out.splitlines()]
-    assert [e["symbol"] for e in got] == ["T36"] * 10
+    assert [e["symbol"] for e in got] == ["T24"] * 10
     assert sorted(e["bar_time"] for e in got) == bars.times[history - 1:].tolist()
