@@ -130,6 +130,72 @@ def _on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+class _Feeder(threading.Thread):
+    """Replays the series then the bad messages into `bars` on its own thread, so events print as they come."""
+
+    def __init__(self, prod, series: BarSeries, bad: list[tuple[bytes, bytes]], rate: float | None,
+                 on_sent: Callable[[int], None]):
+        super().__init__(name="demo-replay", daemon=True)
+        self.prod, self.series, self.bad, self.rate, self.on_sent = prod, series, bad, rate, on_sent
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+
+    def _send(self, symbol: str, msg: bytes) -> None:
+        if self.stopping.is_set():
+            raise _Interrupted
+        self.prod.send("bars", key=symbol.encode(), value=msg)
+
+    def run(self) -> None:
+        from regimetry.ops.replay import Pace, replay
+
+        try:
+            replay([self.series], self._send, Pace(rate=self.rate), on_sent=self.on_sent)
+            for key, value in self.bad:
+                self.prod.send("bars", key=key, value=value)
+            self.prod.flush()
+            self.on_sent(len(self.series) + len(self.bad))
+        except _Interrupted:
+            pass
+        except BaseException as exc:  # surfaced in the main thread
+            self.failure = exc
+
+
+def _collect(collector, expected: int, timeout: float, show: str, feeder: _Feeder, printer,
+             on_count: Callable[[int], None], log: Path) -> list[dict]:
+    """Unique events from regime-events until `expected` arrived (printing them per `show`), with a deadline."""
+    from regimetry.ops.events_view import Seen, decode, line
+
+    seen, events = Seen(), []
+    deadline = time.monotonic() + timeout
+    while len(events) < expected:
+        if feeder.failure is not None:
+            raise feeder.failure
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(events)} of {expected} events arrived within {timeout:.0f} s; worker log: {log}")
+        before = len(collector.records)
+        collector.poll()
+        for r in collector.records[before:]:
+            e = decode(r.value)
+            if e is None or not seen.first_time(e["event_id"]):
+                continue
+            events.append(e)
+            if show == "all" or (show == "transitions" and e["regime_changed"]):
+                printer(line(e))
+        on_count(len(events))
+    return events
+
+
+def _final_metrics(port: int, dead_letters: int) -> dict:
+    """The worker's figures once it has counted every bad message (they trail the last event)."""
+    from regimetry.stack import wait_until
+
+    def counted() -> dict | None:
+        m = scrape(port)
+        return m if sum(m["dlq"].values()) >= dead_letters else None
+
+    return wait_until(counted, 30.0, f"{dead_letters} dead letters counted by the worker")
+
+
 def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console) -> dict:
     """Run the demo; returns the summary. Raises TimeoutError if the events do not all arrive in time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -137,8 +203,8 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     from regimetry.bundle import resolve_bundle_dir
     from regimetry.feed import Collector, producer
     from regimetry.inference import RegimeModel
-    from regimetry.ops.events_view import HEADER, Seen, decode, line
-    from regimetry.ops.replay import Pace, load_series, replay
+    from regimetry.ops.events_view import HEADER
+    from regimetry.ops.replay import load_series
     from regimetry.stack import start_stack, start_worker
 
     bundle_dir = resolve_bundle_dir(locate_bundle(opts.bundle)).resolve()  # the worker runs in the demo workdir
@@ -151,9 +217,9 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
 
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="regimetry-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    old_handler = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
-    stack = collector = None
-    stopping = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    stack = collector = prod = feeder = None
     ok = False
     try:
         t0 = time.monotonic()
@@ -165,76 +231,35 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
             f"(ready in {time.monotonic() - t0:.1f} s)")
         collector = Collector(stack.bootstrap, "regime-events")
         prod = producer(stack.bootstrap)
-
-        def send(symbol: str, msg: bytes) -> None:
-            if stopping.is_set():
-                raise _Interrupted
-            prod.send("bars", key=symbol.encode(), value=msg)
-
         progress = Progress(TextColumn("{task.description:<18}"), BarColumn(bar_width=30), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=progress_console, transient=False)
         sent_task = progress.add_task("bars -> Kafka", total=len(series) + len(bad))
         events_task = progress.add_task("events <- worker", total=expected)
-        failure: list[BaseException] = []
-
-        def feed() -> None:
-            try:
-                replay([series], send, Pace(rate=opts.rate),
-                       on_sent=lambda n: progress.update(sent_task, completed=n))
-                for key, value in bad:
-                    prod.send("bars", key=key, value=value)
-                prod.flush()
-                progress.update(sent_task, completed=len(series) + len(bad))
-            except _Interrupted:
-                pass
-            except BaseException as exc:  # surfaced in the main thread
-                failure.append(exc)
-
+        feeder = _Feeder(prod, series, bad, opts.rate, lambda n: progress.update(sent_task, completed=n))
         started = time.monotonic()
-        feeder = threading.Thread(target=feed, name="demo-replay", daemon=True)
-        seen, events = Seen(), []
         with progress:
             if opts.show != "none":
                 progress.console.print(HEADER, style="bold")
             feeder.start()
-            deadline = time.monotonic() + timeout
-            while len(events) < expected:
-                if failure:
-                    raise failure[0]
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(events)} of {expected} events arrived within {timeout:.0f} s; "
-                                       f"worker log: {worker.log}")
-                before = len(collector.records)
-                collector.poll()
-                for r in collector.records[before:]:
-                    e = decode(r.value)
-                    if e is None or not seen.first_time(e["event_id"]):
-                        continue
-                    events.append(e)
-                    if opts.show == "all" or (opts.show == "transitions" and e["regime_changed"]):
-                        progress.console.print(line(e))
-                progress.update(events_task, completed=len(events))
+            events = _collect(collector, expected, timeout, opts.show, feeder, progress.console.print,
+                              lambda n: progress.update(events_task, completed=n), worker.log)
             feeder.join(timeout=30)
         seconds = time.monotonic() - started
-        want_dlq = sum(BAD_BARS_EXPECTED.values()) if bad else 0
-
-        from regimetry.stack import wait_until
-
-        metrics = wait_until(lambda: (lambda m: m if sum(m["dlq"].values()) >= want_dlq else None)(scrape(worker.port)),
-                             30.0, f"{want_dlq} dead letters counted by the worker")
-        prod.close()
+        metrics = _final_metrics(worker.port, sum(BAD_BARS_EXPECTED.values()) if bad else 0)
         summary = summarize(events, series, model, metrics, len(series), len(bad), seconds)
         summary["processes"] = {"tansu": stack.kafka.pid, "redis": stack.redis.pid, "worker": worker.pid}
-        summary["audit_log"] = [json.loads(x) for x in (workdir / "audit.jsonl").read_text().splitlines()] \
-            if (workdir / "audit.jsonl").exists() else []
+        audit = workdir / "audit.jsonl"
+        summary["audit_log"] = [json.loads(x) for x in audit.read_text().splitlines()] if audit.exists() else []
         ok = True
         return summary
     except KeyboardInterrupt:
-        stopping.set()
         say("[yellow]interrupted[/]: stopping everything the demo started")
         raise
     finally:
-        stopping.set()
+        if feeder is not None:
+            feeder.stopping.set()
+        if prod is not None:
+            prod.close(timeout=5)
         if collector is not None:
             collector.close()
         if stack is not None:
