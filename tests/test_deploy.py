@@ -228,6 +228,25 @@ def test_every_queried_metric_is_exported_by_a_running_worker(fed_worker):
     assert not missing, f"queried but not exported by the worker: {missing}"
 
 
+@pytest.mark.slow
+def test_worker_image_healthcheck_passes_against_a_ready_worker(fed_worker):
+    """The HEALTHCHECK command of docker/worker.Dockerfile, run as written (port swapped) on a live worker."""
+    text = (ROOT / "docker" / "worker.Dockerfile").read_text()
+    cmd = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (python -c .+)$", text, re.M).group(1)
+    code = re.fullmatch(r'python -c "(.+)"', cmd).group(1)
+    s = load_settings(env=service_env(compose()["services"]["worker"]))
+    assert f"127.0.0.1:{s.metrics_port}/metrics" in code
+    import sys
+
+    ok = subprocess.run([sys.executable, "-c", code.replace(f":{s.metrics_port}/", f":{fed_worker.port}/")], timeout=30)
+    assert ok.returncode == 0
+    from regimetry.stack import free_port
+
+    down = subprocess.run([sys.executable, "-c", code.replace(f":{s.metrics_port}/", f":{free_port()}/")],
+                          capture_output=True, timeout=30)
+    assert down.returncode != 0, "the healthcheck must fail when nothing answers"
+
+
 def prom_query(port: int, query: str) -> dict:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     with urllib.request.urlopen(url, timeout=5) as r:
