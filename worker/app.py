@@ -151,6 +151,16 @@ class Runtime:
                 delay = min(delay * 2, self.settings.redis_retry_max_seconds)
 
 
+def _scratch_dir() -> str:
+    """Faust wants a data folder even without tables; ours holds nothing worth keeping, so it goes at exit."""
+    import atexit
+    import shutil
+
+    path = tempfile.mkdtemp(prefix="regimetry-faust-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def create_app(settings: Settings, runtime: Runtime):
     """The Faust app with raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's."""
     import faust
@@ -168,7 +178,7 @@ def create_app(settings: Settings, runtime: Runtime):
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,
-        datadir=os.environ.get("REGIMETRY_DATADIR") or tempfile.mkdtemp(prefix="regimetry-faust-"),
+        datadir=os.environ.get("REGIMETRY_DATADIR") or _scratch_dir(),
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout,
         broker_rebalance_timeout=settings.rebalance_timeout,
