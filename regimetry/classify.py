@@ -19,11 +19,17 @@ class KNNClassifier:
     n_classes: int
     k: int = 15
 
+    def __post_init__(self) -> None:
+        ref = np.asarray(self.reference, dtype=np.float64)
+        object.__setattr__(self, "_ref64", ref)
+        object.__setattr__(self, "_ref_sq", (ref * ref).sum(1))
+
     def predict_proba(self, z: np.ndarray) -> np.ndarray:
         """Vote shares of the k nearest references, (B, n_classes) float64; rows sum to 1."""
         z = np.atleast_2d(np.asarray(z, dtype=np.float64))
-        ref = self.reference.astype(np.float64)
-        d2 = (z * z).sum(1)[:, None] + (ref * ref).sum(1)[None, :] - 2.0 * z @ ref.T
+        ref = self._ref64
+        # |z|^2 is the same for every reference of a row, so it cannot change which are nearest: leave it out.
+        d2 = self._ref_sq[None, :] - 2.0 * z @ ref.T
         k = min(self.k, len(ref))
         idx = np.argpartition(d2, k - 1, axis=1)[:, :k]
         votes = self.labels[idx]

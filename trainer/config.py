@@ -39,8 +39,8 @@ class EncoderConfig:
 class ClusterConfig:
     n_clusters: int = 4
     n_neighbors: int = 15                 # affinity graph of the spectral clustering
-    knn_k: int = 15                       # neighbours voting in the serving classifier
-    max_reference: int = 4000             # reference embeddings kept in the bundle
+    knn_k: int = 9                        # neighbours voting in the serving classifier
+    max_reference: int = 2000             # reference embeddings kept in the bundle (serving cost ~ linear)
 
 
 @dataclass
