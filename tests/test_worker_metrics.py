@@ -42,6 +42,9 @@ def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model):
                  "regimetry_drift_transition_shift", "regimetry_drift_ood_share", "regimetry_drift_mean_confidence"]:
         assert metric_value(text, name) is not None, f"{name} missing from /metrics"
     assert metric_value(text, "regimetry_model_info", {"model_version": model.bundle.version}) == 1.0
+    baseline = model.bundle.manifest["baseline"]["cluster_distribution"]
+    for k, share in enumerate(baseline):  # the dashboard draws live shares against these
+        assert metric_value(text, "regimetry_regime_baseline_share", {"regime": str(k)}) == pytest.approx(share)
 
     horizon = WORKER_SETTINGS["drift_horizon"]
     per_symbol = horizon // 2 + history  # two symbols fill the whole horizon

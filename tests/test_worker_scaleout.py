@@ -1,11 +1,16 @@
-"""Scale-out (issue 3 item 8, issue 6 item 5): two worker processes in one consumer group share the bars
-partitions; one is stopped mid-stream, its partitions move to the other, and the output is complete and
-consistent (one distinct event per bar with a window, identical copies, equal to the batch reference).
+"""Scale-out (issue 3 item 8, issue 6 item 5): two, then three worker processes in one consumer group share
+the bars partitions; one is stopped (SIGTERM) or killed (SIGKILL) mid-stream, its partitions move to the
+others, and the output is complete and consistent (one distinct event per bar with a window, identical
+copies, equal to the batch reference). Each test has its own topics, group and Redis key prefix.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -16,27 +21,62 @@ from test_worker_e2e import assert_matches_reference
 
 pytestmark = pytest.mark.slow
 
-TOPICS = {"bars-scale": 4, "regime-events-scale": 4, "bars-dlq-scale": 1}
-SETTINGS = {"bars_topic": "bars-scale", "events_topic": "regime-events-scale", "dlq_topic": "bars-dlq-scale",
-            "group_id": "regimetry-scale", "key_prefix": "scale", "batch_size": 16, "batch_within": 0.02}
+
+def scale_settings(tag: str, partitions: int) -> tuple[dict, dict]:
+    """Topics and worker settings of one scale-out scenario, isolated from every other test by `tag`."""
+    topics = {f"bars-{tag}": partitions, f"regime-events-{tag}": partitions, f"bars-dlq-{tag}": 1}
+    settings = {"bars_topic": f"bars-{tag}", "events_topic": f"regime-events-{tag}", "dlq_topic": f"bars-dlq-{tag}",
+                "group_id": f"regimetry-{tag}", "key_prefix": tag, "batch_size": 16, "batch_within": 0.02}
+    return topics, settings
 
 
 def consumed(worker) -> float:
     return metric_value(metrics_text(worker.port), "regimetry_bars_consumed_total") or 0.0
 
 
-def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tiny_bundle, tmp_path):
-    create_topics(stack.bootstrap, TOPICS)
+def bar_partition(symbol: str, partitions: int) -> int:
+    """The partition the default Kafka partitioner (murmur2 of the key) puts a symbol's bars in."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(symbol.encode()) & 0x7FFFFFFF) % partitions
+
+
+def last_assignment(log: Path, topic: str) -> set[int]:
+    """Partitions of `topic` in the worker's last 'partitions assigned' log line."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if "partitions assigned:" in ln]
+    return {int(p) for p in re.findall(rf"'{re.escape(topic)}:(\d+)'", lines[-1])} if lines else set()
+
+
+def assert_complete_and_consistent(events: Collector, data: dict, model, n_expected: int) -> int:
+    """One distinct event per bar with a full window, every copy identical, each symbol equal to the batch
+    reference; returns the number of duplicate copies received."""
+    copies = events.copies_by_event_id()
+    assert len(copies) == n_expected, "one distinct event id per bar with a complete window"
+    assert all(len(c) == 1 for c in copies.values()), "every copy of an event is identical"
+    values = [json.loads(next(iter(c))) for c in copies.values()]
+    for s, bars in data.items():
+        mine = sorted((e for e in values if e["symbol"] == s), key=lambda e: e["bar_time"])
+        assert_matches_reference(model, bars, mine)
+    return len(events.records) - n_expected
+
+
+def scale_feed(model, symbols: list[str], seed: int, extra_bars: int) -> tuple[dict, list, int]:
+    """Seeded bars per symbol, interleaved into one message list, and the number of events expected."""
     history = model.bundle.history_bars
-    symbols = [f"T{i}" for i in range(12, 20)]  # 8 symbols: spread over the 4 partitions
-    data = {s: series(s, history + 120, seed=700 + i) for i, s in enumerate(symbols)}
+    data = {s: series(s, history + extra_bars, seed=seed + i) for i, s in enumerate(symbols)}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
-    n_expected = sum(len(b) - history + 1 for b in data.values())
-    settings = {**SETTINGS, "bundle": str(tiny_bundle)}
+    return data, msgs, sum(len(b) - history + 1 for b in data.values())
+
+
+def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tiny_bundle, tmp_path):
+    topics, base = scale_settings("scale", 4)
+    create_topics(stack.bootstrap, topics)
+    data, msgs, n_expected = scale_feed(model, [f"T{i}" for i in range(12, 20)], 700, 120)
+    settings = {**base, "bundle": str(tiny_bundle)}
     a = start_worker(stack, tmp_path, name="scale-a", **settings)
     b = start_worker(stack, tmp_path, name="scale-b", **settings)
-    events = Collector(stack.bootstrap, "regime-events-scale")
-    feed = PacedFeed(stack.bootstrap, "bars-scale", msgs).start()
+    events = Collector(stack.bootstrap, settings["events_topic"])
+    feed = PacedFeed(stack.bootstrap, settings["bars_topic"], msgs).start()
     try:
         # both members got work once the group settled, then one leaves mid-stream
         wait_until(lambda: consumed(a) > 0 and consumed(b) > 0, 120, "both workers consuming")
@@ -48,13 +88,58 @@ def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tin
         feed.stop()
         b.stop()
         a.stop()
-
-    copies = events.copies_by_event_id()
+    duplicates = assert_complete_and_consistent(events, data, model, n_expected)
     events.close()
-    assert len(copies) == n_expected and all(len(c) == 1 for c in copies.values())
-    values = {json.loads(next(iter(c)))["event_id"]: json.loads(next(iter(c))) for c in copies.values()}
-    for s, bars in data.items():
-        mine = sorted((e for e in values.values() if e["symbol"] == s), key=lambda e: e["bar_time"])
-        assert_matches_reference(model, bars, mine)
-    print(f"scale-out: bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
-          f"duplicates {len(events.records) - n_expected}, losses 0")
+    print(f"scale-out (2 workers, SIGTERM): bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
+          f"duplicates {duplicates}, losses 0")
+
+
+def current_symbols(worker) -> set[str]:
+    """Symbols this worker reports in regimetry_current_regime."""
+    return set(re.findall(r'regimetry_current_regime\{symbol="([^"]+)"\}', metrics_text(worker.port)))
+
+
+def test_three_workers_one_killed_mid_stream(stack, model, tiny_bundle, tmp_path):
+    """Three members on 6 partitions; one is SIGKILLed (no goodbye to the group: the coordinator notices
+    after the session timeout). Its partitions move to the two survivors; the rebalance time is measured from
+    the kill to the first new event of a symbol the killed worker was serving."""
+    partitions = 6
+    topics, base = scale_settings("scale3", partitions)
+    create_topics(stack.bootstrap, topics)
+    data, msgs, n_expected = scale_feed(model, [f"T{i}" for i in range(26, 38)], 900, 100)
+    settings = {**base, "bundle": str(tiny_bundle)}
+    with ThreadPoolExecutor(3) as pool:  # start-ups overlap: ~7 s each, mostly waiting for the group
+        workers = list(pool.map(lambda c: start_worker(stack, tmp_path, name=f"scale3-{c}", **settings), "abc"))
+    events = Collector(stack.bootstrap, settings["events_topic"])
+    feed = PacedFeed(stack.bootstrap, settings["bars_topic"], msgs, chunk=24).start()
+    try:
+        wait_until(lambda: all(consumed(w) > 0 for w in workers), 120, "all three workers consuming")
+        events.wait_for(lambda v: len(v) >= n_expected // 3, 120, "a third of the events")
+        victim, survivors = workers[0], workers[1:]
+        held = last_assignment(victim.log, settings["bars_topic"])
+        orphans = {s for s in data if bar_partition(s, partitions) in held}
+        assert orphans, f"the killed worker held partitions {held} but none of the test's symbols"
+        victim.kill()
+        t_kill = time.time()
+        # the broker timestamps every record when it is produced: anything of an orphan after the kill was
+        # sent by a survivor (a dead process sends nothing)
+        first = wait_until(lambda: events.poll() >= 0 and min(
+            (r.timestamp / 1000 for r in events.records if r.key.decode() in orphans and r.timestamp / 1000 > t_kill),
+            default=None), 60, "a new event of a symbol the killed worker served")
+        rebalance = first - t_kill
+        feed.join(120)
+        events.wait_for_bars(n_expected, 180, "every event after the rebalance")
+        reported = [current_symbols(w) for w in survivors]
+        owned = [{s for s in data if bar_partition(s, partitions) in last_assignment(w.log, settings["bars_topic"])}
+                 for w in survivors]
+    finally:
+        feed.stop()
+        for w in workers:
+            w.stop()
+    duplicates = assert_complete_and_consistent(events, data, model, n_expected)
+    events.close()
+    for got, mine in zip(reported, owned):
+        assert got <= mine, f"current_regime reports symbols of partitions moved away: {sorted(got - mine)}"
+    print(f"scale-out (3 workers, SIGKILL): bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
+          f"duplicates {duplicates}, losses 0, rebalance {rebalance:.1f} s (session timeout "
+          f"{settings.get('session_timeout', 10)} s), orphaned symbols {len(orphans)}")

@@ -156,3 +156,21 @@ def test_faust_consumer_fetch_wait_is_bounded():
         assert aiokafka.AIOKafkaConsumer is not driver.aiokafka.AIOKafkaConsumer  # nobody else is affected
     finally:
         driver.aiokafka = original
+
+
+def test_current_regime_forgets_symbols_of_partitions_moved_away():
+    """After a rebalance a worker must not keep reporting a symbol another worker now updates."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from regimetry.stack import metric_value
+    from worker.metrics import WorkerMetrics
+
+    m = WorkerMetrics(3, registry=CollectorRegistry())
+    m.set_regime("A", 1, ("bars", 0))
+    m.set_regime("B", 2, ("bars", 1))
+    assert m.keep_partitions({("bars", 1), ("bars", 2)}) == ["A"]
+    text = generate_latest(m.registry).decode()
+    assert metric_value(text, "regimetry_current_regime", {"symbol": "A"}) is None
+    assert metric_value(text, "regimetry_current_regime", {"symbol": "B"}) == 2.0
+    m.set_regime("A", 0, ("bars", 2))  # the symbol's partition comes back: reported again
+    assert metric_value(generate_latest(m.registry).decode(), "regimetry_current_regime", {"symbol": "A"}) == 0.0

@@ -128,6 +128,7 @@ class Runtime:
         m.events_emitted.inc(len(out.events))
         m.events_reemitted.inc(out.reemitted)
         m.duplicates.inc(out.duplicates)
+        m.bars_warming.inc(out.warming)
         for _, _, reason in out.dead:
             m.dead_lettered.labels(reason=reason).inc()
         for ts in out.new_event_timestamps:
@@ -192,6 +193,11 @@ def create_app(settings: Settings, runtime: Runtime):
     @app.on_partitions_assigned.connect
     async def _assigned(sender, assigned, **kwargs) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+        # Faust passes the whole new assignment: whatever is not in it was revoked
+        dropped = runtime.metrics.keep_partitions({(tp.topic, tp.partition) for tp in assigned})
+        if dropped:
+            log.info("no longer reporting regimetry_current_regime for %d symbol(s) whose partitions moved",
+                     len(dropped))
         runtime.on_assigned()
 
     if settings.reload_interval > 0:

@@ -36,6 +36,11 @@ class WorkerMetrics:
         self.batch_latency = Histogram("regimetry_batch_latency_seconds", "Whole micro-batch: validate to delivered",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.redis_errors = Counter("regimetry_redis_errors_total", "Redis calls that failed (then retried)", registry=r)
+        self.state_lost = Counter("regimetry_redis_state_lost_total",
+                                  "Symbols whose stored state vanished (Redis came back empty): windows refill", registry=r)
+        self.bars_warming = Counter("regimetry_bars_without_window_total",
+                                    "New bars stored without an event: the symbol's window is not full yet "
+                                    "(first bars of a symbol, or refilling after lost state)", registry=r)
         self.redis_conflicts = Counter("regimetry_redis_conflicts_total",
                                        "Symbol writes lost to another worker (re-read and retried)", registry=r)
         self.model_info = Info("regimetry_model", "The model bundle in force", registry=r)
@@ -53,7 +58,10 @@ class WorkerMetrics:
         self.drift_events = Gauge("regimetry_drift_horizon_events", "Events in the drift horizon", registry=r)
         self.regime_share = Gauge("regimetry_regime_share", "Share of each regime over the drift horizon", ["regime"], registry=r)
         self.current_regime = Gauge("regimetry_current_regime", "Latest regime per symbol (capped count)", ["symbol"], registry=r)
-        self._symbols: set[str] = set()
+        self.baseline_share = Gauge("regimetry_regime_baseline_share",
+                                    "Share of each regime in the training baseline of the bundle in force", ["regime"],
+                                    registry=r)
+        self._symbols: dict[str, tuple[str, int] | None] = {}  # symbol -> (topic, partition) its bars came from
         self._symbol_limit = symbol_label_limit
         self._k = n_clusters
         for reason in ("malformed_json", "schema_violation", "out_of_order"):
@@ -68,11 +76,25 @@ class WorkerMetrics:
                               "window_size": str(manifest["window_size"]),
                               "n_clusters": str(manifest["n_clusters"]),
                               "feature_spec_hash": str(manifest["feature_spec_hash"])[:12]})
+        # next to regimetry_regime_share, so a dashboard can draw live against training shares per regime
+        self.baseline_share.clear()
+        for k, share in enumerate(manifest["baseline"]["cluster_distribution"]):
+            self.baseline_share.labels(regime=str(k)).set(float(share))
 
-    def set_regime(self, symbol: str, regime: int) -> None:
+    def set_regime(self, symbol: str, regime: int, partition: tuple[str, int] | None = None) -> None:
+        """Latest regime of `symbol`, remembered with the partition its bars came from (see keep_partitions)."""
         if symbol in self._symbols or len(self._symbols) < self._symbol_limit:
-            self._symbols.add(symbol)
+            self._symbols[symbol] = partition
             self.current_regime.labels(symbol=symbol).set(regime)
+
+    def keep_partitions(self, assigned: set[tuple[str, int]]) -> list[str]:
+        """After a rebalance: drop the symbols whose partition moved to another worker, so this process stops
+        reporting a regime it no longer updates (the new owner reports it). Returns the symbols dropped."""
+        gone = [s for s, tp in self._symbols.items() if tp is not None and tp not in assigned]
+        for s in gone:
+            self.current_regime.remove(s)
+            del self._symbols[s]
+        return gone
 
     def set_drift(self, d: DriftSnapshot) -> None:
         self.drift_psi.set(d.psi)

@@ -50,6 +50,7 @@ class Outgoing:
     new_event_timestamps: list[float] = field(default_factory=list)
     reemitted: int = 0
     duplicates: int = 0
+    warming: int = 0  # new bars stored without an event: the symbol's window is not full yet
 
 
 @dataclass
@@ -77,6 +78,8 @@ class BatchProcessor:
         self.classify_threads = classify_threads
         self.classify_pool = (ThreadPoolExecutor(classify_threads, thread_name_prefix="regimetry-knn")
                               if classify_threads > 1 else None)
+        # last bar time this process saw stored per symbol: Redis going *back* means its state was lost
+        self._known: dict[str, int] = {}
         self.use(serving)
 
     def use(self, serving: Serving) -> None:
@@ -106,6 +109,7 @@ class BatchProcessor:
         while pending:
             candidates = {s: [bar.time for bar, _ in items] for s, items in pending.items()}
             states = await self._with_redis(self.store.read, candidates)
+            self._notice_lost_state(states)
             plans = [self._plan(s, items, states[s]) for s, items in pending.items()]
             t0 = time.perf_counter()
             writes = await loop.run_in_executor(self.executor, self._compute, plans)
@@ -117,6 +121,8 @@ class BatchProcessor:
             for (write, finish), plan in zip(writes, plans):
                 if write is None or next(applied_iter):
                     finish(out)
+                    if write is not None:
+                        self._known[plan.symbol] = write.meta["last_time"]
                 else:  # another worker advanced this symbol between our read and write: redo it
                     self.metrics.redis_conflicts.inc()
                     retry[plan.symbol] = pending[plan.symbol]
@@ -141,6 +147,21 @@ class BatchProcessor:
                 log.warning("redis unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
+
+    def _notice_lost_state(self, states: dict[str, SymbolState]) -> None:
+        """Redis restarted empty (no persistence) or was flushed: a symbol's stored last bar time went back.
+        Nothing to repair from here (the offsets of older bars are committed), so the window refills from
+        new bars and the first history_bars - 1 of them get no event: never an event from a partial window.
+        Counted and logged so the gap is visible."""
+        for symbol, st in states.items():
+            known = self._known.get(symbol)
+            if known is not None and (st.last_time is None or st.last_time < known):
+                self.metrics.state_lost.inc()
+                log.warning("redis state of %s lost (last stored bar %s, Redis now has %s): refilling its window; "
+                            "its next %d bars get no event", symbol, known, st.last_time, self.history - 1)
+                del self._known[symbol]
+            elif st.last_time is not None and (known is None or st.last_time > known):
+                self._known[symbol] = st.last_time
 
     def _dead(self, out: Outgoing, rec: Record, reason: Reason, detail: str) -> None:
         out.dead.append((rec.key, dead_letter(reason.value, detail, rec.value, rec.key, rec.topic, rec.partition,
@@ -267,10 +288,12 @@ class BatchProcessor:
         observations = []
         write = SymbolWrite(plan.symbol, st.last_time) if plan.new else None
         regime, pred = st.regime, st.pred
+        warming = 0
         for j, bar in enumerate(plan.new):
             write.bars.append((bar.time, pack_bar(bar.time, bar.values())))
             row = row_of.get(j)
             if row is None:
+                warming += 1
                 continue
             npb = next_proba.get(row)
             doc = build_event(plan.symbol, bar.time, self.version, proba[row], regime, npb, float(ood[row]),
@@ -289,6 +312,7 @@ class BatchProcessor:
 
         def finish(out: Outgoing) -> None:
             key = plan.symbol.encode()
+            out.warming += warming
             for action in plan.actions:
                 kind = action[0]
                 if kind == "new" and action[1] in encoded:
@@ -311,6 +335,7 @@ class BatchProcessor:
             for obs in observations:
                 self.drift.observe(*obs)
             if encoded:
-                self.metrics.set_regime(plan.symbol, regime)
+                last = plan.records[-1]
+                self.metrics.set_regime(plan.symbol, regime, (last.topic, last.partition))
 
         return write, finish
