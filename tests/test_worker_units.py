@@ -174,3 +174,26 @@ def test_current_regime_forgets_symbols_of_partitions_moved_away():
     assert metric_value(text, "regimetry_current_regime", {"symbol": "B"}) == 2.0
     m.set_regime("A", 0, ("bars", 2))  # the symbol's partition comes back: reported again
     assert metric_value(generate_latest(m.registry).decode(), "regimetry_current_regime", {"symbol": "A"}) == 0.0
+
+
+def test_repeat_filter_holds_back_repeats_and_says_how_many():
+    """While the broker is down aiokafka repeats the same errors every ~100 ms; one per interval is enough."""
+    import logging
+
+    from worker.logfilter import RepeatFilter
+
+    now = [0.0]
+    f = RepeatFilter(5.0, clock=lambda: now[0])
+
+    def rec(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", level, __file__, 1, msg, None, None)
+
+    assert f.filter(rec("Unable connect to node %s"))
+    passed = [f.filter(rec("Unable connect to node %s")) for _ in range(40)]
+    assert not any(passed)
+    assert f.filter(rec("Failed fetch messages from %s"))  # another template is not held back by the first
+    now[0] = 6.0
+    back = rec("Discovered coordinator %s", logging.INFO)
+    assert f.filter(back) and back.msg.endswith("[40 repeated Kafka client warnings/errors held back]")
+    again = rec("Unable connect to node %s")
+    assert f.filter(again) and again.msg == "Unable connect to node %s"

@@ -239,6 +239,9 @@ def main() -> int:
         return EXIT_BAD_BUNDLE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log.info("settings: %s", settings.redacted())
+    from worker.logfilter import limit_kafka_log_repeats
+
+    limit_kafka_log_repeats()
     try:
         runtime = Runtime(settings)
     except (BundleError, ValueError) as exc:
