@@ -42,7 +42,7 @@ def print_summary(console: Console, s: dict) -> None:
     for k, live in s["regime_shares"].items():
         shares.add_row(k, f"{live:.3f}", f"{s['baseline_shares'].get(k, 0.0):.3f}")
     whole = s["whole_run"]
-    shares.add_row("PSI / JS", f"{whole['psi']:.4f}", f"{whole['js']:.4f}", style="dim")
+    shares.caption = f"live vs baseline over the whole run: PSI {whole['psi']:.4f}, Jensen-Shannon {whole['js']:.4f}"
     console.print(shares)
 
     drift = Table(title=f"drift gauges on the worker's /metrics (last {s['drift_horizon_events']} events)",
