@@ -34,7 +34,6 @@ def tiny_config(output_dir: Path, **extra):
 @pytest.fixture(scope="session")
 def tiny_training(tmp_path_factory):
     """TrainResult of the tiny profile (bundle_dir, manifest, summary, regimes, end_time, z)."""
-    pytest.importorskip("tensorflow")
     from trainer.pipeline import train
 
     return train(tiny_config(tmp_path_factory.mktemp("models")))

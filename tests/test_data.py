@@ -68,7 +68,6 @@ def test_synthetic_roundtrip_and_planted_regimes(tmp_path):
 
 
 def test_eurusd_sample_reads_from_installed_package():
-    pytest.importorskip("backtesting")
     from regimetry.data import eurusd_sample_path, load_sample
 
     assert "site-packages" in str(eurusd_sample_path()) or "dist-packages" in str(eurusd_sample_path())
@@ -77,8 +76,7 @@ def test_eurusd_sample_reads_from_installed_package():
 
 
 def test_parquet_bars(tmp_path):
-    pd = pytest.importorskip("pandas")
-    pytest.importorskip("pyarrow")
+    import pandas as pd
     syn = generate_bars(n_bars=300, seed=5)
     df = pd.DataFrame(syn.bars.values, columns=["Open", "High", "Low", "Close", "Volume"])
     df.insert(0, "timestamp", pd.to_datetime(syn.bars.times, unit="s", utc=True))

@@ -260,8 +260,7 @@ def prometheus(fed_worker, tmp_path_factory):
     """Debian's prometheus on a free loopback port, scraping the session worker every second."""
     from regimetry.stack import Process, free_port, wait_until
 
-    if not Path(PROMETHEUS).exists():
-        pytest.skip("Debian prometheus not installed")
+    assert Path(PROMETHEUS).exists(), "Debian prometheus is required: bash scripts/setup.sh installs it"
     work = tmp_path_factory.mktemp("prometheus")
     rules = work / "alerts.yml"
     rules.write_text((PROM_DIR / "alerts.yml").read_text())

@@ -12,7 +12,6 @@ from regimetry.synthetic import generate_bars
 def bars(request):
     if request.param == "synthetic":
         return generate_bars(n_bars=600).bars.values
-    pytest.importorskip("backtesting")
     return load_sample("eurusd").values[:600]
 
 

@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
 
-from regimetry.bundle import BundleError, load_bundle, sha256_file, verify_bundle  # noqa: E402
-from regimetry.features import FeatureSpec  # noqa: E402
-from regimetry.inference import RegimeModel  # noqa: E402
-from regimetry.synthetic import generate_bars  # noqa: E402
-from trainer.config import EncoderConfig, ForecasterConfig, load_config  # noqa: E402
-from trainer.windows import build_windows, rolling_windows, window_end_rows  # noqa: E402
+from regimetry.bundle import BundleError, load_bundle, sha256_file, verify_bundle
+from regimetry.features import FeatureSpec
+from regimetry.inference import RegimeModel
+from regimetry.synthetic import generate_bars
+from trainer.config import EncoderConfig, ForecasterConfig, load_config
+from trainer.windows import build_windows, rolling_windows, window_end_rows
 
 
 def test_rolling_windows_shapes_and_stride():
