@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from regimetry.bundle import resolve_bundle_dir
+from regimetry.features import scaled_windows
 from regimetry.feed import interleave, producer, series_messages
 from regimetry.inference import RegimeModel
 from regimetry.stack import metric_value, metrics_text, start_stack, start_worker, wait_until
@@ -114,9 +115,7 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
     model = RegimeModel(bundle, threads=threads)
     b = model.bundle
     bars = generate_bars(n_bars=n + b.history_bars, seed=5).bars.values
-    feats = b.scaler.transform(__import__("regimetry.features", fromlist=["compute_features"]).compute_features(bars, b.spec))
-    wins = np.lib.stride_tricks.sliding_window_view(feats, b.window_size, axis=0).transpose(0, 2, 1)[:n]
-    wins = np.ascontiguousarray(wins, np.float32)
+    wins = scaled_windows(bars, b.spec, b.scaler, b.window_size)[:n]
     z_hist = np.ascontiguousarray(np.random.default_rng(0).standard_normal((batch, b.input_length, b.manifest["embedding_dim"])), np.float32)
     model.classify(model.forecast(z_hist))  # warm-up
     model.embed(wins[:batch])

@@ -6,6 +6,7 @@ spreadsheet shows it, header = row 1) and the column, and loading stops at the f
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,17 @@ class BarSeries:
 
     def slice(self, start: int, stop: int | None = None) -> "BarSeries":
         return BarSeries(self.times[start:stop], self.values[start:stop], self.symbol)
+
+    def digest(self) -> str:
+        """sha256 of the bars (values rounded to 1e-10, so a CSV round trip keeps it): tells the same data again."""
+        from regimetry.bundle import sha256_json
+
+        return sha256_json({"t": self.times.tolist(), "v": np.round(self.values, 10).tolist()})
+
+
+def iso_utc(epoch: int | float) -> str:
+    """Epoch seconds as an ISO-8601 UTC timestamp, the form every file of the project writes."""
+    return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _row(i: int) -> int:

@@ -217,10 +217,13 @@ def history_needed(spec: FeatureSpec, window_size: int) -> int:
     return spec.lookback + window_size - 1
 
 
-def feature_windows(bars: np.ndarray, spec: FeatureSpec, scaler: Scaler, window_size: int) -> np.ndarray:
-    """Scaled feature window ending at the last bar, for each history in a batch.
+def scaled_windows(bars: np.ndarray, spec: FeatureSpec, scaler: Scaler, window_size: int) -> np.ndarray:
+    """Every scaled feature window of a bar history, ready for the encoder: the one way both sides build them.
 
-    ``bars`` is (B, history_needed, 5); returns (B, window_size, F) float32, ready for the encoder.
+    ``bars`` is (..., T, 5) with T >= history_needed; returns (..., T - history_needed + 1, window_size, F)
+    float32, window j ending at bar ``j + history_needed - 1``. One feature pass covers all windows, since
+    consecutive windows share all but one feature row.
     """
-    feats = compute_features(bars[..., -history_needed(spec, window_size):, :], spec)
-    return scaler.transform(feats)
+    feats = scaler.transform(compute_features(bars, spec))                  # (..., rows, F)
+    wins = sliding_window_view(feats, window_size, axis=-2)                 # (..., n, F, W)
+    return np.ascontiguousarray(np.swapaxes(wins, -1, -2), dtype=np.float32)

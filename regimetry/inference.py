@@ -13,8 +13,7 @@ import numpy as np
 
 from regimetry.bundle import Bundle, load_bundle
 from regimetry.classify import centroid_distance, standardize
-from regimetry.features import compute_features
-from numpy.lib.stride_tricks import sliding_window_view
+from regimetry.features import scaled_windows
 
 
 def make_session(path: Path, threads: int = 1):
@@ -57,8 +56,7 @@ class RegimeModel:
     def windows(self, histories: np.ndarray) -> np.ndarray:
         """(B, >= history_bars, 5) bars -> (B, W, F) scaled feature windows ending at each history's last bar."""
         b = self.bundle
-        feats = compute_features(histories[:, -b.history_bars:, :], b.spec)
-        return b.scaler.transform(feats)
+        return scaled_windows(histories[:, -b.history_bars:, :], b.spec, b.scaler, b.window_size)[:, 0]
 
     def embed(self, windows: np.ndarray) -> np.ndarray:
         """Feature windows -> embeddings in clustering geometry (float32)."""
@@ -84,8 +82,7 @@ class RegimeModel:
         """Every bar of one symbol's history, as the worker would see them one at a time."""
         b = self.bundle
         h = b.history_bars
-        feats = b.scaler.transform(compute_features(values, b.spec))       # (T - lookback + 1, F)
-        wins = sliding_window_view(feats, b.window_size, axis=0).transpose(0, 2, 1)  # (N, W, F)
+        wins = scaled_windows(values, b.spec, b.scaler, b.window_size)    # (N, W, F)
         z = np.concatenate([self.embed(wins[i:i + batch]) for i in range(0, len(wins), batch)] or
                            [np.zeros((0, b.manifest["embedding_dim"]), np.float32)])
         proba = self.classify(z)

@@ -76,10 +76,9 @@ def generate_bars(
 
 def write_csv(series: BarSeries, path: str) -> None:
     """CSV in the layout load_bars reads (ISO UTC times)."""
-    import datetime as dt
+    from regimetry.data import iso_utc
 
     with open(path, "w") as f:
         f.write("time,open,high,low,close,volume\n")
         for t, (o, h, l, c, v) in zip(series.times, series.values):
-            stamp = dt.datetime.fromtimestamp(int(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            f.write(f"{stamp},{float(o)!r},{float(h)!r},{float(l)!r},{float(c)!r},{float(v)!r}\n")
+            f.write(f"{iso_utc(t)},{float(o)!r},{float(h)!r},{float(l)!r},{float(c)!r},{float(v)!r}\n")

@@ -7,7 +7,6 @@ is a condition with a deadline (regimetry.stack.wait_until / Collector.wait_for)
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from regimetry.data import load_sample
-from regimetry.features import FeatureSpec, Scaler, compute_features, feature_windows, history_needed, latest_features
+from regimetry.features import FeatureSpec, Scaler, compute_features, history_needed, scaled_windows, latest_features
 from regimetry.synthetic import generate_bars
 
 
@@ -40,8 +40,9 @@ def test_feature_window_matches_batch_rows(bars):
     scaler = Scaler.fit(compute_features(bars, spec))
     w = 20
     need = history_needed(spec, w)
-    win = feature_windows(bars[None, :need], spec, scaler, w)
+    win = scaled_windows(bars[:need], spec, scaler, w)
     assert win.shape == (1, w, spec.n_features)
+    assert np.array_equal(scaled_windows(bars[: need + 5], spec, scaler, w)[:1], win)
     expected = scaler.transform(compute_features(bars, spec))[:w]
     assert np.abs(win[0] - expected).max() <= 1e-6
 

@@ -5,8 +5,7 @@ import json
 import numpy as np
 import pytest
 
-
-from regimetry.bundle import BundleError, load_bundle, sha256_file, verify_bundle
+from regimetry.bundle import BundleError, sha256_file, verify_bundle
 from regimetry.features import FeatureSpec
 from regimetry.inference import RegimeModel
 from regimetry.synthetic import generate_bars

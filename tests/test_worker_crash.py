@@ -12,7 +12,7 @@ import pytest
 
 from fixtures_stack import series
 from regimetry.feed import Collector, PacedFeed, interleave, series_messages
-from regimetry.stack import create_topics, start_worker, wait_until
+from regimetry.stack import create_topics, start_worker
 
 pytestmark = pytest.mark.slow
 

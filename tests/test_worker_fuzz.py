@@ -13,7 +13,7 @@ import random
 import pytest
 
 from fixtures_stack import series
-from regimetry.feed import bar_message, interleave, produce, series_messages
+from regimetry.feed import interleave, produce, series_messages
 from regimetry.stack import metric_value, metrics_text
 from test_worker_e2e import assert_matches_reference, by_symbol
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from trainer.config import EncoderConfig
 

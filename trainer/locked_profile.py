@@ -11,11 +11,9 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from regimetry.bundle import sha256_json
-from regimetry.data import BarSeries
+from regimetry.data import BarSeries, iso_utc
 from regimetry.features import FeatureSpec
 from trainer.config import TrainConfig, from_dict
 
@@ -37,18 +35,14 @@ class LockedProfile:
     meta: dict          # everything else in the file: seed, data range, feature spec and hash, locked_at
 
 
-def iso(epoch: int) -> str:
-    return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def data_fingerprint(series: BarSeries) -> dict:
     """Where the bars start and end, how many, and a hash of their values (to tell the same data again)."""
     return {
         "symbol": series.symbol,
         "n_bars": len(series),
-        "start": iso(series.times[0]),
-        "end": iso(series.times[-1]),
-        "sha256": sha256_json({"t": series.times.tolist(), "v": np.round(series.values, 10).tolist()}),
+        "start": iso_utc(series.times[0]),
+        "end": iso_utc(series.times[-1]),
+        "sha256": series.digest(),
     }
 
 
@@ -58,7 +52,7 @@ def lock(cfg: TrainConfig, series: BarSeries, source: str | None = None) -> dict
     return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
-        "locked_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "locked_at": iso_utc(dt.datetime.now(dt.timezone.utc).timestamp()),
         "seed": cfg.seed,
         "data": {"source": source or cfg.data, **data_fingerprint(series)},
         "feature_spec": spec.to_dict(),

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from regimetry import diagnostics, scoring
 from regimetry.bundle import MANIFEST, POINTER, sha256_file, sha256_json, validate_manifest
-from regimetry.data import BarSeries, resolve_data
+from regimetry.data import BarSeries, iso_utc, resolve_data
 from regimetry.features import FeatureSpec
 from trainer.config import TrainConfig, dump_config
 
@@ -86,7 +87,7 @@ def library_versions() -> dict:
 
 def model_version(cfg: TrainConfig, series: BarSeries) -> str:
     """Deterministic: the same config on the same bars gives the same version (and the same event ids)."""
-    data_hash = sha256_json({"t": series.times.tolist(), "v": np.round(series.values, 10).tolist()})
+    data_hash = series.digest()
     recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "set_current")}
     recipe["feature_spec"] = FeatureSpec().hash()
     recipe["trainer"] = TRAINER_VERSION
@@ -98,8 +99,7 @@ def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confide
     with open(path, "w") as f:
         f.write("bar_time,epoch,regime,confidence,split\n")
         for i, (t, r, c) in enumerate(zip(end_time.tolist(), regimes.tolist(), confidence.tolist())):
-            stamp = dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            f.write(f"{stamp},{t},{r},{c:.4f},{'train' if i < n_train else 'held_out'}\n")
+            f.write(f"{iso_utc(t)},{t},{r},{c:.4f},{'train' if i < n_train else 'held_out'}\n")
 
 
 def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,
@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     # -- regimes -----------------------------------------------------------------------------------------
     progress("clustering", 0, 1, f"spectral, k={cfg.clustering.n_clusters}")
     log_ret = np.concatenate([[0.0], np.diff(np.log(series.values[:, 3]))])
-    vol_key = np.array([log_ret[max(0, i - cfg.window_size + 1): i + 1].std() for i in ws.end_index[: ws.n_train]])
+    # volatility of each training window's own bars: orders the regime ids from calmest to most volatile
+    vol_key = sliding_window_view(log_ret, cfg.window_size)[ws.end_index[: ws.n_train] - cfg.window_size + 1].std(1)
     cl = clustering.fit_clustering(raw[: ws.n_train], vol_key, cfg.clustering, cfg.seed)
     z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
     alignment = None

@@ -151,7 +151,7 @@ class Aligner:
 def regime_changes(regimes: np.ndarray, end_time: np.ndarray, after: int | None) -> list[dict]:
     """Regime changes at bars later than ``after`` (epoch seconds; None = all)."""
     idx, before, to = dg.change_points(regimes)
-    from trainer.locked_profile import iso
+    from regimetry.data import iso_utc as iso
 
     return [{"time": iso(end_time[i]), "epoch": int(end_time[i]), "from": int(b), "to": int(t)}
             for i, b, t in zip(idx, before, to) if after is None or end_time[i] > after]

@@ -119,7 +119,7 @@ def write_report(view: RegimeView, out_dir: str | Path, max_points: int = 1500, 
 
 
 def markdown(view: RegimeView, table: dict, profiles: list[dict], figs: dict, out: Path) -> str:
-    from trainer.locked_profile import iso
+    from regimetry.data import iso_utc as iso
 
     lines = [f"# Regime report: {view.title}", "",
              f"Data: `{view.source}`, {len(view.regimes)} labelled bars from {iso(view.times[0])} to "

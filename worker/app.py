@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.settings import Settings
@@ -129,8 +130,8 @@ class Runtime:
         m.events_reemitted.inc(out.reemitted)
         m.duplicates.inc(out.duplicates)
         m.bars_warming.inc(out.warming)
-        for _, _, reason in out.dead:
-            m.dead_lettered.labels(reason=reason).inc()
+        for reason, n in Counter(reason for _, _, reason in out.dead).items():
+            m.dead_lettered.labels(reason=reason).inc(n)
         for ts in out.new_event_timestamps:
             m.e2e_latency.observe(max(now - ts, 0.0))
         m.batch_latency.observe(time.perf_counter() - t0)

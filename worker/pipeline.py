@@ -17,9 +17,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from regimetry.features import compute_features
+from regimetry.features import scaled_windows
 from worker.events import build_event, dead_letter, encode
 from worker.metrics import WorkerMetrics
 from worker.serving import Serving
@@ -232,17 +231,17 @@ class BatchProcessor:
         for row, (pi, _) in enumerate(owners):
             rows_of.setdefault(pi, []).append(row)
         fc_hist, fc_rows = [], []
+        lags = self.stride * np.arange(self.span // self.stride, -1, -1)   # oldest first, ending at the bar
         for pi, rows in rows_of.items():
             seq = np.concatenate([seqs[pi], z[rows]])
-            base = len(seqs[pi])
-            for i, row in enumerate(rows):
-                q = base + i
-                if q >= self.span:
-                    fc_hist.append(seq[q - self.span:q + 1:self.stride])
-                    fc_rows.append(row)
+            q = len(seqs[pi]) + np.arange(len(rows))                          # each new bar's index in seq
+            ok = q >= self.span                                               # has L embeddings behind it
+            if ok.any():
+                fc_hist.append(seq[q[ok, None] - lags])
+                fc_rows += np.asarray(rows)[ok].tolist()
         next_proba: dict[int, np.ndarray] = {}
         if fc_hist:
-            pred = self._classify(m.forecast(np.stack(fc_hist)))
+            pred = self._classify(m.forecast(np.concatenate(fc_hist)))
             next_proba = dict(zip(fc_rows, pred))
         rows_by_bar: dict[int, dict[int, int]] = {}
         for row, (pi, j) in enumerate(owners):
@@ -269,10 +268,8 @@ class BatchProcessor:
         Batching symbols matters as much as batching bars: compute_features costs ~0.3 ms per call whatever
         its size, which would dominate a batch of one bar for each of many symbols."""
         b = self.model.bundle
-        feats = b.scaler.transform(compute_features(runs, b.spec))          # (G, T - lookback + 1, F)
-        wins = sliding_window_view(feats, b.window_size, axis=1)            # (G, n, F, W)
-        g, n = wins.shape[:2]
-        return np.ascontiguousarray(wins.transpose(0, 1, 3, 2), dtype=np.float32).reshape(g * n, b.window_size, -1)
+        wins = scaled_windows(runs, b.spec, b.scaler, b.window_size)         # (G, n, W, F)
+        return wins.reshape(-1, *wins.shape[-2:])
 
     @property
     def bundle_k(self) -> int:
