@@ -1,9 +1,13 @@
 """Worker benchmark on the embedded stack (Tansu + Redis + one `python -m worker` process).
 
-Prints: worker start-up time; sustained end-to-end bars/s (N bars for M symbols pushed as fast as the
-producer can, timed until the worker has delivered every event); bar-to-event latency p50/p99 at a fixed
-offered rate; worker RSS; the pure batched ONNX Runtime rate of the same bundle (encoder + forecaster +
-kNN classifier on in-memory windows, same thread count) and the ratio end-to-end / pure inference.
+Prints: worker start-up time; sustained end-to-end bars/s two ways: "live" (N bars for M symbols pushed as
+fast as this script's producer can while the worker consumes, timed until the worker has delivered every
+event) and "backlog" (the worker is paused with SIGSTOP while the bars are produced, then resumed and timed
+until every event is delivered: the worker's own capacity, without our producer competing for the same two
+cores); CPU seconds per 1,000 bars of each process (worker, broker, Redis, this script) so the limit is
+visible; bar-to-event latency p50/p99 at a fixed offered rate; worker RSS; the pure batched ONNX Runtime
+rate of the same bundle (encoder + forecaster + kNN classifier on in-memory windows, same thread count) and
+the ratio end-to-end / pure inference.
 
     python benchmarks/bench_worker.py --symbols 20 --bars 2500 --rate 1000 --seconds 10
 
@@ -18,6 +22,9 @@ pin_math_threads()  # the same BLAS setting as the worker process, so "pure infe
 
 import argparse
 import json
+import os
+import resource
+import signal
 import tempfile
 import threading
 import time
@@ -54,18 +61,70 @@ def emitted(port: int) -> float:
     return metric_value(metrics_text(port), "regimetry_events_emitted_total") or 0.0
 
 
-def throughput(stack, worker, msgs, n_events: int, timeout: float) -> float:
-    """Bars/s from the first send until the worker has delivered every event of these bars."""
-    before = emitted(worker.port)
+# Polling /metrics costs the worker CPU (every scrape renders every family), so poll a few times a second,
+# not continuously: the timing error is at most one interval over runs of tens of seconds.
+POLL_SECONDS = 0.2
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (None: this process)."""
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by each named process between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int | None]):
+        self.pids = pids
+
+    def __enter__(self) -> "CpuMeter":
+        self.t0 = time.perf_counter()
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+
+    def report(self, bars: int) -> str:
+        parts = [f"{name} {sec * 1e6 / bars:.0f} us ({sec / self.wall:.0%} of a core)" for name, sec in self.used.items()]
+        return "CPU per bar: " + ", ".join(parts)
+
+
+def send_all(stack, msgs) -> None:
     prod = producer(stack.bootstrap, batch_size=262_144, linger_ms=20)
-    t0 = time.perf_counter()
     for key, value in msgs:
         prod.send("bars", key=key, value=value)
     prod.flush()
-    wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "all events delivered", interval=0.02)
-    elapsed = time.perf_counter() - t0
     prod.close()
-    return len(msgs) / elapsed
+
+
+def throughput(stack, worker, msgs, n_events: int, timeout: float) -> float:
+    """Bars/s from the first send until the worker has delivered every event of these bars."""
+    before = emitted(worker.port)
+    t0 = time.perf_counter()
+    send_all(stack, msgs)
+    wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "all events delivered",
+               interval=POLL_SECONDS)
+    return len(msgs) / (time.perf_counter() - t0)
+
+
+def backlog(stack, worker, msgs, n_events: int, timeout: float, meter: CpuMeter) -> float:
+    """Bars/s of a paused worker catching up on a backlog produced while it was stopped."""
+    before = emitted(worker.port)
+    os.kill(worker.pid, signal.SIGSTOP)
+    try:
+        send_all(stack, msgs)
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    with meter:
+        wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "backlog drained",
+                   interval=POLL_SECONDS)
+    return len(msgs) / meter.wall
 
 
 def latency(stack, worker, msgs, rate: float, history: int, symbols: int, timeout: float) -> dict:
@@ -134,7 +193,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="exported_models")
     ap.add_argument("--symbols", type=int, default=20)
-    ap.add_argument("--bars", type=int, default=2500, help="bars per symbol for the throughput run")
+    ap.add_argument("--bars", type=int, default=5000, help="bars per symbol for each throughput run")
     ap.add_argument("--rate", type=float, default=1000.0, help="offered bars/s for the latency run")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     ap.add_argument("--batch-size", type=int, default=256)
@@ -150,18 +209,29 @@ def main() -> None:
         t0 = time.perf_counter()
         worker = start_worker(stack, work, bundle=str(bundle), batch_size=args.batch_size,
                               batch_within=args.within, ort_threads=args.ort_threads,
-                              dedupe_window=history, log_level="warning")
+                              dedupe_window=history, log_level="warning",
+                              # stays in the group while paused with SIGSTOP for the backlog run
+                              session_timeout=60)
         startup = time.perf_counter() - t0
         print(f"worker start-up (spawn -> ready): {startup:.1f} s")
 
         warm = make_messages("WARM", 4, history + 200, seed=900)
         throughput(stack, worker, warm, len(warm) - 4 * (history - 1), 120)
 
+        pids = {"worker": worker.pid, "broker": stack.kafka.pid, "redis": stack.redis.pid, "bench": None}
         msgs = make_messages("TPUT", args.symbols, args.bars, seed=1000)
         n_events = len(msgs) - args.symbols * (history - 1)
-        rate = throughput(stack, worker, msgs, n_events, 600)
-        print(f"sustained end to end: {rate:,.0f} bars/s ({len(msgs):,} bars, {args.symbols} symbols, "
-              f"{n_events:,} events)")
+        with CpuMeter(pids) as live_cpu:
+            rate_live = throughput(stack, worker, msgs, n_events, 600)
+        print(f"sustained end to end, live producer: {rate_live:,.0f} bars/s ({len(msgs):,} bars, "
+              f"{args.symbols} symbols, {n_events:,} events)")
+        print("  " + live_cpu.report(len(msgs)))
+        msgs = make_messages("BACK", args.symbols, args.bars, seed=3000)
+        drain_cpu = CpuMeter(pids)
+        rate = backlog(stack, worker, msgs, n_events, 600, drain_cpu)
+        print(f"sustained end to end, backlog: {rate:,.0f} bars/s ({len(msgs):,} bars produced while the worker "
+              f"was paused)")
+        print("  " + drain_cpu.report(len(msgs)))
         rss, peak = rss_mb(worker.pid)
         text = metrics_text(worker.port)
         batches = metric_value(text, "regimetry_batch_size_count")
@@ -183,7 +253,7 @@ def main() -> None:
 
     pure = pure_inference(bundle, args.ort_threads, 20_000, args.batch_size)
     print(f"pure batched ONNX Runtime ({args.ort_threads} thread(s), batch {args.batch_size}): {pure:,.0f} bars/s")
-    print(f"ratio end-to-end / pure inference: {rate / pure:.2f}")
+    print(f"ratio end-to-end / pure inference: {rate / pure:.2f} backlog, {rate_live / pure:.2f} live")
 
 
 if __name__ == "__main__":
