@@ -61,6 +61,23 @@ def test_events_equal_batch_reference(stack, worker, model, events):
         assert_matches_reference(model, b, got)
 
 
+def test_events_go_to_the_partition_of_their_key(stack, worker, model, events):
+    """The worker sends record batches to partitions it picks itself; they must be the ones Kafka's default
+    partitioner (murmur2 of the key, as any keyed producer and subscriber assume) gives each symbol."""
+    from kafka.partitioner.default import DefaultPartitioner
+
+    symbols = [f"PART{i}" for i in range(8)]
+    data = {s: series(s, model.bundle.history_bars + 5, seed=40 + i) for i, s in enumerate(symbols)}
+    produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]))
+    events.wait_for(lambda v: all(len(by_symbol(v, s)) >= 6 for s in symbols), TIMEOUT, "events of every symbol")
+    partitions = list(range(4))  # regime-events has 4 partitions on the test stack
+    mine = [r for r in events.records if r.key.decode() in symbols]
+    assert {r.key.decode() for r in mine} == set(symbols)
+    for r in mine:
+        assert r.partition == DefaultPartitioner()(r.key, partitions, partitions), r.key
+    assert len({r.partition for r in mine}) > 1, "8 symbols should spread over several partitions"
+
+
 def test_duplicates_and_redeliveries_keep_event_ids(stack, worker, model, events, dead_letters, redis_client):
     b = series("DUP", model.bundle.history_bars + 40, seed=21)
     msgs = series_messages("DUP", b.times, b.values)
