@@ -196,7 +196,7 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=5000, help="bars per symbol for each throughput run")
     ap.add_argument("--rate", type=float, default=1000.0, help="offered bars/s for the latency run")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--within", type=float, default=0.05, help="seconds a partial micro-batch may wait")
     ap.add_argument("--ort-threads", type=int, default=1)
     args = ap.parse_args()

@@ -250,9 +250,9 @@ class BatchProcessor:
                 for pi, plan in enumerate(plans)]
 
     def _classify(self, z: np.ndarray) -> np.ndarray:
-        """kNN vote shares, split over `classify_threads` row blocks: the classifier is the costliest step
-        per bar (a distance matrix against every reference plus an argpartition), numpy releases the GIL
-        for both, and rows are independent, so the blocks run in parallel with identical results."""
+        """kNN vote shares, split over `classify_threads` row blocks: after the encoder the classifier is the
+        costliest step per bar (two k-d tree queries), the tree query releases the GIL, and rows are
+        independent, so the blocks run in parallel with identical results."""
         if len(z) == 0:
             return np.zeros((0, self.bundle_k))
         if self.classify_pool is None or len(z) < 2 * self.MIN_BLOCK:

@@ -57,8 +57,8 @@ class Settings:
     bundle: str = "exported_models"
     reload_interval: float = 10.0  # seconds between checks of the bundle's CURRENT pointer; 0 = no hot reload
     ort_threads: int = 1
-    classify_threads: int = 1  # >1 splits kNN rows over threads (numpy releases the GIL); helps only on idle cores
-    batch_size: int = 256
+    classify_threads: int = 1  # >1 splits kNN rows over threads (the k-d tree releases the GIL); helps only on idle cores
+    batch_size: int = 1024  # bars per micro-batch at most: per-batch costs (Redis calls per symbol) amortise
     batch_within: float = 0.05  # seconds a partial micro-batch may wait
     # Input checks
     max_payload_bytes: int = 4096
