@@ -12,6 +12,7 @@ consumer class applies our wait; every other user of aiokafka in the process is 
 
 from __future__ import annotations
 
+import logging
 import types
 
 
@@ -50,6 +51,12 @@ def deliver_fetches_whole() -> None:
 
     base = driver.Transport.Consumer
     if getattr(base, "delivers_fetches_whole", False):
+        return
+    if not all(hasattr(base, name) for name in ("_drain_messages", "getmany", "wait_first", "_add_gap", "commit")):
+        # another Faust: keep its own delivery, just slower
+        logging.getLogger("regimetry.worker").warning(
+            "faust %s consumer differs from the one this override was written for; per-record delivery kept",
+            getattr(__import__("faust"), "__version__", "?"))
         return
 
     class Consumer(base):  # type: ignore[misc, valid-type]
