@@ -208,7 +208,7 @@ def create_app(settings: Settings, runtime: Runtime):
     import faust
 
     from worker.connections import faust_credentials
-    from worker.faust_tuning import deliver_fetches_whole, limit_fetch_wait
+    from worker.faust_tuning import deliver_fetches_whole, limit_fetch_wait, quiet_monitor
     from worker.pipeline import Record
 
     limit_fetch_wait(settings.fetch_max_wait_ms)
@@ -229,6 +229,7 @@ def create_app(settings: Settings, runtime: Runtime):
         broker_commit_interval=settings.commit_interval,
         producer_acks=-1,
         topic_allow_declare=True,
+        Monitor=quiet_monitor(),
     )
     bars = app.topic(settings.bars_topic, key_type=bytes, value_type=bytes)
 
