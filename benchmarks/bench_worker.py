@@ -232,7 +232,6 @@ def main() -> None:
         print(f"sustained end to end, backlog: {rate:,.0f} bars/s ({len(msgs):,} bars produced while the worker "
               f"was paused)")
         print("  " + drain_cpu.report(len(msgs)))
-        rss, peak = rss_mb(worker.pid)
         text = metrics_text(worker.port)
         batches = metric_value(text, "regimetry_batch_size_count")
         bars_in = metric_value(text, "regimetry_bars_consumed_total")

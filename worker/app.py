@@ -118,11 +118,6 @@ class Runtime:
                          self.settings.metrics_host, self.settings.metrics_port)
             self.metrics.ready.set(1)
 
-    async def compute(self, records) -> "Outgoing":
-        """Stage 1 of a micro-batch: validate, infer, store in Redis. Batches pass through it one at a time
-        (each reads the Redis state the previous one wrote)."""
-        return await self.processor.process(records)
-
     async def confirm(self, app, out, t0: float) -> None:
         """Stage 2: send the batch's events and dead letters and wait until the broker confirmed them all.
         It overlaps stage 1 of the next batch, whose sends start only after this returns, so the output
@@ -262,7 +257,7 @@ def create_app(settings: Settings, runtime: Runtime):
                     event.message.incref()
                 records = [Record(e.message.key, e.message.value, e.message.topic, e.message.partition,
                                   e.message.offset, e.message.timestamp) for e in events]
-                out = await _unless_broken(runtime.compute(records))
+                out = await _unless_broken(runtime.processor.process(records))
                 if confirming is not None:
                     await confirming
                 confirming = asyncio.ensure_future(_unless_broken(_confirm_and_ack(stream, events, out, t0)))
@@ -292,9 +287,6 @@ async def _unless_broken(awaitable):
         log.exception("micro-batch failed; exiting without acknowledging it")
         logging.shutdown()
         os._exit(EXIT_BROKEN_BATCH)
-
-
-    return app
 
 
 def main() -> int:

@@ -11,8 +11,8 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Sequence
 
-import numpy as np
 import orjson
 
 SCHEMA_VERSION = 1
@@ -38,18 +38,18 @@ class Profiles:
                    tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)))
 
 
-def build_event(symbol: str, bar_time: int, model_version: str, proba: np.ndarray, previous: int | None,
-                next_proba: np.ndarray | None, ood_score: float, ood_threshold: float, profiles: Profiles,
+def build_event(symbol: str, bar_time: int, model_version: str, proba: Sequence[float], previous: int | None,
+                next_proba: Sequence[float] | None, ood_score: float, ood_threshold: float, profiles: Profiles,
                 emitted_at: float | None = None) -> dict:
     """One event as a JSON-ready dict; `previous` is the symbol's regime at its prior bar (None if unknown)."""
     if not math.isfinite(ood_score):
         raise ValueError(f"non-finite OOD score {ood_score} for {symbol} at {bar_time}")
-    probs = np.asarray(proba, dtype=np.float64).tolist()  # plain floats: one C call, not one per class
+    probs = [float(p) for p in proba]  # the worker passes lists of floats (converted once per batch)
     regime = _argmax(probs)
     changed = previous is not None and previous != regime
     predicted = None
     if next_proba is not None:
-        next_probs = np.asarray(next_proba, dtype=np.float64).tolist()
+        next_probs = [float(p) for p in next_proba]
         nxt = _argmax(next_probs)
         predicted = {"regime": nxt, "confidence": next_probs[nxt], "probabilities": next_probs}
     return {
@@ -70,7 +70,7 @@ def build_event(symbol: str, bar_time: int, model_version: str, proba: np.ndarra
 
 
 def _argmax(values: list[float]) -> int:
-    """Index of the first largest value, as np.argmax, without a numpy call per event."""
+    """Index of the first largest value (the same tie rule as numpy.argmax), on a plain list."""
     return max(range(len(values)), key=values.__getitem__)
 
 

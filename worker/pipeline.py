@@ -22,7 +22,7 @@ from regimetry.features import scaled_windows
 from worker.events import build_event, dead_letter, encode
 from worker.metrics import WorkerMetrics
 from worker.serving import Serving
-from worker.state import RedisStore, SymbolState, SymbolWrite, pack_bar, pack_embedding, unpack_embeddings
+from worker.state import RedisStore, SymbolState, SymbolWrite, pack_bar, pack_bars, pack_embeddings, unpack_embeddings
 from worker.validate import Bar, BarValidator, Reason, Rejection
 
 log = logging.getLogger("regimetry.worker")
@@ -204,11 +204,13 @@ class BatchProcessor:
         m = self.model
         # Each symbol's run of new bars with a full history, grouped by length: one feature pass per group.
         groups: dict[int, list[tuple[int, np.ndarray, int]]] = {}
+        new_values: dict[int, np.ndarray] = {}         # each plan's new bars as one array (features, packing)
         for pi, plan in enumerate(plans):
             if not plan.new:
                 continue
+            new_values[pi] = np.asarray([b.values() for b in plan.new], dtype=np.float64)
             stored = plan.state.bars[-(self.history - 1):] if self.history > 1 else plan.state.bars[:0]
-            combined = np.concatenate([stored, np.asarray([b.values() for b in plan.new], dtype=np.float64)])
+            combined = np.concatenate([stored, new_values[pi]])
             first = max(len(stored), self.history - 1)  # first combined index with a full history
             if first < len(combined):
                 groups.setdefault(len(combined) - first, []).append(
@@ -239,14 +241,16 @@ class BatchProcessor:
             if ok.any():
                 fc_hist.append(seq[q[ok, None] - lags])
                 fc_rows += np.asarray(rows)[ok].tolist()
-        next_proba: dict[int, np.ndarray] = {}
+        next_proba: dict[int, list[float]] = {}
         if fc_hist:
             pred = self._classify(m.forecast(np.concatenate(fc_hist)))
-            next_proba = dict(zip(fc_rows, pred))
+            next_proba = dict(zip(fc_rows, pred.tolist()))
         rows_by_bar: dict[int, dict[int, int]] = {}
         for row, (pi, j) in enumerate(owners):
             rows_by_bar.setdefault(pi, {})[j] = row
-        return [self._finish(plan, rows_by_bar.get(pi, {}), z, proba, ood, next_proba)
+        # plain Python floats once per batch: events are built from them one bar at a time
+        proba_rows, ood_rows = proba.tolist(), ood.tolist()
+        return [self._finish(plan, new_values.get(pi), rows_by_bar.get(pi, {}), z, proba_rows, ood_rows, next_proba)
                 for pi, plan in enumerate(plans)]
 
     def _classify(self, z: np.ndarray) -> np.ndarray:
@@ -275,29 +279,31 @@ class BatchProcessor:
     def bundle_k(self) -> int:
         return self.serving.n_clusters
 
-    def _finish(self, plan: _SymbolPlan, row_of: dict[int, int], z: np.ndarray, proba: np.ndarray,
-                ood: np.ndarray, next_proba: dict) -> tuple[SymbolWrite | None, object]:
+    def _finish(self, plan: _SymbolPlan, values: np.ndarray | None, row_of: dict[int, int], z: np.ndarray,
+                proba: list[list[float]], ood: list[float], next_proba: dict) -> tuple[SymbolWrite | None, object]:
         """Events of one symbol, its Redis write, and a callback that fills Outgoing once the write held.
-        `row_of` maps the index of a new bar to its row in the batch arrays (bars without a window: none)."""
+        `values` are the plan's new bars as an array; `row_of` maps the index of a new bar to its row in the
+        batch arrays (bars without a window: none)."""
         st = plan.state
         now = time.time()
         encoded: dict[int, bytes] = {}
         observations = []
         write = SymbolWrite(plan.symbol, st.last_time) if plan.new else None
         regime, pred = st.regime, st.pred
-        warming = 0
-        for j, bar in enumerate(plan.new):
-            write.bars.append((bar.time, pack_bar(bar.time, bar.values())))
-            row = row_of.get(j)
-            if row is None:
-                warming += 1
-                continue
-            npb = next_proba.get(row)
-            doc = build_event(plan.symbol, bar.time, self.version, proba[row], regime, npb, float(ood[row]),
+        times = [bar.time for bar in plan.new]
+        rows = [row_of.get(j) for j in range(len(times))]
+        with_event = [j for j, row in enumerate(rows) if row is not None]
+        warming = len(times) - len(with_event)
+        if write is not None:
+            write.bars = list(zip(times, pack_bars(times, values)))
+            emb_times = [times[j] for j in with_event]
+            write.emb = list(zip(emb_times, pack_embeddings(emb_times, z[[rows[j] for j in with_event]])))
+        for j in with_event:
+            row = rows[j]
+            doc = build_event(plan.symbol, times[j], self.version, proba[row], regime, next_proba.get(row), ood[row],
                               self.ood_threshold, self.profiles, emitted_at=now)
             encoded[j] = encode(doc)
-            write.emb.append((bar.time, pack_embedding(bar.time, z[row])))
-            write.events.append((bar.time, encoded[j]))
+            write.events.append((times[j], encoded[j]))
             observations.append((doc["regime"]["id"], doc["regime"]["confidence"], doc["ood_score"], regime, pred))
             regime = doc["regime"]["id"]
             pred = doc["predicted"]["regime"] if doc["predicted"] else None

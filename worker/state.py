@@ -18,13 +18,11 @@ histories decode with one ``np.frombuffer`` instead of thousands of string parse
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 
 BAR_DTYPE = np.dtype([("time", ">i8"), ("ohlcv", ">f8", (5,))])
-_TIME = struct.Struct(">q")
 
 # KEYS: bars, emb, events, meta.  ARGV: n_history, then candidate bar times.
 # Returns {meta pairs, last n_history bars concatenated, embeddings concatenated, oldest bar time or '',
@@ -77,8 +75,15 @@ return 1
 """
 
 
+def pack_bars(times: list[int], values: np.ndarray) -> list[bytes]:
+    """One packed member per bar, from one array build for all of them (not one per bar)."""
+    arr = np.empty(len(times), dtype=BAR_DTYPE)
+    arr["time"], arr["ohlcv"] = times, values
+    return _split(arr.tobytes(), BAR_DTYPE.itemsize)
+
+
 def pack_bar(time: int, values: tuple[float, ...]) -> bytes:
-    return np.array([(time, values)], dtype=BAR_DTYPE).tobytes()
+    return pack_bars([time], np.asarray([values], dtype=np.float64))[0]
 
 
 def unpack_bars(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -89,17 +94,29 @@ def unpack_bars(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     return arr["time"].astype(np.int64), arr["ohlcv"].astype(np.float64)
 
 
-def pack_embedding(time: int, z: np.ndarray) -> bytes:
-    return _TIME.pack(time) + np.ascontiguousarray(z, dtype="<f4").tobytes()
+def _embedding_dtype(dim: int) -> np.dtype:
+    return np.dtype([("time", ">i8"), ("z", "<f4", (dim,))])
+
+
+def pack_embeddings(times: list[int], z: np.ndarray) -> list[bytes]:
+    """One packed member per embedding (time, float32[D]), from one array build for all of them."""
+    dtype = _embedding_dtype(z.shape[-1])
+    arr = np.empty(len(times), dtype=dtype)
+    arr["time"], arr["z"] = times, z
+    return _split(arr.tobytes(), dtype.itemsize)
 
 
 def unpack_embeddings(blob: bytes, dim: int) -> np.ndarray:
     """Concatenated packed embeddings (oldest first) -> (n, dim) float32; a blob of another model's
     embedding size (which the model-version check should already have excluded) yields none."""
-    record = np.dtype([("time", ">i8"), ("z", "<f4", (dim,))])
+    record = _embedding_dtype(dim)
     if not blob or len(blob) % record.itemsize:
         return np.zeros((0, dim), np.float32)
     return np.frombuffer(blob, dtype=record)["z"].astype(np.float32)
+
+
+def _split(blob: bytes, size: int) -> list[bytes]:
+    return [blob[i:i + size] for i in range(0, len(blob), size)]
 
 
 @dataclass
