@@ -43,7 +43,7 @@ class BarSeries:
 
 
 def iso_utc(epoch: int | float) -> str:
-    """Epoch seconds as an ISO-8601 UTC timestamp, the form every file of the project writes."""
+    """Epoch seconds as an ISO-8601 UTC timestamp with a Z suffix (regimes.csv, reports, locked profiles)."""
     return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

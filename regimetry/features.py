@@ -217,6 +217,15 @@ def history_needed(spec: FeatureSpec, window_size: int) -> int:
     return spec.lookback + window_size - 1
 
 
+def rolling_windows(x: np.ndarray, window_size: int, stride: int = 1) -> np.ndarray:
+    """(..., T, F) -> (..., N, window_size, F) views, windows starting every ``stride`` rows (the last one ending
+    at T-1 or before): the one windowing of feature rows, for the trainer's scaled rows and scaled_windows."""
+    if x.shape[-2] < window_size:
+        raise ValueError(f"need at least {window_size} rows for one window, got {x.shape[-2]}")
+    w = np.swapaxes(sliding_window_view(x, window_size, axis=-2), -1, -2)
+    return w[..., ::stride, :, :]
+
+
 def scaled_windows(bars: np.ndarray, spec: FeatureSpec, scaler: Scaler, window_size: int) -> np.ndarray:
     """Every scaled feature window of a bar history, ready for the encoder: the one way both sides build them.
 
@@ -225,5 +234,4 @@ def scaled_windows(bars: np.ndarray, spec: FeatureSpec, scaler: Scaler, window_s
     consecutive windows share all but one feature row.
     """
     feats = scaler.transform(compute_features(bars, spec))                  # (..., rows, F)
-    wins = sliding_window_view(feats, window_size, axis=-2)                 # (..., n, F, W)
-    return np.ascontiguousarray(np.swapaxes(wins, -1, -2), dtype=np.float32)
+    return np.ascontiguousarray(rolling_windows(feats, window_size), dtype=np.float32)

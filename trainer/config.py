@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+TRAINER_VERSION = 2  # bump when training changes what a given config produces (part of every recipe hash)
 ENCODING_METHODS = ("learnable", "sinusoidal")
 ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
@@ -142,3 +143,15 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> Train
 
 def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def recipe(cfg: "TrainConfig", exclude: tuple[str, ...] = ("output_dir", "set_current")) -> dict:
+    """Everything that decides what training produces: the config without `exclude` (where it is written),
+    the feature code's hash and the trainer version. The one input of both recipe hashes (the model version
+    and the search's resume key), so a change of features or trainer invalidates both alike."""
+    from regimetry.features import FeatureSpec
+
+    out = {k: v for k, v in cfg.to_dict().items() if k not in exclude}
+    out["feature_spec"] = FeatureSpec().hash()
+    out["trainer"] = TRAINER_VERSION
+    return out

@@ -44,14 +44,14 @@ def planted_recovery(found: np.ndarray, planted: np.ndarray, hmm_features: np.nd
         try:
             hmm = GaussianHMM(n_components=n_states, covariance_type=cov, n_iter=100, random_state=seed)
             hmm.fit(hmm_features[:fit_rows])
-            hmm.predict(hmm_features[:10])
+            viterbi = hmm.predict(hmm_features)  # also the check that the fitted model is usable
             break
         except (ValueError, np.linalg.LinAlgError) as exc:
             hmm, failure = None, f"{cov} covariance: {exc}"
     if hmm is None:
         return {**out, "ari_hmm": None, "ari_hmm_filtered": None, "hmm_note": f"Gaussian HMM failed to fit ({failure})"}
     out["hmm_covariance"] = hmm.covariance_type
-    out["ari_hmm"] = float(adjusted_rand_score(planted, hmm.predict(hmm_features)))
+    out["ari_hmm"] = float(adjusted_rand_score(planted, viterbi))
     out["ari_hmm_filtered"] = float(adjusted_rand_score(planted, forward_filter(hmm, hmm_features)))
     out["hmm_note"] = ("GaussianHMM (hmmlearn) on each bar's log return, log range and log volume, fitted on the "
                        "training bars; ari_hmm = Viterbi path (uses future bars), ari_hmm_filtered = forward "

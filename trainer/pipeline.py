@@ -20,10 +20,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from regimetry import diagnostics, scoring
 from regimetry.bundle import MANIFEST, POINTER, sha256_file, sha256_json, validate_manifest
 from regimetry.data import BarSeries, iso_utc, resolve_data
-from regimetry.features import FeatureSpec
-from trainer.config import TrainConfig, dump_config
+from regimetry.features import FeatureSpec, history_needed
+from trainer.config import TrainConfig, dump_config, recipe
 
-TRAINER_VERSION = 2  # bump when training changes what a given config produces (part of the model version)
 
 Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
 # Refresh hook: (clustering, standardised embeddings of every window, their end times) -> (the clustering with
@@ -88,10 +87,7 @@ def library_versions() -> dict:
 def model_version(cfg: TrainConfig, series: BarSeries) -> str:
     """Deterministic: the same config on the same bars gives the same version (and the same event ids)."""
     data_hash = series.digest()
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("output_dir", "set_current")}
-    recipe["feature_spec"] = FeatureSpec().hash()
-    recipe["trainer"] = TRAINER_VERSION
-    return f"{cfg.name}-{sha256_json({'cfg': recipe, 'data': data_hash})[:10]}"
+    return f"{cfg.name}-{sha256_json({'cfg': recipe(cfg), 'data': data_hash})[:10]}"
 
 
 def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confidence: np.ndarray, n_train: int) -> None:
@@ -123,9 +119,8 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     # -- encoder -----------------------------------------------------------------------------------------
     e_cfg = cfg.encoder
     encoder = enc.build_encoder(cfg.window_size, spec.n_features, e_cfg)
-    n_val = max(1, ws.n_train // 10)
     offset = max(1, -(-cfg.window_size // cfg.stride))  # the first window sharing no bar with the anchor
-    n_val = max(n_val, offset + 2)
+    n_val = max(ws.n_train // 10, offset + 2)
     enc_hist = enc.pretrain(encoder, ws.train[:-n_val], ws.train[-n_val:], e_cfg, cfg.seed, offset,
                             on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs,
                                                            f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"))
@@ -223,7 +218,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         "feature_scaler": ws.scaler.to_dict(),
         "window_size": cfg.window_size,
         "stride": cfg.stride,
-        "history_bars": spec.lookback + cfg.window_size - 1,
+        "history_bars": history_needed(spec, cfg.window_size),
         "embedding_dim": int(z.shape[1]),
         "embedding_scaler": {"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()},
         "n_clusters": k,

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from regimetry.bundle import sha256_json
-from trainer.config import TrainConfig, load_config
+from trainer.config import TrainConfig, load_config, recipe
 from trainer.scorecard import ScoreSpec
 
 SHORT_NAMES = {
@@ -104,9 +104,8 @@ def load_search(path: str | Path) -> SearchSpec:
 
 
 def recipe_id(cfg: TrainConfig) -> str:
-    """Hash of everything that changes the trained model (not where it is written)."""
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in NOT_PART_OF_RECIPE}
-    return sha256_json(recipe)[:12]
+    """Hash of everything that changes the trained model (not where it is written, nor its name)."""
+    return sha256_json(recipe(cfg, NOT_PART_OF_RECIPE))[:12]
 
 
 def _params(cfg: TrainConfig, keys: list[str]) -> dict:

@@ -9,18 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from regimetry.data import BarSeries
-from regimetry.features import FeatureSpec, Scaler, compute_features
-
-
-def rolling_windows(x: np.ndarray, window_size: int, stride: int = 1) -> np.ndarray:
-    """(T, F) -> (N, window_size, F), windows starting every ``stride`` rows, the last one ending at T-1 or before."""
-    if len(x) < window_size:
-        raise ValueError(f"need at least {window_size} rows for one window, got {len(x)}")
-    w = sliding_window_view(x, window_size, axis=0).transpose(0, 2, 1)
-    return w[::stride]
+from regimetry.features import FeatureSpec, Scaler, compute_features, rolling_windows
 
 
 def window_end_rows(n_rows: int, window_size: int, stride: int = 1) -> np.ndarray:

@@ -91,10 +91,10 @@ def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent:
     """The figures printed at the end (and written by --summary-json)."""
     b = model.bundle
     k = b.n_clusters
-    from regimetry.diagnostics import jensen_shannon, psi
+    from regimetry.diagnostics import jensen_shannon, psi, shares
 
     live = np.array([e["regime"]["id"] for e in events], dtype=np.int64)
-    live_shares = np.bincount(live, minlength=k)[:k] / max(len(live), 1)
+    live_shares = shares(live, k)
     baseline = np.asarray(b.manifest["baseline"]["cluster_distribution"], dtype=np.float64)
     ref = model.run_series(series.values)
     ref_by_time = dict(zip(series.times[ref.offset:].tolist(), ref.regime.tolist()))

@@ -39,8 +39,7 @@ def read_all(consumer, topic: str, idle: float = 2.0, timeout: float = 120.0,
     from regimetry.ops.kafka import assign_all
 
     deadline = clock() + timeout
-    assign_all(consumer, topic, from_beginning=True)
-    targets = consumer.end_offsets(list(consumer.assignment()))
+    targets = consumer.end_offsets(assign_all(consumer, topic, from_beginning=True))
     values: list[bytes] = []
     last_new = clock()
     while clock() < deadline:
