@@ -11,6 +11,7 @@ duplicates harmless for subscribers).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -203,11 +204,11 @@ def create_app(settings: Settings, runtime: Runtime):
     import faust
 
     from worker.connections import faust_credentials
-    from worker.faust_tuning import deliver_fetches_whole, limit_fetch_wait, quiet_monitor
+    from worker.faust_tuning import deliver_records_to, limit_fetch_wait, quiet_monitor
+    from worker.batching import MicroBatcher
     from worker.pipeline import Record
 
     limit_fetch_wait(settings.fetch_max_wait_ms)
-    deliver_fetches_whole()
 
     app = faust.App(
         settings.group_id,
@@ -241,34 +242,66 @@ def create_app(settings: Settings, runtime: Runtime):
     if settings.reload_interval > 0:
         app.timer(settings.reload_interval)(runtime.check_for_new_bundle)
 
+    batches: MicroBatcher = MicroBatcher(settings.batch_size, settings.batch_within)
+
+    async def accept(messages: list) -> None:
+        """Take fetched bar messages into the micro-batch buffer (waiting while it is full, which holds the
+        consumer back) and track them, so Faust commits no offset past them until `ack`."""
+        await batches.room()
+        track, check = app.consumer.track_message, runtime.validator.check
+        for message in messages:
+            track(message)
+        batches.extend([(message, check(message.key, message.value)) for message in messages])
+
+    direct = deliver_records_to(app, settings.bars_topic, accept)
+
     @app.agent(bars, name="regimetry-bars")
     async def consume(stream) -> None:
-        """Two-stage pipeline: while the broker confirms batch N's output, batch N+1 is validated, inferred
-        and stored. A batch's input offsets are acknowledged (so, later, committed) only once its own output
-        is confirmed: each message's reference count is raised before take_events' automatic ack and
-        released by confirming, which keeps delivery at-least-once with one batch in each stage."""
+        """Subscribes the bars topic and runs the pipeline for as long as Faust runs this agent. Records reach
+        `accept` straight from the consumer (worker/faust_tuning.py); only if that could not be installed do
+        they come through this stream."""
         await runtime.connect()
+        pipeline = asyncio.ensure_future(_pipeline())
+        try:
+            if direct:
+                await pipeline
+            else:
+                stream.enable_acks = False  # acked by _confirm_and_ack, after the broker confirmed the output
+                async for event in stream.events():
+                    await accept([event.message])
+        finally:
+            if not pipeline.done():  # shutting down: finish the batch in flight (its acks precede the commit)
+                pipeline.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pipeline
+
+    async def _pipeline() -> None:
+        """Two stages: while the broker confirms batch N's output, batch N+1 is validated, inferred and
+        stored; meanwhile the consumer fills the buffer with batch N+2's records. Batch N+1's sends start only
+        after N is confirmed, so the output keeps bar order per symbol even when a send is repeated."""
         confirming: asyncio.Task | None = None
         try:
-            async for events in stream.take_events(settings.batch_size, within=settings.batch_within):
+            while True:
+                batch = await batches.take()
                 t0 = time.perf_counter()
-                runtime.apply_pending()
-                for event in events:
-                    event.message.incref()
-                records = [Record(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                                  e.message.offset, e.message.timestamp) for e in events]
-                out = await _unless_broken(runtime.processor.process(records))
+                out = await _unless_broken(_process(batch))
                 if confirming is not None:
                     await confirming
-                confirming = asyncio.ensure_future(_unless_broken(_confirm_and_ack(stream, events, out, t0)))
+                confirming = asyncio.ensure_future(_unless_broken(_confirm_and_ack(batch, out, t0)))
         finally:
-            if confirming is not None:  # shutting down: finish the last batch (its acks precede the commit)
+            if confirming is not None:
                 await asyncio.wait_for(asyncio.shield(confirming), timeout=30)
 
-    async def _confirm_and_ack(stream, events, out, t0: float) -> None:
+    async def _process(batch: list):
+        runtime.apply_pending()
+        records = [Record(m.key, m.value, m.topic, m.partition, m.offset, m.timestamp) for m, _ in batch]
+        return await runtime.processor.process(records, [checked for _, checked in batch])
+
+    async def _confirm_and_ack(batch: list, out, t0: float) -> None:
         await runtime.confirm(app, out, t0)
-        for event in events:
-            await stream.ack(event)
+        ack = app.consumer.ack
+        for message, _ in batch:
+            ack(message)
 
     return app
 

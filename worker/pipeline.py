@@ -93,16 +93,19 @@ class BatchProcessor:
         self.store.configure(serving.history, serving.span, serving.version)
 
     # -- orchestration ------------------------------------------------------------------------------------
-    async def process(self, records: list[Record]) -> Outgoing:
+    async def process(self, records: list[Record], checked: list[Bar | Rejection] | None = None) -> Outgoing:
+        """Events and dead letters of one micro-batch. `checked` is each record's validation result when the
+        caller validated them already (the worker does, while the previous batch is in inference)."""
         out = Outgoing()
         self.metrics.bars_consumed.inc(len(records))
+        if checked is None:
+            checked = [self.validator.check(rec.key, rec.value) for rec in records]
         pending: dict[str, list[tuple[Bar, Record]]] = {}
-        for rec in records:
-            checked = self.validator.check(rec.key, rec.value)
-            if isinstance(checked, Rejection):
-                self._dead(out, rec, checked.reason, checked.detail)
+        for rec, result in zip(records, checked):
+            if isinstance(result, Rejection):
+                self._dead(out, rec, result.reason, result.detail)
             else:
-                pending.setdefault(checked.symbol, []).append((checked, rec))
+                pending.setdefault(result.symbol, []).append((result, rec))
         loop = asyncio.get_running_loop()
         delay = 0.05
         while pending:
