@@ -158,6 +158,24 @@ def test_faust_consumer_fetch_wait_is_bounded():
         driver.aiokafka = original
 
 
+def test_installed_faust_takes_the_direct_record_path():
+    """The worker's throughput relies on records bypassing Faust's per-record stream path
+    (worker/faust_tuning.py); with another Faust it falls back to the stream, slower. This fails first when
+    an upgrade changes the consumer internals the override needs, so the fallback is never silent in CI."""
+    import faust
+    import faust.transport.drivers.aiokafka as driver
+
+    from worker.faust_tuning import RECORD_SINKS, deliver_records_to
+
+    async def sink(messages: list) -> None:
+        return None
+
+    app = faust.App("units-direct-path", broker="kafka://127.0.0.1:1")
+    assert deliver_records_to(app, "bars", sink)
+    assert getattr(app, RECORD_SINKS) == {"bars": sink}
+    assert getattr(driver.Transport.Consumer, "delivers_fetches_whole", False)
+
+
 def test_current_regime_forgets_symbols_of_partitions_moved_away():
     """After a rebalance a worker must not keep reporting a symbol another worker now updates."""
     from prometheus_client import CollectorRegistry, generate_latest

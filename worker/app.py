@@ -1,11 +1,12 @@
 """The Faust application: bars topic -> micro-batches -> BatchProcessor -> regime-events / bars-dlq.
 
-Delivery is at-least-once by construction: Faust acknowledges (and later commits) a micro-batch's offsets
-only after the loop body returns, and the body returns only after Redis holds the batch and the broker has
-confirmed every event and dead letter. A crash anywhere before that leaves the offsets uncommitted and the
-batch is redelivered; the Redis state turns the redelivery into byte-identical re-emissions. Exactly-once and
-idempotent producers are deliberately not used (Tansu does not support them, and the event id already makes
-duplicates harmless for subscribers).
+Records of the bars topic go from Faust's consumer into a micro-batch buffer (worker/batching.py, via
+worker/faust_tuning.deliver_records_to), where they are tracked as unacknowledged; Faust commits no offset
+past an unacknowledged record. A batch's records are acknowledged only after Redis holds the batch and the
+broker has confirmed every event and dead letter it produced. A crash anywhere before that leaves the
+offsets uncommitted and the batch is redelivered; the Redis state turns the redelivery into byte-identical
+re-emissions. Exactly-once and idempotent producers are deliberately not used (Tansu does not support them,
+and the event id already makes duplicates harmless for subscribers).
 """
 
 from __future__ import annotations

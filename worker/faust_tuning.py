@@ -1,13 +1,18 @@
-"""One Faust default that costs ~450 ms per bar on Tansu, overridden.
+"""Where Faust's defaults cost the worker most, overridden for this app only.
 
-faust-streaming builds its aiokafka consumer with a hard-coded ``fetch_max_wait_ms=1500`` and offers no
-setting for it. Against Tansu, aiokafka then sees new records ~450 ms late on every fetch cycle (measured:
-452 ms with 1500, 3 ms with 100, same broker, same client), which dominated the bar-to-event latency of an
-otherwise idle worker. Real Kafka brokers answer as soon as fetch_min_bytes arrive, where a shorter wait
-only means an idle consumer polls a little more often.
+- ``limit_fetch_wait``: Faust builds its aiokafka consumer with a hard-coded ``fetch_max_wait_ms=1500``;
+  against Tansu aiokafka then sees new records ~450 ms late on every fetch cycle (452 ms with 1500, 3 ms with
+  100, same broker, same client). Real Kafka brokers answer as soon as fetch_min_bytes arrive, where a
+  shorter wait only means an idle consumer polls a little more often. Faust's aiokafka driver gets a copy of
+  the `aiokafka` module namespace whose consumer class applies our wait; every other user of aiokafka in the
+  process is untouched.
+- ``deliver_fetches_whole`` and ``deliver_records_to``: one guarded step per fetched chunk instead of per
+  record, and the bars topic's records handed to the worker's micro-batch buffer without Faust's per-record
+  stream machinery.
+- ``quiet_monitor``: Faust's Monitor without per-record statistics.
 
-The override is scoped: Faust's aiokafka driver gets a copy of the `aiokafka` module namespace whose
-consumer class applies our wait; every other user of aiokafka in the process is untouched.
+These use Faust internals (``Consumer._drain_messages``, ``_read_offset``, ``_add_gap``); a faust-streaming
+upgrade must re-run the worker's scale-out, crash and broker-restart tests.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ def deliver_fetches_whole() -> bool:
     base = driver.Transport.Consumer
     if getattr(base, "delivers_fetches_whole", False):
         return True
-    if not all(hasattr(base, name) for name in ("_drain_messages", "getmany", "wait_first", "_add_gap", "commit")):
+    if not all(hasattr(base, name) for name in ("_drain_messages", "getmany", "wait_first", "_add_gap", "commit",
+                                                     "track_message", "ack")):
         # another Faust: keep its own delivery, just slower
         logging.getLogger("regimetry.worker").warning(
             "faust %s consumer differs from the one this override was written for; per-record delivery kept",
