@@ -205,11 +205,12 @@ def create_app(settings: Settings, runtime: Runtime):
     import faust
 
     from worker.connections import faust_credentials
-    from worker.faust_tuning import deliver_records_to, limit_fetch_wait, quiet_monitor
+    from worker.faust_tuning import deliver_fetches_whole, deliver_records_to, limit_fetch_wait, quiet_monitor
     from worker.batching import MicroBatcher
     from worker.pipeline import Record
 
     limit_fetch_wait(settings.fetch_max_wait_ms)
+    deliver_fetches_whole()
 
     app = faust.App(
         settings.group_id,
@@ -254,7 +255,9 @@ def create_app(settings: Settings, runtime: Runtime):
             track(message)
         batches.extend([(message, check(message.key, message.value)) for message in messages])
 
-    direct = deliver_records_to(app, settings.bars_topic, accept)
+    direct = settings.direct_records and deliver_records_to(app, settings.bars_topic, accept)
+    log.info("bar records go %s", "straight from the consumer into the micro-batch buffer" if direct
+             else "through Faust's agent stream into the micro-batch buffer")
 
     @app.agent(bars, name="regimetry-bars")
     async def consume(stream) -> None:

@@ -60,6 +60,9 @@ class Settings:
     classify_threads: int = 1  # >1 splits kNN rows over threads (the k-d tree releases the GIL); helps only on idle cores
     batch_size: int = 1024  # bars per micro-batch at most: per-batch costs (Redis calls per symbol) amortise
     batch_within: float = 0.05  # seconds a partial micro-batch may wait
+    # Records go from Faust's consumer straight into the micro-batch buffer (worker/faust_tuning.py); false
+    # sends them through Faust's agent stream instead: slower, same results, an escape hatch
+    direct_records: bool = True
     # Input checks
     max_payload_bytes: int = 4096
     max_future_seconds: int = 86_400
