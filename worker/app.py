@@ -280,8 +280,8 @@ def create_app(settings: Settings, runtime: Runtime):
                 await pipeline
 
     async def _pipeline() -> None:
-        """Two stages: while the broker confirms batch N's output, batch N+1 is validated, inferred and
-        stored; meanwhile the consumer fills the buffer with batch N+2's records. Batch N+1's sends start only
+        """Two stages: while the broker confirms batch N's output, batch N+1 is inferred and stored;
+        meanwhile the consumer validates batch N+2's records into the buffer. Batch N+1's sends start only
         after N is confirmed, so the output keeps bar order per symbol even when a send is repeated."""
         confirming: asyncio.Task | None = None
         try:
