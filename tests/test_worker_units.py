@@ -81,6 +81,20 @@ def test_settings_env_file_and_secrets(tmp_path):
     assert Settings().session_timeout <= 10
 
 
+def test_event_id_is_uuid5_of_symbol_time_and_version():
+    """The id is a published contract (DESIGN.md): uuid5 over "symbol|bar_time|model_version" in the event
+    namespace. event_id spells uuid5 out for speed; it must stay equal to the library's."""
+    import uuid
+
+    from worker.events import EVENT_NAMESPACE
+
+    rng = np.random.default_rng(11)
+    for symbol in ("EURUSD", "EQ.A", "ÜBER-€", "x" * 40):
+        for t in rng.integers(0, 2**40, 50).tolist() + [0, -5]:
+            for version in ("v1", "eurusd-ad4a5681a8"):
+                assert event_id(symbol, t, version) == str(uuid.uuid5(EVENT_NAMESPACE, f"{symbol}|{t}|{version}"))
+
+
 def test_event_is_deterministic_and_valid():
     profiles = Profiles((0.9, 0.8, 0.7), (20.0, 10.0, 5.0))
     a = build_event("EURUSD", 1_700_000_000, "v1", np.array([0.1, 0.7, 0.2]), 0, np.array([0.2, 0.2, 0.6]),

@@ -19,8 +19,17 @@ SCHEMA_VERSION = 1
 EVENT_NAMESPACE = uuid.UUID("6f0f1c1e-3a52-5c1b-9d6e-726567696d65")  # fixed forever: ids must not change
 
 
+_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
+
+
 def event_id(symbol: str, bar_time: int, model_version: str) -> str:
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{symbol}|{bar_time}|{model_version}"))
+    """str(uuid.uuid5(EVENT_NAMESPACE, "symbol|bar_time|model_version")), spelled out: the same SHA-1 with the
+    version and variant bits set, without building a UUID object (6.5 us -> 2.5 us, once per event)."""
+    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{symbol}|{bar_time}|{model_version}".encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = h.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True)
