@@ -38,7 +38,7 @@ def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model):
     text = metrics_text(worker.port)
     for name in ["regimetry_bars_consumed_total", "regimetry_events_emitted_total", "regimetry_batch_size_count",
                  "regimetry_end_to_end_latency_seconds_count", "regimetry_inference_latency_seconds_count",
-                 "regimetry_redis_errors_total", "regimetry_drift_psi", "regimetry_drift_js",
+                 "regimetry_redis_errors_total", "regimetry_buffered_bars", "regimetry_drift_psi", "regimetry_drift_js",
                  "regimetry_drift_transition_shift", "regimetry_drift_ood_share", "regimetry_drift_mean_confidence"]:
         assert metric_value(text, name) is not None, f"{name} missing from /metrics"
     assert metric_value(text, "regimetry_model_info", {"model_version": model.bundle.version}) == 1.0

@@ -254,6 +254,7 @@ def create_app(settings: Settings, runtime: Runtime):
         for message in messages:
             track(message)
         batches.extend([(message, check(message.key, message.value)) for message in messages])
+        runtime.metrics.buffered.set(len(batches))
 
     direct = settings.direct_records and deliver_records_to(app, settings.bars_topic, accept)
     log.info("bar records go %s", "straight from the consumer into the micro-batch buffer" if direct
@@ -287,6 +288,7 @@ def create_app(settings: Settings, runtime: Runtime):
         try:
             while True:
                 batch = await batches.take()
+                runtime.metrics.buffered.set(len(batches))
                 t0 = time.perf_counter()
                 out = await _unless_broken(_process(batch))
                 if confirming is not None:

@@ -35,6 +35,9 @@ class WorkerMetrics:
                                            "Features + ONNX Runtime + classifier per micro-batch", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_latency = Histogram("regimetry_batch_latency_seconds", "Whole micro-batch: validate to delivered",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.buffered = Gauge("regimetry_buffered_bars",
+                              "Bar records fetched and waiting for a micro-batch (at most two batches; staying "
+                              "near that means the worker, not the feed, sets the pace)", registry=r)
         self.redis_errors = Counter("regimetry_redis_errors_total", "Redis calls that failed (then retried)", registry=r)
         self.state_lost = Counter("regimetry_redis_state_lost_total",
                                   "Symbols whose stored state vanished (Redis came back empty): windows refill", registry=r)
