@@ -34,7 +34,7 @@ import numpy as np
 
 from regimetry.bundle import resolve_bundle_dir
 from regimetry.features import scaled_windows
-from regimetry.feed import interleave, producer, series_messages
+from regimetry.feed import interleave, produce, producer, series_messages
 from regimetry.inference import RegimeModel
 from regimetry.stack import metric_value, metrics_text, start_stack, start_worker, wait_until
 from regimetry.synthetic import generate_bars
@@ -76,7 +76,7 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 class CpuMeter:
-    """CPU seconds used by each named process between start() and stop()."""
+    """CPU seconds used by each named process inside a `with` block (None: this process)."""
 
     def __init__(self, pids: dict[str, int | None]):
         self.pids = pids
@@ -96,11 +96,12 @@ class CpuMeter:
 
 
 def send_all(stack, msgs) -> None:
+    """All messages to `bars` with large producer batches, so our producer is not what limits the run."""
     prod = producer(stack.bootstrap, batch_size=262_144, linger_ms=20)
-    for key, value in msgs:
-        prod.send("bars", key=key, value=value)
-    prod.flush()
-    prod.close()
+    try:
+        produce(stack.bootstrap, "bars", msgs, prod)
+    finally:
+        prod.close()
 
 
 def throughput(stack, worker, msgs, n_events: int, timeout: float) -> float:

@@ -1,13 +1,13 @@
-"""Micro-batches of stream events, gathered while the previous batch is still being processed.
+"""Micro-batches of bar records, gathered while the previous batch is still being processed.
 
 Why not Faust's ``stream.take_events``: it stops filling its buffer for as long as the loop body runs (its
 ``add_to_buffer`` waits on ``buffer_consuming``), so every batch first spends ~55 ms of event-loop time
 pulling its ~1,000 records through the stream and only then starts its ~110 ms of inference: the two never
-overlap, and the worker sat at ~60 % of one core. Here one task iterates the stream into a bounded buffer
-(``put``) while another takes whole batches from it (``take``), so the per-record stream work for batch N+1
-happens while batch N is in ONNX Runtime. Same semantics otherwise: at most ``max_size`` events per batch, a
-partial batch waits at most ``within`` seconds for more events, and a full buffer (``capacity``)
-stops the stream, which back-pressures Faust's consumer exactly as a slow take_events loop would.
+overlap, and the worker sat at ~85 % of one core. Here the consumer appends each fetched chunk to a bounded
+buffer (``room`` then ``extend``) while the pipeline takes whole batches from it (``take``), so the
+per-record work for batch N+1 happens while batch N is in ONNX Runtime. Same semantics otherwise: at most
+``max_size`` records per batch, a partial batch waits at most ``within`` seconds for more, and a full buffer
+(``capacity``) holds the consumer back, as a slow take_events loop would.
 """
 
 from __future__ import annotations

@@ -53,12 +53,12 @@ def build_event(symbol: str, bar_time: int, model_version: str, proba: Sequence[
     """One event as a JSON-ready dict; `previous` is the symbol's regime at its prior bar (None if unknown)."""
     if not math.isfinite(ood_score):
         raise ValueError(f"non-finite OOD score {ood_score} for {symbol} at {bar_time}")
-    probs = [float(p) for p in proba]  # the worker passes lists of floats (converted once per batch)
+    probs = _floats(proba)
     regime = _argmax(probs)
     changed = previous is not None and previous != regime
     predicted = None
     if next_proba is not None:
-        next_probs = [float(p) for p in next_proba]
+        next_probs = _floats(next_proba)
         nxt = _argmax(next_probs)
         predicted = {"regime": nxt, "confidence": next_probs[nxt], "probabilities": next_probs}
     return {
@@ -76,6 +76,12 @@ def build_event(symbol: str, bar_time: int, model_version: str, proba: Sequence[
         "profile": {"stickiness": profiles.stickiness[regime], "mean_duration": profiles.mean_duration[regime]},
         "emitted_at": time.time() if emitted_at is None else emitted_at,
     }
+
+
+def _floats(values: Sequence[float]) -> list[float]:
+    """Plain Python floats for JSON; the worker already passes lists made once per batch (ndarray.tolist()),
+    which are used as they are instead of being copied for every event."""
+    return values if isinstance(values, list) else [float(v) for v in values]
 
 
 def _argmax(values: list[float]) -> int:

@@ -15,6 +15,7 @@ import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -96,9 +97,10 @@ class BatchProcessor:
         self.store.configure(serving.history, serving.span, serving.version)
 
     # -- orchestration ------------------------------------------------------------------------------------
-    async def process(self, records: list[Record], checked: list[Bar | Rejection] | None = None) -> Outgoing:
-        """Events and dead letters of one micro-batch. `checked` is each record's validation result when the
-        caller validated them already (the worker does, while the previous batch is in inference)."""
+    async def process(self, records: Sequence[Record], checked: Sequence[Bar | Rejection] | None = None) -> Outgoing:
+        """Events and dead letters of one micro-batch. `records` are Records or anything with their fields
+        (the worker passes Faust's messages as they are); `checked` is each record's validation result when
+        the caller validated them already (the worker does, while the previous batch is in inference)."""
         out = Outgoing()
         self.metrics.bars_consumed.inc(len(records))
         if checked is None:
