@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 OHLCV = ("open", "high", "low", "close", "volume")
-FEATURE_CODE_VERSION = 3  # bump whenever the arithmetic below changes; it is part of the spec hash
+FEATURE_CODE_VERSION = 4  # bump whenever the arithmetic below changes; it is part of the spec hash
 
 _EPS = 1e-12
 _TINY = 1e-6  # floor inside logs of ranges/volatility: a flat bar (high == low) stays finite
@@ -41,6 +41,11 @@ class FeatureSpec:
     volatility: int = 20
     volume: int = 20
     ema_kernel: float = 2.0  # truncated EMA kernels hold ema_kernel * span bars
+    # range-based (Garman-Klass + overnight gap) volatility and trend at several half-lives: the inputs that carry
+    # risk at several horizons, which the regime geometry reads directly (regimetry/regimes.py)
+    risk_halflives: tuple[int, ...] = (3, 10, 30)
+    trend_halflives: tuple[int, ...] = (10, 30)
+    risk_kernel: float = 3.0  # truncated half-life kernels hold risk_kernel * half-life bars
     names: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -60,6 +65,8 @@ class FeatureSpec:
                 f"log_volatility_{self.volatility}",
                 f"volume_z_{self.volume}",
                 "volatility_ratio",
+                *(f"log_rvol_hl{h}" for h in self.risk_halflives),
+                *(f"trend_hl{h}" for h in self.trend_halflives),
             ),
         )
 
@@ -70,15 +77,21 @@ class FeatureSpec:
     def kernel_len(self, span: int) -> int:
         return max(1, int(round(self.ema_kernel * span)))
 
+    def halflife_len(self, halflife: int) -> int:
+        return max(1, int(round(self.risk_kernel * halflife)))
+
     @property
     def lookback(self) -> int:
         """Bars needed to compute the features of one bar (the bar itself included)."""
         macd = self.kernel_len(self.macd_slow) + self.kernel_len(self.macd_signal) - 1
-        return 1 + max(self.momentum, self.atr, self.rsi, macd, self.volatility, 2 * self.volatility, self.volume)
+        risk = max((self.halflife_len(h) for h in (*self.risk_halflives, *self.trend_halflives)), default=0)
+        return 1 + max(self.momentum, self.atr, self.rsi, macd, self.volatility, 2 * self.volatility, self.volume, risk)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["return_lags"] = list(self.return_lags)
+        d["risk_halflives"] = list(self.risk_halflives)
+        d["trend_halflives"] = list(self.trend_halflives)
         d["names"] = list(self.names)
         d["code_version"] = FEATURE_CODE_VERSION
         d["lookback"] = self.lookback
@@ -87,10 +100,11 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureSpec":
         keys = {"return_lags", "momentum", "atr", "rsi", "macd_fast", "macd_slow", "macd_signal", "volatility",
-                "volume", "ema_kernel"}
+                "volume", "ema_kernel", "risk_halflives", "trend_halflives", "risk_kernel"}
         kw = {k: d[k] for k in keys if k in d}
-        if "return_lags" in kw:
-            kw["return_lags"] = tuple(kw["return_lags"])
+        for k in ("return_lags", "risk_halflives", "trend_halflives"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
         return cls(**kw)
 
     def hash(self) -> str:
@@ -108,6 +122,13 @@ def _ema_fir(x: np.ndarray, span: int, length: int) -> np.ndarray:
     """Truncated exponential average: weights (1-a)^k for the last ``length`` values, normalised to 1."""
     alpha = 2.0 / (span + 1.0)
     w = (1.0 - alpha) ** np.arange(length - 1, -1, -1, dtype=np.float64)  # oldest first
+    w /= w.sum()
+    return _rolling(x, length) @ w
+
+
+def _halflife_fir(x: np.ndarray, halflife: int, length: int) -> np.ndarray:
+    """Truncated exponential average with weights 2^(-k / halflife) for the last ``length`` values, normalised."""
+    w = 0.5 ** (np.arange(length - 1, -1, -1, dtype=np.float64) / halflife)  # oldest first
     w /= w.sum()
     return _rolling(x, length) @ w
 
@@ -171,10 +192,25 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     sd = win.std(-1)
     volume_z = np.where(sd > _EPS, (lv[..., spec.volume - 1:] - win.mean(-1)) / np.maximum(sd, _EPS), 0.0)
 
+    # Range-based variance of each bar (Garman-Klass, >= 0 since |log(c/o)| <= log(h/l)) plus the squared
+    # overnight gap: ~5x more efficient than close-to-close returns as a volatility estimate, which is what
+    # lets the regimes say more about the next bar's risk than a trailing standard deviation does.
+    gk = 0.5 * (lh - ll) ** 2 - (2.0 * np.log(2.0) - 1.0) * (lc - lo) ** 2
+    bar_var = gk[..., 1:] + (lo[..., 1:] - lc[..., :-1]) ** 2                 # bars 1..T-1
+    rvol = [0.5 * np.log(_halflife_fir(bar_var, h, spec.halflife_len(h)) + _TINY ** 2) for h in spec.risk_halflives]
+    # Trend: exponentially weighted mean return over the same-horizon range volatility (a Sharpe-like ratio
+    # per bar), so drift is measured in units of risk and is comparable across symbols and regimes.
+    trend = []
+    for h in spec.trend_halflives:
+        n = spec.halflife_len(h)
+        m, v2 = _align([_halflife_fir(ret, h, n), _halflife_fir(bar_var, h, n)])
+        trend.append(m / np.sqrt(v2 + _TINY ** 2))
+
     # Deliberately no raw volume level: on real feeds it drifts with the data vendor and the years (EURUSD
     # tick volume doubles mid-sample), and regimes built on it become calendar periods. Volume enters only
     # relative to its own recent history.
-    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z, vol_ratio])
+    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z, vol_ratio,
+                   *rvol, *trend])
     n_out = t - spec.lookback + 1
     return np.stack([col[..., col.shape[-1] - n_out:] for col in cols], axis=-1)
 

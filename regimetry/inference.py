@@ -14,6 +14,7 @@ import numpy as np
 from regimetry.bundle import Bundle, load_bundle
 from regimetry.classify import centroid_distance, standardize
 from regimetry.features import scaled_windows
+from regimetry.regimes import JumpDecoder, RegimeSpace, dwell
 
 
 def make_session(path: Path, threads: int = 1):
@@ -31,12 +32,15 @@ class SeriesRegimes:
     """Per-bar outputs for the bars that have a full window (index into the series = offset + row)."""
 
     offset: int                 # series index of the first bar with a full window
-    z: np.ndarray               # (N, D) embeddings in clustering geometry
-    proba: np.ndarray           # (N, K) current-regime vote shares
+    z: np.ndarray               # (N, D) standardised embeddings
+    proba: np.ndarray           # (N, K) current-regime probabilities (the decoder's max-marginals)
     regime: np.ndarray          # (N,)
-    ood: np.ndarray             # (N,) distance to the nearest centroid
+    ood: np.ndarray             # (N,) distance to the nearest regime centre in the regime geometry
     next_proba: np.ndarray      # (N, K), NaN rows where fewer than L embeddings exist
     next_regime: np.ndarray     # (N,), -1 where no forecast
+    costs: np.ndarray | None = None   # (N, K) per-regime costs of each window
+    values: np.ndarray | None = None  # (N, K) decoder values W (min 0 per row)
+    dwell: np.ndarray | None = None   # (N,) bars in the current regime, this bar included
 
 
 class RegimeModel:
@@ -51,6 +55,8 @@ class RegimeModel:
         self._enc_out = b.manifest["onnx"]["encoder"]["output"]
         self._fc_in = b.manifest["onnx"]["forecaster"]["input"]
         self._fc_out = b.manifest["onnx"]["forecaster"]["output"]
+        self.space = RegimeSpace.from_dict({**b.manifest["regimes"]["space"], "centroids": b.manifest["centroids"]})
+        self.decoder = JumpDecoder.from_dict(b.manifest["regimes"]["decoder"])
 
     # -- the three steps, each batched ------------------------------------------------------------------
     def windows(self, histories: np.ndarray) -> np.ndarray:
@@ -77,11 +83,21 @@ class RegimeModel:
             return np.zeros((0, z_history.shape[-1]), np.float32)
         return self.forecaster.run([self._fc_out], {self._fc_in: np.ascontiguousarray(z_history, np.float32)})[0]
 
-    def classify(self, z: np.ndarray) -> np.ndarray:
-        return self.bundle.classifier.predict_proba(z)
+    def geometry(self, windows: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """(N, W, F) scaled windows and their (N, D) embeddings -> (N, P) points in the regime geometry."""
+        return self.space.geometry(np.asarray(windows)[:, -1, :], z)
 
-    def ood(self, z: np.ndarray) -> np.ndarray:
-        return centroid_distance(z, self.bundle.centroids)
+    def costs(self, g: np.ndarray) -> np.ndarray:
+        return self.space.costs(g)
+
+    def ood(self, g: np.ndarray) -> np.ndarray:
+        """Distance of each point (regime geometry) to its nearest regime centre: the out-of-distribution score."""
+        return centroid_distance(g, self.space.centroids)
+
+    def next_values(self, w: np.ndarray, windows: np.ndarray, z_next: np.ndarray) -> np.ndarray:
+        """The decoder one bar ahead: values (N, K) at bar t, the window ending at t (its risk columns carried
+        forward) and a predicted next embedding (N, D) -> values (N, K) at t + 1."""
+        return self.decoder.step(w, self.costs(self.geometry(windows, z_next)))
 
     # -- batch reference -------------------------------------------------------------------------------
     def run_series(self, values: np.ndarray, batch: int = 512) -> SeriesRegimes:
@@ -91,7 +107,11 @@ class RegimeModel:
         wins = scaled_windows(values, b.spec, b.scaler, b.window_size)    # (N, W, F)
         z = np.concatenate([self.embed(wins[i:i + batch]) for i in range(0, len(wins), batch)] or
                            [np.zeros((0, b.manifest["embedding_dim"]), np.float32)])
-        proba = self.classify(z)
+        g = self.geometry(wins, z)
+        costs = self.costs(g)
+        w = self.decoder.decode_series(costs)
+        proba = self.decoder.proba(w)
+        regime = w.argmin(1)
         L, s = b.input_length, b.stride
         span = (L - 1) * s
         n = len(z)
@@ -101,6 +121,7 @@ class RegimeModel:
             idx = np.arange(span, n)[:, None] - s * np.arange(L - 1, -1, -1)[None, :]
             hist = z[idx]
             pred = np.concatenate([self.forecast(hist[i:i + batch]) for i in range(0, len(hist), batch)])
-            next_proba[span:] = self.classify(pred)
-            next_regime[span:] = next_proba[span:].argmax(1)
-        return SeriesRegimes(h - 1, z, proba, proba.argmax(1), self.ood(z), next_proba, next_regime)
+            nw = self.next_values(w[span:], wins[span:], pred)
+            next_proba[span:] = self.decoder.proba(nw)
+            next_regime[span:] = nw.argmin(1)
+        return SeriesRegimes(h - 1, z, proba, regime, self.ood(g), next_proba, next_regime, costs, w, dwell(regime))

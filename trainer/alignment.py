@@ -73,8 +73,14 @@ def permute_clustering(cl: Clustering, perm: np.ndarray) -> Clustering:
     centroids = np.empty_like(cl.centroids)
     centroids[perm] = cl.centroids
     clf = cl.classifier
+    space = None
+    if cl.space is not None:
+        from regimetry.regimes import RegimeSpace
+
+        space = RegimeSpace(cl.space.risk_columns, cl.space.risk_weights, cl.space.embedding_weight, centroids)
     return Clustering(cl.emb_mean, cl.emb_std, perm[cl.train_labels], centroids,
-                      KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k))
+                      KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k), space, cl.decoder,
+                      cl.selection)
 
 
 def is_permutation(perm: np.ndarray, n: int) -> bool:

@@ -1,9 +1,16 @@
-"""Regimes from embeddings: spectral clustering on the training windows, then a causal classifier.
+"""Regimes from embeddings: spectral clustering on the training windows, refined into a jump model, decoded
+causally.
 
 Spectral clustering is transductive (a window's label depends on every other window, future ones included),
-so its labels are only the *targets*. The regime of any window, in training reports and live alike, is what
-the nearest-neighbour classifier says about that window's own embedding: causal, and exactly reproducible
-by the worker.
+so its labels are only the *starting partition*. They are refined by the statistical jump model's coordinate
+descent (centres = means of their windows; labels = the penalised Viterbi path, jumpmodels.jump.dp) in the
+regime geometry of regimetry/regimes.py, and the regime of any window, in training reports and live alike, is
+what the causal jump decoder says from that window's and its predecessors' costs: causal, and exactly
+reproducible by the worker. The switch penalty is chosen on the training bars only (time-series validation:
+fit on the first part of the training windows, decode the rest), never on held-out bars.
+
+The nearest-neighbour classifier of the first build is still fitted and exported (its vote shares are a
+diagnostic: agreement with the spectral targets), but no served regime comes from it.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from regimetry.classify import KNNClassifier
+from regimetry.regimes import JumpDecoder, RegimeSpace, sq_distances
 from trainer.config import ClusterConfig
 
 
@@ -21,8 +29,11 @@ class Clustering:
     emb_mean: np.ndarray       # embedding standardisation fitted on training embeddings
     emb_std: np.ndarray
     train_labels: np.ndarray   # spectral labels of the training windows (renumbered)
-    centroids: np.ndarray      # (K, D) in the standardised geometry
+    centroids: np.ndarray      # (K, P) in the regime geometry
     classifier: KNNClassifier
+    space: RegimeSpace | None = None
+    decoder: JumpDecoder | None = None
+    selection: dict | None = None  # how the switch penalty was chosen (validation figures per candidate)
 
 
 def fit_geometry(raw_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,3 +76,107 @@ def fit_clustering(raw_train: np.ndarray, order_key: np.ndarray, cfg: ClusterCon
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], cfg.n_clusters, cfg.knn_k)
     return Clustering(mean, std, labels, centroids_of(z, labels, cfg.n_clusters), clf)
+
+
+def risk_columns(names: tuple[str, ...], cfg: ClusterConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Indices and weights of the feature columns the regime geometry reads directly."""
+    cols, weights = [], []
+    for i, n in enumerate(names):
+        if n.startswith("log_rvol_hl"):
+            cols.append(i)
+            weights.append(cfg.risk_weight)
+        elif n.startswith("trend_hl"):
+            cols.append(i)
+            weights.append(cfg.trend_weight)
+    return tuple(cols), tuple(weights)
+
+
+def refine(g: np.ndarray, labels: np.ndarray, n: int, penalty: float, max_iter: int = 20,
+           init_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Statistical jump model fit started from a partition: alternate centres (means) and the penalised
+    Viterbi path (jumpmodels.jump.dp) until the labels stop changing. Returns (centroids (K, P), labels (N,)).
+    A regime left empty keeps its previous centre, so ids never vanish mid-fit."""
+    from jumpmodels.jump import dp, jump_penalty_to_mx
+
+    pen = jump_penalty_to_mx(float(penalty), n)
+    cent = init_centroids.copy() if init_centroids is not None else centroids_of(g, labels, n)
+    for _ in range(max_iter):
+        new, _ = dp(0.5 * sq_distances(g, cent), pen)
+        new = np.asarray(new, dtype=np.int64)
+        cent = np.stack([g[new == k].mean(0) if (new == k).any() else cent[k] for k in range(n)])
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    return cent, labels
+
+
+def eta_squared(labels: np.ndarray, y: np.ndarray) -> float:
+    """Share of the variance of y explained by the labels (between-group / total sum of squares)."""
+    y = np.asarray(y, dtype=np.float64)
+    tot = ((y - y.mean()) ** 2).sum()
+    if tot <= 0:
+        return 0.0
+    between = sum((labels == k).sum() * (y[labels == k].mean() - y.mean()) ** 2 for k in np.unique(labels))
+    return float(between / tot)
+
+
+def mean_dwell(labels: np.ndarray) -> float:
+    return float(len(labels) / (1 + np.count_nonzero(np.diff(labels)))) if len(labels) else 0.0
+
+
+def choose_penalty(g: np.ndarray, next_abs_ret: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig,
+                   seed: int) -> tuple[float, dict]:
+    """The switch penalty, chosen on training windows only.
+
+    Fit (spectral start + jump refinement) on the first ``1 - cfg.validation`` share of the training windows,
+    decode the rest causally with each candidate penalty, and score the next bar's |log return| explained by
+    the regimes (eta squared) and the mean dwell there. Rule: among candidates whose validation eta squared is
+    within ``cfg.penalty_tolerance`` (relative) of the best, take the largest penalty: as informative as the
+    best, and as persistent as that allows."""
+    n = len(g)
+    cut = int(round(n * (1.0 - cfg.validation)))
+    k = cfg.n_clusters
+    start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
+    rows = []
+    for lam in cfg.penalties:
+        cent, fit_labels = refine(g[:cut], start, k, lam)
+        dec = JumpDecoder(float(lam), cfg.memory)
+        lab = dec.decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+        val = lab[cut:]
+        rows.append({"penalty": float(lam), "eta2": eta_squared(val, next_abs_ret[cut:]),
+                     "dwell_fit": mean_dwell(lab[:cut]), "dwell_validation": mean_dwell(val)})
+    best = max(r["eta2"] for r in rows)
+    good = [r for r in rows if r["eta2"] >= best * (1.0 - cfg.penalty_tolerance)]
+    chosen = max(good, key=lambda r: r["penalty"])
+    rule = (f"largest penalty whose validation eta^2 of next-bar |return| is within {cfg.penalty_tolerance:.0%} of "
+            f"the best; fitted on the first {1 - cfg.validation:.0%} of the training windows, validated on the rest")
+    return chosen["penalty"], {"rule": rule, "validation_windows": int(n - cut), "candidates": rows,
+                               "chosen": chosen["penalty"]}
+
+
+def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple[str, ...],
+                order_key: np.ndarray, next_abs_ret: np.ndarray, cfg: ClusterConfig, seed: int) -> Clustering:
+    """Standardise the embeddings, build the regime geometry, choose the penalty, fit the jump model on every
+    training window (spectral start), renumber by ``order_key`` (calmest first), fit the kNN diagnostic.
+
+    raw_train (N, D) raw encoder outputs; last_rows_train (N, F) scaled last feature rows of the same windows;
+    order_key (N,) e.g. each window's own return volatility; next_abs_ret (N,) |log return| of the bar after
+    each window's last bar (the penalty's validation target)."""
+    mean, std = fit_geometry(raw_train)
+    z = ((raw_train - mean) / std).astype(np.float32)
+    cols, weights = risk_columns(names, cfg)
+    space = RegimeSpace(cols, weights, cfg.embedding_weight, np.zeros((cfg.n_clusters, len(cols) + z.shape[1])))
+    g = space.geometry(last_rows_train, z)
+    k = cfg.n_clusters
+    if cfg.penalty is None:
+        penalty, selection = choose_penalty(g, next_abs_ret, order_key, cfg, seed)
+    else:
+        penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
+    start = spectral_labels(g, cfg, seed)
+    cent, labels = refine(g, start, k, penalty)
+    labels = order_by(labels, order_key, k)
+    cent = centroids_of(g, labels, k)
+    space = RegimeSpace(cols, weights, cfg.embedding_weight, cent)
+    keep = subsample(len(z), cfg.max_reference)
+    clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
+    return Clustering(mean, std, labels, cent, clf, space, JumpDecoder(penalty, cfg.memory), selection)

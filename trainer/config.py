@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-TRAINER_VERSION = 2  # bump when training changes what a given config produces (part of every recipe hash)
+TRAINER_VERSION = 3  # bump when training changes what a given config produces (part of every recipe hash)
 ENCODING_METHODS = ("learnable", "sinusoidal")
 ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
@@ -41,7 +41,16 @@ class ClusterConfig:
     n_clusters: int = 4
     n_neighbors: int = 15                 # affinity graph of the spectral clustering
     knn_k: int = 9                        # neighbours voting in the serving classifier
-    max_reference: int = 2000             # reference embeddings kept in the bundle (serving cost ~ linear)
+    max_reference: int = 2000             # reference embeddings kept in the bundle (kNN diagnostic only)
+    # the regime geometry and the causal jump decoder (regimetry/regimes.py)
+    risk_weight: float = 1.0              # weight of each log_rvol_hl* column
+    trend_weight: float = 0.5             # weight of each trend_hl* column
+    embedding_weight: float = 1.0         # weight of the whole standardised embedding (as one column)
+    penalty: float | None = None          # switch penalty; None = chosen on the training windows
+    penalties: tuple = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)   # candidates for that choice
+    penalty_tolerance: float = 0.05       # relative eta^2 loss accepted for a larger penalty
+    validation: float = 0.3               # share of the training windows the penalty is validated on
+    memory: int = 128                     # bars of costs behind each decoded regime
 
 
 @dataclass
@@ -91,6 +100,12 @@ class TrainConfig:
             errs.append("holdout must be in (0, 0.9)")
         if self.clustering.n_clusters < 2:
             errs.append("clustering.n_clusters must be >= 2")
+        if self.stride != 1:
+            errs.append("stride must be 1: regimes are decoded bar by bar (the causal jump decoder)")
+        if self.clustering.memory < 1:
+            errs.append("clustering.memory must be >= 1")
+        if not 0.05 <= self.clustering.validation <= 0.5:
+            errs.append("clustering.validation must be in [0.05, 0.5]")
         if errs:
             raise ValueError("invalid training config: " + "; ".join(errs))
         return self

@@ -127,18 +127,29 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     raw = enc.embed(encoder, ws.windows)
 
     # -- regimes -----------------------------------------------------------------------------------------
-    progress("clustering", 0, 1, f"spectral, k={cfg.clustering.n_clusters}")
+    progress("clustering", 0, 1, f"spectral + jump model, k={cfg.clustering.n_clusters}")
     log_ret = np.concatenate([[0.0], np.diff(np.log(series.values[:, 3]))])
     # volatility of each training window's own bars: orders the regime ids from calmest to most volatile
     vol_key = sliding_window_view(log_ret, cfg.window_size)[ws.end_index[: ws.n_train] - cfg.window_size + 1].std(1)
-    cl = clustering.fit_clustering(raw[: ws.n_train], vol_key, cfg.clustering, cfg.seed)
+    last_rows = ws.windows[:, -1, :]
+    next_abs = np.abs(log_ret[np.minimum(ws.end_index + 1, len(log_ret) - 1)])  # |r| of the bar after each window
+    cl = clustering.fit_regimes(raw[: ws.n_train], last_rows[: ws.n_train], spec.names, vol_key,
+                                next_abs[: ws.n_train], cfg.clustering, cfg.seed)
     z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
+
+    def decode(c: clustering.Clustering) -> tuple[np.ndarray, np.ndarray]:
+        g_ = c.space.geometry(last_rows, z)
+        return g_, c.decoder.decode_series(c.space.costs(g_))
+
+    g, w = decode(cl)
     alignment = None
     if align is not None:
-        cl, alignment = align(cl, z, ws.end_time)
-    proba = cl.classifier.predict_proba(z)
-    regimes = proba.argmax(1)
-    progress("clustering", 1, 1, f"train agreement classifier/spectral {np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}")
+        cl, alignment = align(cl, w.argmin(1), ws.end_time)
+        g, w = decode(cl)
+    proba = cl.decoder.proba(w)
+    regimes = w.argmin(1)
+    progress("clustering", 1, 1, f"penalty {cl.decoder.penalty:g}; train agreement decoder/jump fit "
+                                 f"{np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}")
 
     # -- forecaster --------------------------------------------------------------------------------------
     f_cfg = cfg.forecaster
@@ -151,6 +162,11 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     t_test_mask = t_test >= ws.n_train  # held-out steps whose *current* window is held out as well
     x_test, y_test, t_test = x_test[t_test_mask], y_test[t_test_mask], t_test[t_test_mask]
     pred_test = np.asarray(forecaster.predict(x_test, batch_size=512, verbose=0))
+    space, decoder = cl.space, cl.decoder
+
+    def next_regime_of(t: np.ndarray, z_next: np.ndarray) -> np.ndarray:
+        """The decoder one bar ahead of windows t, given their next embedding (the served prediction)."""
+        return decoder.step(w[t], space.costs(space.geometry(last_rows[t], z_next))).argmin(1)
 
     # -- evaluation --------------------------------------------------------------------------------------
     progress("evaluation", 0, 1, "held-out split")
@@ -163,11 +179,15 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         "forecaster": {"name": f_cfg.name, "loss": f_cfg.loss, "history": fc_hist,
                        "held_out": scoring.forecast_errors(pred_test, y_test),
                        "persistence_held_out": scoring.forecast_errors(x_test[:, -1, :], y_test)},
-        "next_regime": scoring.next_regime_report(regimes[t_test], regimes[t_test + 1], cl.classifier.predict(pred_test),
+        "next_regime": scoring.next_regime_report(regimes[t_test], regimes[t_test + 1],
+                                                  next_regime_of(t_test, pred_test),
                                                   diagnostics.transition_matrix(train_reg, k), k),
         "clustering": {
-            "train_agreement_classifier_vs_spectral": float(np.mean(train_reg == cl.train_labels)),
-            **diagnostics.separation(z[: ws.n_train], train_reg, seed=cfg.seed),
+            "train_agreement_decoder_vs_jump_fit": float(np.mean(train_reg == cl.train_labels)),
+            "train_agreement_knn_vs_jump_fit": float(np.mean(cl.classifier.predict(z[: ws.n_train]) == cl.train_labels)),
+            "penalty": cl.decoder.penalty,
+            "penalty_selection": cl.selection,
+            **diagnostics.separation(g[: ws.n_train], train_reg, seed=cfg.seed),
             **diagnostics.balance(train_reg, k),
             "stickiness": diagnostics.stickiness(diagnostics.transition_matrix(train_reg, k)),
             "mean_duration": diagnostics.mean_duration(train_reg),
@@ -205,9 +225,11 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     summary["export"] = {k2: {"parity_max_abs_diff": v["parity_max_abs_diff"]} for k2, v in onnx_info.items()}
     (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2))
 
-    dists = np.sqrt(((z[: ws.n_train, None, :] - cl.centroids[None]) ** 2).sum(-1)).min(1)
+    from regimetry.classify import centroid_distance
+
+    dists = centroid_distance(g[: ws.n_train], cl.centroids)
     bar_ret = log_ret[ws.end_index]
-    hits = cl.classifier.predict(np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
+    hits = next_regime_of(t_all[in_train], np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
     manifest = {
         "schema_version": 1,
         "model_version": version,
@@ -224,7 +246,11 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         "n_clusters": k,
         "centroids": cl.centroids.tolist(),
         "classifier": {"kind": "knn", "file": "classifier.npz", "k": cl.classifier.k,
-                       "n_reference": int(len(cl.classifier.reference)), "geometry": "standardised embedding"},
+                       "n_reference": int(len(cl.classifier.reference)), "geometry": "standardised embedding",
+                       "role": "diagnostic only: served regimes come from the decoder"},
+        "regimes": {"space": {kk: v for kk, v in cl.space.to_dict().items() if kk != "centroids"},
+                    "risk_features": [spec.names[i] for i in cl.space.risk_columns],
+                    "decoder": cl.decoder.to_dict(), "geometry": "regimetry/regimes.py RegimeSpace; centroids above"},
         "forecaster": {"name": f_cfg.name, "input_length": f_cfg.input_length, "loss": f_cfg.loss},
         "onnx": onnx_info,
         "regime_profiles": diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train]),
@@ -240,6 +266,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
             "feature_scaler": sha256_json(ws.scaler.to_dict()),
             "embedding_scaler": sha256_json({"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()}),
             "centroids": sha256_json(cl.centroids.tolist()),
+            "regimes": sha256_json({"space": cl.space.to_dict(), "decoder": cl.decoder.to_dict()}),
         },
         "alignment": alignment,
         "libraries": library_versions(),

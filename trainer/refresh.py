@@ -118,9 +118,10 @@ class Aligner:
         hit = self.prev.times[pos] == end_time
         return np.flatnonzero(hit), self.prev.labels[pos[hit]]
 
-    def __call__(self, cl: Clustering, z: np.ndarray, end_time: np.ndarray) -> tuple[Clustering, dict]:
+    def __call__(self, cl: Clustering, new: np.ndarray, end_time: np.ndarray) -> tuple[Clustering, dict]:
+        """``new``: the new model's decoded regime of every window (before renumbering)."""
         k = len(cl.centroids)
-        new = cl.classifier.predict(z)
+        new = np.asarray(new, dtype=np.int64)
         idx, prev_lab = self.overlap(end_time)
         rec: dict = {"previous_model_version": self.prev.manifest["model_version"], "threshold": self.min_agreement,
                      "n_windows": int(len(idx))}

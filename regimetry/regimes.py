@@ -1,0 +1,168 @@
+"""From a window's embedding to its regime: the regime geometry, per-regime costs and a causal jump decoder.
+
+Shared, like the features, by the trainer (a whole series at once) and the worker (a few bars per symbol per
+micro-batch), so the served regime of a bar is the same arithmetic on the same numbers in both.
+
+Why this shape (measured with benchmarks/bench_regimes.py): labelling each window by its own embedding alone
+(the nearest-neighbour vote of the first build) said less about the next bar's risk than a trailing standard
+deviation and flickered out of sample. Two things were missing:
+
+1. **Risk at several horizons, read directly.** The geometry of a window is its embedding (weighted as one
+   block) next to the window's last feature row at the range-based volatility and trend columns
+   (``log_rvol_hl*``, ``trend_hl*`` in regimetry/features.py). Regimes then separate by risk first, whatever the
+   unsupervised encoder chose to keep.
+2. **Persistence, decoded causally.** The statistical jump model's online step: with the cost of regime k at
+   bar t ``L[t, k] = 0.5 * ||g_t - c_k||^2`` and a penalty ``lam`` per switch,
+
+       V[t, k] = L[t, k] + min_j (V[t-1, j] + lam * [j != k]),   regime_t = argmin_k V[t, k]
+
+   which is O(K) per bar after normalising ``W = V - min V``: ``W[t, k] = L[t, k] + min(W[t-1, k], lam) - m_t``.
+   A regime changes only once the evidence against it has added up to ``lam``.
+
+**Finite memory, so live equals batch by construction.** ``V`` depends on the whole history; the decoder here
+restarts the recursion ``memory`` bars back (from W = 0) for every bar. Because ``min(W, lam)`` clips, two runs
+of the recursion from different starting states become *identical* as soon as every non-winning regime has been
+``lam`` behind once, which on real and planted bars happens within a few dozen bars; the restart therefore
+changes almost nothing (see tests/test_regimes.py) and buys the property the system depends on: the regime at
+bar t is a finite function of the last ``memory`` costs, so the worker needs only those costs (stored in Redis
+beside the embeddings) and a batch pass over a series, a redelivery, a refill or a hot reload all give the same
+labels. The first bars of a series use the costs they have (the window is padded with zero rows, which leave
+W at 0: the same as starting at the first bar).
+
+Probabilities are the decoder's normalised max-marginals ``p_k ~ exp(-W[t, k] / temperature)``: with
+temperature 1 they are exactly what its own model says (isotropic unit-variance Gaussian costs, a switch
+costing ``lam`` nats), not vote shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RegimeSpace:
+    """Where regimes live and where their centres are.
+
+    ``risk_columns`` index the feature rows (the scaled window's last row); ``risk_weights`` multiply them;
+    the standardised embedding is multiplied by ``embedding_weight / sqrt(D)``, so the whole embedding weighs
+    as much as one risk column of weight ``embedding_weight``.
+    """
+
+    risk_columns: tuple[int, ...]
+    risk_weights: tuple[float, ...]
+    embedding_weight: float
+    centroids: np.ndarray  # (K, P) in this geometry, P = len(risk_columns) + D
+
+    @property
+    def n_regimes(self) -> int:
+        return int(len(self.centroids))
+
+    def geometry(self, last_rows: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """(N, F) scaled feature rows of each window's last bar and (N, D) standardised embeddings -> (N, P)."""
+        last_rows = np.asarray(last_rows, dtype=np.float64)
+        z = np.asarray(z, dtype=np.float64)
+        risk = last_rows[:, list(self.risk_columns)] * np.asarray(self.risk_weights, dtype=np.float64)
+        emb = z * (self.embedding_weight / np.sqrt(max(z.shape[1], 1)))
+        return np.concatenate([risk, emb], axis=1)
+
+    def costs(self, g: np.ndarray) -> np.ndarray:
+        """(N, P) -> (N, K) costs 0.5 * squared distance to each regime centre (the jump model's loss)."""
+        return 0.5 * sq_distances(g, self.centroids)
+
+    def to_dict(self) -> dict:
+        return {"risk_columns": list(self.risk_columns), "risk_weights": list(self.risk_weights),
+                "embedding_weight": self.embedding_weight, "centroids": np.asarray(self.centroids).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegimeSpace":
+        return cls(tuple(int(c) for c in d["risk_columns"]), tuple(float(w) for w in d["risk_weights"]),
+                   float(d["embedding_weight"]), np.asarray(d["centroids"], dtype=np.float64))
+
+
+def sq_distances(g: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """(N, P), (K, P) -> (N, K) squared Euclidean distances, computed as differences (exact for near points)."""
+    g = np.asarray(g, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    return ((g[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+
+
+@dataclass(frozen=True)
+class JumpDecoder:
+    """The causal jump decoder with finite memory (module docstring)."""
+
+    penalty: float       # lam: cost of one switch, in the units of the costs
+    memory: int          # bars of costs behind each decision (the bar itself included)
+    temperature: float = 1.0
+
+    def values(self, cost_windows: np.ndarray) -> np.ndarray:
+        """(N, M, K) the last M costs of each of N bars, oldest first -> (N, K) normalised values W (min 0).
+
+        Fewer than ``memory`` rows are fine (a series' first bars); more are an error, since the result must
+        not depend on how many the caller happened to hold."""
+        c = np.asarray(cost_windows, dtype=np.float64)
+        if c.shape[1] > self.memory:
+            raise ValueError(f"{c.shape[1]} cost rows given, the decoder looks back {self.memory}")
+        w = np.zeros((c.shape[0], c.shape[2]))
+        lam = float(self.penalty)
+        for m in range(c.shape[1]):
+            w = c[:, m, :] + np.minimum(w, lam)
+            w -= w.min(1, keepdims=True)
+        return w
+
+    def step(self, w_prev: np.ndarray, costs: np.ndarray) -> np.ndarray:
+        """One more bar: (N, K) values and (N, K) costs of the next bar -> (N, K) values (the one-step-ahead
+        regime of a forecast embedding, or of the window extended by a flat bar)."""
+        w = np.asarray(costs, dtype=np.float64) + np.minimum(np.asarray(w_prev, dtype=np.float64), self.penalty)
+        return w - w.min(1, keepdims=True)
+
+    def proba(self, w: np.ndarray) -> np.ndarray:
+        """(N, K) values -> (N, K) probabilities exp(-W / T), normalised (the winner's is the largest)."""
+        e = np.exp(-np.asarray(w, dtype=np.float64) / self.temperature)
+        return e / e.sum(1, keepdims=True)
+
+    def decode_series(self, costs: np.ndarray, block: int = 4096) -> np.ndarray:
+        """(T, K) costs of consecutive bars -> (T, K) values: bar t decided from costs[max(0, t-M+1) : t+1].
+
+        The same ``values`` call the worker makes, on the same zero-padded windows, so both agree exactly."""
+        costs = np.asarray(costs, dtype=np.float64)
+        t, k = costs.shape
+        padded = np.concatenate([np.zeros((self.memory - 1, k)), costs])
+        out = np.empty((t, k))
+        for i in range(0, t, block):
+            j = min(t, i + block)
+            wins = np.lib.stride_tricks.sliding_window_view(padded[i:j + self.memory - 1], self.memory, axis=0)
+            out[i:j] = self.values(np.swapaxes(wins, 1, 2))
+        return out
+
+    def cost_windows(self, stored: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The worker's view: (S, K) costs already stored for a symbol (oldest first, any number) and (n, K)
+        costs of its new bars -> (n, M, K) windows, zero-padded like decode_series."""
+        stored = np.asarray(stored, dtype=np.float64).reshape(-1, new.shape[1])[-(self.memory - 1):] \
+            if self.memory > 1 else np.zeros((0, new.shape[1]))
+        k = new.shape[1]
+        pad = np.zeros((self.memory - 1 - len(stored), k))
+        seq = np.concatenate([pad, stored, np.asarray(new, dtype=np.float64)])
+        wins = np.lib.stride_tricks.sliding_window_view(seq, self.memory, axis=0)
+        return np.swapaxes(wins, 1, 2)
+
+    def to_dict(self) -> dict:
+        return {"kind": "jump", "penalty": self.penalty, "memory": self.memory, "temperature": self.temperature}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JumpDecoder":
+        return cls(float(d["penalty"]), int(d["memory"]), float(d.get("temperature", 1.0)))
+
+
+def dwell(labels: np.ndarray, previous: int | None = None, previous_dwell: int = 0) -> np.ndarray:
+    """(T,) labels -> (T,) bars spent in the current regime, this bar included; ``previous``/``previous_dwell``
+    continue a sequence (the worker's stored last regime and its dwell)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = np.empty(len(labels), dtype=np.int64)
+    last, run = previous, previous_dwell
+    for i, lab in enumerate(labels.tolist()):
+        run = run + 1 if lab == last else 1
+        out[i] = run
+        last = lab
+    return out
