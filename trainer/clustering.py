@@ -110,9 +110,23 @@ def refine(g: np.ndarray, labels: np.ndarray, n: int, penalty: float, max_iter: 
     return cent, labels
 
 
+def bar_volatility(values: np.ndarray) -> np.ndarray:
+    """(T, 5) OHLCV -> (T,) each bar's own range-based volatility: sqrt(Garman-Klass variance + squared gap from
+    the previous close); bar 0 has no gap term."""
+    o, h, l, c = (np.log(values[:, i]) for i in range(4))
+    gk = 0.5 * (h - l) ** 2 - (2.0 * np.log(2.0) - 1.0) * (c - o) ** 2
+    gap = np.concatenate([[0.0], o[1:] - c[:-1]])
+    return np.sqrt(np.maximum(gk, 0.0) + gap ** 2)
+
+
 def eta_squared(labels: np.ndarray, y: np.ndarray) -> float:
-    """Share of the variance of y explained by the labels (between-group / total sum of squares)."""
+    """Share of the variance of y explained by the labels (between-group / total sum of squares); NaN targets
+    are left out."""
     y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(y)
+    labels, y = np.asarray(labels)[ok], y[ok]
+    if len(y) == 0:
+        return 0.0
     tot = ((y - y.mean()) ** 2).sum()
     if tot <= 0:
         return 0.0
@@ -124,12 +138,13 @@ def mean_dwell(labels: np.ndarray) -> float:
     return float(len(labels) / (1 + np.count_nonzero(np.diff(labels)))) if len(labels) else 0.0
 
 
-def choose_penalty(g: np.ndarray, next_abs_ret: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig,
+def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig,
                    seed: int) -> tuple[float, dict]:
     """The switch penalty, chosen on training windows only.
 
     Fit (spectral start + jump refinement) on the first ``1 - cfg.validation`` share of the training windows,
-    decode the rest causally with each candidate penalty, and score the next bar's |log return| explained by
+    decode the rest causally with each candidate penalty, and score the share of the variance of the coming
+    risk (``next_risk``, e.g. the mean range-based volatility of the next bars; NaN where unknown) explained by
     the regimes (eta squared) and the mean dwell there. Rule: among candidates whose validation eta squared is
     within ``cfg.penalty_tolerance`` (relative) of the best, take the largest penalty: as informative as the
     best, and as persistent as that allows."""
@@ -143,25 +158,25 @@ def choose_penalty(g: np.ndarray, next_abs_ret: np.ndarray, order_key: np.ndarra
         dec = JumpDecoder(float(lam), cfg.memory)
         lab = dec.decode_series(0.5 * sq_distances(g, cent)).argmin(1)
         val = lab[cut:]
-        rows.append({"penalty": float(lam), "eta2": eta_squared(val, next_abs_ret[cut:]),
+        rows.append({"penalty": float(lam), "eta2": eta_squared(val, next_risk[cut:]),
                      "dwell_fit": mean_dwell(lab[:cut]), "dwell_validation": mean_dwell(val)})
     best = max(r["eta2"] for r in rows)
     good = [r for r in rows if r["eta2"] >= best * (1.0 - cfg.penalty_tolerance)]
     chosen = max(good, key=lambda r: r["penalty"])
-    rule = (f"largest penalty whose validation eta^2 of next-bar |return| is within {cfg.penalty_tolerance:.0%} of "
+    rule = (f"largest penalty whose validation eta^2 of the coming bars' range-based volatility is within {cfg.penalty_tolerance:.0%} of "
             f"the best; fitted on the first {1 - cfg.validation:.0%} of the training windows, validated on the rest")
     return chosen["penalty"], {"rule": rule, "validation_windows": int(n - cut), "candidates": rows,
                                "chosen": chosen["penalty"]}
 
 
 def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple[str, ...],
-                order_key: np.ndarray, next_abs_ret: np.ndarray, cfg: ClusterConfig, seed: int) -> Clustering:
+                order_key: np.ndarray, next_risk: np.ndarray, cfg: ClusterConfig, seed: int) -> Clustering:
     """Standardise the embeddings, build the regime geometry, choose the penalty, fit the jump model on every
     training window (spectral start), renumber by ``order_key`` (calmest first), fit the kNN diagnostic.
 
     raw_train (N, D) raw encoder outputs; last_rows_train (N, F) scaled last feature rows of the same windows;
-    order_key (N,) e.g. each window's own return volatility; next_abs_ret (N,) |log return| of the bar after
-    each window's last bar (the penalty's validation target)."""
+    order_key (N,) e.g. each window's own return volatility; next_risk (N,) the risk of the bar after each
+    window's last bar, e.g. bar_volatility (the penalty's validation target)."""
     mean, std = fit_geometry(raw_train)
     z = ((raw_train - mean) / std).astype(np.float32)
     cols, weights = risk_columns(names, cfg)
@@ -169,7 +184,7 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
     g = space.geometry(last_rows_train, z)
     k = cfg.n_clusters
     if cfg.penalty is None:
-        penalty, selection = choose_penalty(g, next_abs_ret, order_key, cfg, seed)
+        penalty, selection = choose_penalty(g, next_risk, order_key, cfg, seed)
     else:
         penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
     start = spectral_labels(g, cfg, seed)
