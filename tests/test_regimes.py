@@ -1,0 +1,120 @@
+"""The causal jump decoder (regimetry/regimes.py): equal to the jump model's online step, causal, and the same
+whether a series is decoded at once or bar by bar from stored costs. Fast: numpy only, no training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from regimetry.regimes import JumpDecoder, RegimeSpace, dwell
+
+
+def planted_costs(n: int = 3000, k: int = 4, seed: int = 0) -> np.ndarray:
+    """Costs 0.5 * ||x - c_k||^2 of noisy points drawn around K centres with sticky switching."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 2.0, (k, 5))
+    state, labels = 0, []
+    for _ in range(n):
+        if rng.random() < 0.03:
+            state = int(rng.integers(k))
+        labels.append(state)
+    x = centres[labels] + rng.normal(0, 1.5, (n, 5))
+    return 0.5 * ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+
+
+def brute_force(costs: np.ndarray, lam: float, memory: int) -> np.ndarray:
+    """Label of each bar by the textbook recursion V_t = L_t + min_j(V_{t-1,j} + lam [j != k]) over the last
+    `memory` bars only, one bar and one regime at a time in plain Python."""
+    out = []
+    for t in range(len(costs)):
+        v = None
+        for row in costs[max(0, t - memory + 1):t + 1]:
+            if v is None:
+                v = [float(c) for c in row]
+            else:
+                v = [float(row[k]) + min(v[j] + (lam if j != k else 0.0) for j in range(len(row)))
+                     for k in range(len(row))]
+        out.append(int(np.argmin(v)))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("lam", [0.0, 2.0, 10.0])
+def test_full_memory_equals_jumpmodels_online_prediction(lam):
+    from jumpmodels.jump import dp, jump_penalty_to_mx
+
+    costs = planted_costs(600)
+    ref = dp(costs, jump_penalty_to_mx(lam, costs.shape[1]), return_value_mx=True).argmin(1)
+    ours = JumpDecoder(lam, memory=len(costs)).decode_series(costs).argmin(1)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_finite_memory_equals_brute_force():
+    costs = planted_costs(400, seed=3)
+    dec = JumpDecoder(5.0, memory=40)
+    np.testing.assert_array_equal(dec.decode_series(costs).argmin(1), brute_force(costs, 5.0, 40))
+
+
+def test_finite_memory_changes_almost_nothing():
+    """The restart `memory` bars back is the price of exact live == batch; the clipped recursion forgets its
+    start within a few dozen bars, so at the default memory the labels equal the unbounded ones."""
+    costs = planted_costs(5000, seed=5)
+    for lam in (2.0, 8.0, 32.0):
+        full = JumpDecoder(lam, memory=len(costs)).decode_series(costs).argmin(1)
+        finite = JumpDecoder(lam, memory=128).decode_series(costs).argmin(1)
+        assert np.mean(full == finite) >= 0.999, lam
+
+
+def test_truncating_the_future_never_changes_past_labels():
+    costs = planted_costs(1500, seed=7)
+    dec = JumpDecoder(8.0, memory=128)
+    whole = dec.decode_series(costs)
+    for cut in (1, 50, 127, 128, 129, 700, 1499):
+        np.testing.assert_array_equal(dec.decode_series(costs[:cut]), whole[:cut])
+
+
+def test_bar_by_bar_from_stored_costs_equals_the_batch_pass():
+    """The worker holds the last memory - 1 costs of a symbol and decodes each batch's new bars from them:
+    chunks of any size give exactly the batch pass (same float64 arithmetic, bit for bit)."""
+    costs = planted_costs(900, seed=9)
+    dec = JumpDecoder(6.0, memory=64)
+    whole = dec.decode_series(costs)
+    rng = np.random.default_rng(1)
+    got, stored, i = [], np.zeros((0, costs.shape[1])), 0
+    while i < len(costs):
+        n = int(rng.integers(1, 150))
+        new = costs[i:i + n]
+        got.append(dec.values(dec.cost_windows(stored, new)))
+        stored = np.concatenate([stored, new])[-(dec.memory - 1):]
+        i += n
+    np.testing.assert_array_equal(np.concatenate(got), whole)
+
+
+def test_probabilities_favour_the_decoded_regime_and_sum_to_one():
+    dec = JumpDecoder(4.0, memory=32)
+    w = dec.decode_series(planted_costs(300))
+    p = dec.proba(w)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    np.testing.assert_array_equal(p.argmax(1), w.argmin(1))
+
+
+def test_a_larger_penalty_switches_less():
+    costs = planted_costs(3000, seed=11)
+    switches = [np.count_nonzero(np.diff(JumpDecoder(lam, 128).decode_series(costs).argmin(1)))
+                for lam in (0.0, 4.0, 32.0)]
+    assert switches[0] > switches[1] > switches[2]
+
+
+def test_dwell_counts_bars_in_the_current_regime_and_continues():
+    labels = np.array([1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(dwell(labels), [1, 2, 1, 2, 3, 1])
+    np.testing.assert_array_equal(dwell(labels[3:], previous=2, previous_dwell=2), [3, 4, 1])
+
+
+def test_space_geometry_weights_and_costs():
+    space = RegimeSpace((1, 3), (1.0, 0.5), 2.0, np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
+    rows = np.array([[9.0, 2.0, 9.0, 4.0]])
+    z = np.array([[1.0, -1.0]])
+    g = space.geometry(rows, z)
+    np.testing.assert_allclose(g, [[2.0, 2.0, 2.0 / np.sqrt(2), -2.0 / np.sqrt(2)]])
+    np.testing.assert_allclose(space.costs(g), 0.5 * ((g[:, None, :] - space.centroids[None]) ** 2).sum(-1))
+    assert RegimeSpace.from_dict(space.to_dict()).to_dict() == space.to_dict()
