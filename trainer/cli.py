@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -23,15 +24,31 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def name_from_data(data: str) -> str:
+    """Bundle name for bars given by --data: 'eurusd', 'synthetic', or the file's stem made folder-safe."""
+    d = str(data).strip()
+    if d.lower() == "eurusd":
+        return "eurusd"
+    if d.lower().startswith("synthetic"):
+        return "synthetic"
+    stem = re.sub(r"[^a-z0-9._-]+", "-", Path(d).stem.lower()).strip("-._")[:100]
+    return stem or "bars"
+
+
 def train_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML training profile; defaults fill the rest."),
     data: Optional[str] = typer.Option(None, help="'eurusd', 'synthetic' or a CSV/parquet path."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Models root (default exported_models)."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
+    name: Optional[str] = typer.Option(None, help="Bundle name prefix (NAME-<hash>); default: from the data "
+                                                  "when --data is given (file stem, 'synthetic'), else the profile's."),
     set_: list[str] = typer.Option([], "--set", help="Override one option, e.g. --set forecaster.name=stratum_attn"),
 ) -> None:
     """Train encoder, regimes and forecaster on historical bars and export an ONNX bundle."""
-    from trainer.config import load_config
+    from trainer.config import TrainConfig, load_config
 
     ov = _overrides(set_)
     if data:
@@ -40,11 +57,19 @@ def train_cmd(
         ov["output_dir"] = str(output)
     if seed is not None:
         ov["seed"] = seed
+    if name is not None:
+        ov["name"] = name
     try:
         cfg = load_config(config, ov)
     except (ValueError, OSError) as exc:
         fail(str(exc))
-    console.print(f"[bold]regimetry train[/] data={cfg.data} seed={cfg.seed} window={cfg.window_size} "
+    if name is None and data and "name" not in ov and cfg.name == TrainConfig().name:
+        # the default name says 'eurusd'; a bundle trained on other bars must not be called that
+        cfg.name = name_from_data(cfg.data)
+    if not NAME_RE.match(str(cfg.name)):
+        fail(f"bundle name {cfg.name!r} must be 1-100 characters of letters, digits, '.', '_' or '-', starting "
+             "with a letter or digit (it becomes the bundle's folder name)")
+    console.print(f"[bold]regimetry train[/] name={cfg.name} data={cfg.data} seed={cfg.seed} window={cfg.window_size} "
                   f"k={cfg.clustering.n_clusters} forecaster={cfg.forecaster.name}")
     with stage_progress() as progress:
         from trainer.pipeline import train
@@ -57,22 +82,48 @@ def train_cmd(
     print_summary(result.summary, result.bundle_dir)
 
 
-def print_summary(summary: dict, bundle_dir: Path | None = None) -> None:
+def _f3(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def print_next_regime(nr: dict) -> None:
+    """The next-regime table: each candidate's accuracy and macro-F1 on all steps, its change detection
+    (precision, recall, F1) and its accuracy on the change steps; then the verdict and the notes."""
     from rich.table import Table
 
+    t = Table(title="Next-regime forecast (held-out split when training)")
+    t.add_column("model")
+    for col in ("accuracy", "macro-F1", "change prec.", "change recall", "change F1", "acc. on changes"):
+        t.add_column(col, justify="right")
+    names = nr.get("candidates") or [n for n in ("forecaster", "persistence", "markov", "flat_next")
+                                     if n in nr["all_steps"]]
+    for name in names:
+        a, c = nr["all_steps"][name], nr["change_steps"][name]
+        cd = (nr.get("change_detection") or {}).get(name) or {}
+        t.add_row(name, _f3(a["accuracy"]), _f3(a["macro_f1"]), _f3(cd.get("precision")), _f3(cd.get("recall")),
+                  _f3(cd.get("f1")), _f3(c["accuracy"]))
+    console.print(t)
+    if "change_detection" in nr:
+        cd = nr["change_detection"]["forecaster"]
+        console.print(f"{nr['all_steps']['forecaster']['n']} steps, {cd['actual_changes']} regime changes; the "
+                      f"forecaster called {cd['predicted_changes']} changes ({cd['true_positives']} right, "
+                      f"{cd['false_alarms']} false alarms, {cd['wrong_regime']} to the wrong regime)")
+    absent = nr.get("absent_regimes") or {}
+    for subset, regs in absent.items():
+        if regs:
+            console.print(f"absent regime(s) on {subset.replace('_', ' ')}: {', '.join(map(str, regs))} "
+                          "(never the true next regime there; left out of macro-F1)")
+    if nr.get("markov_equals_persistence"):
+        sticky = " (sticky transition matrix: every row's argmax is the diagonal)" if nr.get("markov_sticky") else ""
+        console.print(f"markov equals persistence on every step{sticky}")
+    style = "green" if nr["forecaster_beats_baselines"] else "yellow"
+    console.print(f"[{style}]{nr['verdict']}[/]")
+
+
+def print_summary(summary: dict, bundle_dir: Path | None = None) -> None:
     nr = summary.get("next_regime")
     if nr:
-        t = Table(title="Next-regime forecast (held-out split when training)")
-        t.add_column("model")
-        for col in ("accuracy", "macro-F1", "acc. on changes", "F1 on changes"):
-            t.add_column(col, justify="right")
-        for name in ("forecaster", "persistence", "markov"):
-            a, c = nr["all_steps"][name], nr["change_steps"][name]
-            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-            t.add_row(name, fmt(a["accuracy"]), fmt(a["macro_f1"]), fmt(c["accuracy"]), fmt(c["macro_f1"]))
-        console.print(t)
-        style = "green" if nr["forecaster_beats_baselines"] else "yellow"
-        console.print(f"[{style}]{nr['verdict']}[/]")
+        print_next_regime(nr)
     if "forecaster" in summary:
         fe = summary["forecaster"]
         console.print(f"embedding forecast held out: MSE {fe['held_out']['mse']:.4f} (persistence "
@@ -88,20 +139,64 @@ def print_summary(summary: dict, bundle_dir: Path | None = None) -> None:
         console.print(f"[bold green]bundle written:[/] {bundle_dir}")
 
 
+def print_evaluation_header(scores: dict) -> None:
+    """Where the scored bars come from, the bundle's training period beside them, the in-sample warning and
+    the regime shares / mean dwell of the scored windows beside the training ones."""
+    from rich.table import Table
+
+    d, tr = scores["data"], scores["bundle_training"]
+    if d.get("bundle_own_data"):
+        console.print(f"[bold magenta]--data bundle: scoring on the bundle's OWN data, {d['source']!r} "
+                      f"({d['symbol']}), the bars it was trained on[/]")
+    console.print(f"[bold]data[/] {d['source']} ({d['symbol']}, {d['n_bars']} bars): scored windows ending "
+                  f"{d['first_window_end']} .. {d['last_window_end']} ({d['n_events']} windows, {d['n_steps']} "
+                  f"steps; {d['n_warmup_bars']} warm-up bars before"
+                  + (f"; --start {d['start']}" if d.get("start") else "")
+                  + (f" --end {d['end']}" if d.get("end") else "") + ")")
+    console.print(f"[bold]bundle[/] {scores['model_version']} trained on {tr.get('source')} ({tr.get('symbol')}): "
+                  f"bars {tr.get('start')} .. {tr.get('end')}, training windows up to {tr.get('train_end')}, "
+                  f"held out after")
+    warn = (scores.get("training_overlap") or {}).get("warning")
+    if warn:
+        console.print(f"[bold yellow]warning:[/] {warn}")
+    rg = scores.get("regimes")
+    if rg:
+        t = Table(title=f"Regimes: scored windows vs the bundle's training windows ({rg['unit']})")
+        for col in ("regime", "share scored", "share training", "mean dwell scored", "mean dwell training"):
+            t.add_column(col, justify="right")
+        sc, trn = rg["scored"], rg["training"]
+        for i, share in enumerate(sc["shares"]):
+            t.add_row(str(i), _f3(share), _f3(trn["shares"][i] if i < len(trn["shares"]) else None),
+                      f"{sc['mean_duration'][i]:.1f}" if share > 0 else "-",
+                      "-" if i >= len(trn["mean_duration"]) or trn["mean_duration"][i] is None
+                      else f"{trn['mean_duration'][i]:.1f}")
+        console.print(t)
+
+
 def evaluate_cmd(
     bundle: Path = typer.Option(Path("exported_models"), help="Bundle folder or models root with CURRENT."),
-    data: str = typer.Option("eurusd", help="'eurusd', 'synthetic' or a CSV/parquet path."),
+    data: Optional[str] = typer.Option(None, help="Required: 'eurusd', 'synthetic', a CSV/parquet path, or "
+                                                  "'bundle' = the bars the bundle was trained on (in-sample)."),
+    start: Optional[str] = typer.Option(None, help="Score windows ending at or after this time: ISO date/time "
+                                                   "(UTC unless an offset is given) or epoch seconds. Warm-up "
+                                                   "bars before it are read, not scored."),
+    end: Optional[str] = typer.Option(None, help="Score windows ending at or before this time (a bare date "
+                                                 "means the end of that day); no bar after it is read."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
 ) -> None:
-    """Re-score a bundle on bars with ONNX Runtime only (no TensorFlow): regimes, forecast vs baselines, drift."""
+    """Re-score a bundle on bars with ONNX Runtime only (no TensorFlow): regimes, forecast vs baselines
+    (persistence, Markov, flat-next), drift."""
     from regimetry.bundle import BundleError
     from regimetry.data import BarDataError
-    from regimetry.scoring import score_bundle
+    from regimetry.scoring import DATA_REQUIRED, score_bundle
 
+    if data is None or not data.strip():
+        fail(DATA_REQUIRED)
     try:
-        scores = score_bundle(bundle, data)
+        scores = score_bundle(bundle, data, start, end)
     except (BundleError, BarDataError) as exc:
         fail(str(exc))
+    print_evaluation_header(scores)
     print_summary(scores)
     console.print("drift vs training baseline: " + ", ".join(f"{k} {v:.3f}" for k, v in scores["drift"].items()))
     if output:
