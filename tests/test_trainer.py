@@ -115,8 +115,9 @@ def test_bundle_is_complete_and_verified(tiny_training):
     assert not any(p.suffix in (".pkl", ".joblib") for p in b.iterdir())
     summary = json.loads((b / "training_summary.json").read_text())
     nr = summary["next_regime"]
-    assert set(nr["all_steps"]) == {"forecaster", "persistence", "markov"}
-    assert set(nr["change_steps"]) == {"forecaster", "persistence", "markov"}
+    assert set(nr["all_steps"]) == {"forecaster", "persistence", "markov", "flat_next"}
+    assert set(nr["change_steps"]) == {"forecaster", "persistence", "markov", "flat_next"}
+    assert set(summary["mean_dwell"]) == set(summary["regime_shares"]) == {"train", "held_out"}
     assert "verdict" in nr and isinstance(nr["forecaster_beats_baselines"], bool)
     assert {"ari_regimetry", "ari_hmm", "ari_hmm_filtered"} <= set(summary["planted_regimes"])
     rows = (b / "regimes.csv").read_text().splitlines()

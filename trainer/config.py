@@ -47,7 +47,7 @@ class ClusterConfig:
     trend_weight: float = 0.5             # weight of each trend_hl* column
     embedding_weight: float = 1.0         # weight of the whole standardised embedding (as one column)
     penalty: float | None = None          # switch penalty; None = chosen on the training windows
-    penalties: tuple = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)   # candidates for that choice
+    penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # its candidates
     penalty_tolerance: float = 0.05       # relative eta^2 loss accepted for a larger penalty
     validation: float = 0.3               # share of the training windows the penalty is validated on
     memory: int = 128                     # bars of costs behind each decoded regime

@@ -177,6 +177,14 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         """The decoder one bar ahead of windows t, given their next embedding (the served prediction)."""
         return decoder.step(w[t], space.costs(space.geometry(last_rows[t], z_next))).argmin(1)
 
+    def flat_next_regimes(t: np.ndarray) -> np.ndarray:
+        """The flat-next baseline: the regime of window t extended by one bar on which nothing happens."""
+        from regimetry.flat_next import flat_next_windows, next_window_regimes
+
+        flat_w = flat_next_windows(series.values, ws.end_index[t], spec, ws.scaler, cfg.window_size)
+        z_flat = ((enc.embed(encoder, flat_w) - cl.emb_mean) / cl.emb_std).astype(np.float32)
+        return next_window_regimes(space, decoder, w[t], flat_w, z_flat)
+
     # -- evaluation --------------------------------------------------------------------------------------
     progress("evaluation", 0, 1, "held-out split")
     k = cfg.clustering.n_clusters
@@ -190,7 +198,12 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
                        "persistence_held_out": scoring.forecast_errors(x_test[:, -1, :], y_test)},
         "next_regime": scoring.next_regime_report(regimes[t_test], regimes[t_test + 1],
                                                   next_regime_of(t_test, pred_test),
-                                                  diagnostics.transition_matrix(train_reg, k), k),
+                                                  diagnostics.transition_matrix(train_reg, k), k,
+                                                  flat_next=flat_next_regimes(t_test)),
+        "regime_shares": {"train": diagnostics.shares(train_reg, k).tolist(),
+                          "held_out": diagnostics.shares(regimes[ws.n_train:], k).tolist()},
+        "mean_dwell": {"train": diagnostics.mean_duration(train_reg),
+                       "held_out": diagnostics.mean_duration(regimes[ws.n_train:])},
         "clustering": {
             "train_agreement_decoder_vs_jump_fit": float(np.mean(train_reg == cl.train_labels)),
             "train_agreement_knn_vs_jump_fit": float(np.mean(cl.classifier.predict(z[: ws.n_train]) == cl.train_labels)),
