@@ -189,7 +189,7 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
                 for i in range(3)]
     prev = Previous(Path("prev"), {"model_version": "old", "regime_profiles": profiles, "data": {}}, None, None,
                     "feature code version 1 is gone")
-    aligned, rec = Aligner(prev, series, 0.9, 50)(cl, z, series.times)
+    aligned, rec = Aligner(prev, series, 0.9, 50)(cl, new_ids, series.times)  # the refit's decoded regimes
     assert rec["method"] == "profile_centroids" and rec["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
     assert rec["agreement"] is None and rec["flagged"] and "gone" in rec["reason"]
     np.testing.assert_array_equal(aligned.classifier.predict(z), PERM[new_ids])

