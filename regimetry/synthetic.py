@@ -45,8 +45,13 @@ def generate_bars(
     start_time: int = 1_700_000_000 - 1_700_000_000 % 3600,
     bar_seconds: int = 3600,
     symbol: str = "SYNTH",
+    df: float | None = None,
 ) -> SyntheticBars:
-    """Bars whose regime switches with probability 1-stay per bar once a regime has lasted min_duration."""
+    """Bars whose regime switches with probability 1-stay per bar once a regime has lasted min_duration.
+
+    df=None draws Gaussian return shocks; a number draws Student-t shocks with df degrees of freedom (df > 2),
+    rescaled to unit variance so ``volatility`` stays the standard deviation of the return.
+    """
     rng = np.random.default_rng(seed)
     k = len(regimes)
     labels = np.empty(n_bars, dtype=np.int64)
@@ -61,7 +66,13 @@ def generate_bars(
     vol = np.array([regimes[j].volatility for j in labels])
     volu = np.array([regimes[j].volume for j in labels])
     gap = rng.normal(0.0, 0.1, n_bars) * vol
-    ret = drift + vol * rng.standard_normal(n_bars)
+    if df is None:
+        shock = rng.standard_normal(n_bars)
+    else:
+        if df <= 2:
+            raise ValueError(f"df must be > 2 for a finite variance, got {df}")
+        shock = rng.standard_t(df, n_bars) * np.sqrt((df - 2.0) / df)
+    ret = drift + vol * shock
     close = start_price * np.exp(np.cumsum(gap + ret))
     open_ = close * np.exp(-ret)
     wick_hi = np.abs(rng.normal(0.0, 0.5, n_bars)) * vol
@@ -72,6 +83,38 @@ def generate_bars(
     times = start_time + bar_seconds * np.arange(n_bars, dtype=np.int64)
     values = np.stack([open_, high, low, close, volume], axis=-1)
     return SyntheticBars(BarSeries(times, values, symbol), labels, regimes)
+
+
+# Named planted scenarios for the regime benchmark (benchmarks/bench_regimes.py). Each is a set of
+# generate_bars() arguments; "default" is generate_bars() itself. Mean regime length is about
+# min_duration + 1 / (1 - stay) bars.
+SCENARIOS: dict[str, dict] = {
+    "default": {},
+    # two states, same drift and volume, volatility 2.5x apart
+    "vol_only": {"regimes": (Regime("calm", drift=0.0, volatility=0.004, volume=1500.0),
+                             Regime("turbulent", drift=0.0, volatility=0.010, volume=1500.0)),
+                 "seed": 11},
+    # heavy tails (Student-t, df 4); the states differ in drift and volatility, not volume
+    "student_t": {"regimes": (Regime("t_bull", drift=6e-4, volatility=0.003, volume=1500.0),
+                              Regime("t_bear", drift=-1e-3, volatility=0.009, volume=1500.0),
+                              Regime("t_sideways", drift=0.0, volatility=0.005, volume=1500.0)),
+                  "df": 4.0, "seed": 12},
+    # the default regimes, switching fast: mean regime length ~20 bars
+    "short_dwell": {"stay": 0.9, "min_duration": 10, "seed": 13},
+    # the default regimes, switching slowly: mean regime length ~200 bars, enough bars for several held-out switches
+    "long_dwell": {"stay": 0.99, "min_duration": 100, "n_bars": 6000, "seed": 14},
+}
+
+
+def scenario(name: str, seed: int | None = None, **overrides) -> SyntheticBars:
+    """The bars of a named SCENARIOS preset; ``seed`` (default: the preset's) and ``overrides`` (e.g. n_bars)
+    replace the preset's generate_bars() arguments."""
+    if name not in SCENARIOS:
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    kwargs = {**SCENARIOS[name], **overrides}
+    if seed is not None:
+        kwargs["seed"] = seed
+    return generate_bars(**kwargs)
 
 
 def write_csv(series: BarSeries, path: str) -> None:
