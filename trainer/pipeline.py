@@ -39,7 +39,7 @@ class TrainResult:
     bundle_dir: Path | None                      # None when trained with write_bundle=False
     manifest: dict
     summary: dict
-    regimes: np.ndarray = field(repr=False)      # classifier regime of every window (train + held out)
+    regimes: np.ndarray = field(repr=False)      # decoded (served) regime of every window (train + held out)
     end_time: np.ndarray = field(repr=False)
     z: np.ndarray = field(repr=False)            # standardised embeddings of every window
 
