@@ -64,14 +64,17 @@ def csv_of(series: BarSeries, path: Path) -> Path:
     return path
 
 
-def permute_bundle(src: Path, dst_root: Path, perm: np.ndarray) -> Path:
+def permute_bundle(src: Path, dst_root: Path, perm: np.ndarray, cold: bool = False) -> Path:
     """A copy of a bundle whose regime id i is renamed perm[i] everywhere (classifier labels, centroids,
-    profiles, baseline, regimes.csv), re-hashed and re-versioned: a previous model that numbered the same regimes differently."""
+    profiles, baseline, regimes.csv), re-hashed and re-versioned: a previous model that numbered the same regimes
+    differently. cold=True drops its encoder weights, so a refresh from it cannot warm-start."""
     perm = np.asarray(perm)
     m = json.loads((src / MANIFEST).read_text())
-    version = m["model_version"] + "-perm" + "".join(map(str, perm))
+    version = m["model_version"] + "-perm" + "".join(map(str, perm)) + ("-cold" if cold else "")
     dst = dst_root / version
     shutil.copytree(src, dst)
+    if cold:
+        (dst / "encoder.weights.h5").unlink()
     clf = KNNClassifier.load(dst / "classifier.npz")
     KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k).save(dst / "classifier.npz")
     regimes_csv = dst / "regimes.csv"

@@ -98,13 +98,16 @@ def locked(tmp_path):
 
 
 @pytest.mark.slow
-def test_refresh_on_shifted_bars_keeps_ids_and_publishes(tiny_bundle, locked, tmp_path):
+@pytest.mark.parametrize("start", ["warm", "cold"])
+def test_refresh_on_shifted_bars_keeps_ids_and_publishes(tiny_bundle, locked, tmp_path, start):
+    """warm: the refit starts from the previous (permuted) bundle's weights, centres and ids, so its ids are
+    the previous ones by construction; cold (no weights to start from): alignment must find the permutation."""
     from regimetry.inference import RegimeModel
     from regimetry.synthetic import generate_bars
 
     models = tmp_path / "models"
     models.mkdir()
-    prev = permute_bundle(Path(tiny_bundle), models, PERM)
+    prev = permute_bundle(Path(tiny_bundle), models, PERM, cold=start == "cold")
     old = generate_bars().bars
     new = shifted(old, 300)
     data = csv_of(new, tmp_path / "new.csv")
@@ -116,7 +119,9 @@ def test_refresh_on_shifted_bars_keeps_ids_and_publishes(tiny_bundle, locked, tm
     aligned = next(e for e in events if e["event"] == "aligned")
     print("shifted refresh:", {k: aligned[k] for k in ("agreement", "agreement_in_previous_data", "mapping")})
     assert aligned["method"] == "window_labels" and aligned["agreement"] >= 0.9
-    assert not aligned["identity"]                     # the previous ids were permuted: alignment had work to do
+    assert any(e["event"] == f"{start}_start" for e in events)
+    # warm: anchored ids need no renumbering; cold: the previous ids were permuted, alignment had work to do
+    assert aligned["identity"] == (start == "warm")
     version = next(e for e in events if e["event"] == "published")["model_version"]
     assert (models / "CURRENT").read_text().strip() == version
     manifest = json.loads((models / version / "manifest.json").read_text())
@@ -143,7 +148,7 @@ def test_permuted_previous_recovered_exactly_and_low_agreement_is_flagged(tiny_b
 
     models = tmp_path / "models"
     models.mkdir()
-    prev = permute_bundle(Path(tiny_bundle), models, PERM)
+    prev = permute_bundle(Path(tiny_bundle), models, PERM, cold=True)   # a cold refit: the tiny model again
     data = csv_of(generate_bars().bars, tmp_path / "same.csv")   # the bars the tiny bundle was trained on
     res = run_cli(["refresh", "--profile", str(locked), "--data", str(data), "--models", str(models),
                    "--min-agreement", "1.01"])
@@ -153,7 +158,7 @@ def test_permuted_previous_recovered_exactly_and_low_agreement_is_flagged(tiny_b
     # same seed, same bars: the refit is the tiny model again, so the mapping is exactly the permutation
     assert aligned["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
     # not exactly 1: the previous labels come from ONNX Runtime (float32), the refit's from Keras, and a few
-    # windows sit on a k-NN vote tie that rounding flips
+    # windows sit on a near-tie of the decoder that rounding flips
     assert aligned["agreement"] >= 0.99 and aligned["flagged"]
     assert events[-1]["event"] == "flagged"
     assert (models / "CURRENT").read_text().strip() == prev.name      # not published

@@ -91,7 +91,7 @@ def risk_columns(names: tuple[str, ...], cfg: ClusterConfig) -> tuple[tuple[int,
     return tuple(cols), tuple(weights)
 
 
-def refine(g: np.ndarray, labels: np.ndarray, n: int, penalty: float, max_iter: int = 20,
+def refine(g: np.ndarray, labels: np.ndarray | None, n: int, penalty: float, max_iter: int = 20,
            init_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Statistical jump model fit started from a partition: alternate centres (means) and the penalised
     Viterbi path (jumpmodels.jump.dp) until the labels stop changing. Returns (centroids (K, P), labels (N,)).
@@ -99,7 +99,9 @@ def refine(g: np.ndarray, labels: np.ndarray, n: int, penalty: float, max_iter: 
     from jumpmodels.jump import dp, jump_penalty_to_mx
 
     pen = jump_penalty_to_mx(float(penalty), n)
-    cent = init_centroids.copy() if init_centroids is not None else centroids_of(g, labels, n)
+    cent = np.array(init_centroids, dtype=np.float64) if init_centroids is not None else centroids_of(g, labels, n)
+    if labels is None:
+        labels = np.full(len(g), -1, dtype=np.int64)
     for _ in range(max_iter):
         new, _ = dp(0.5 * sq_distances(g, cent), pen)
         new = np.asarray(new, dtype=np.int64)
@@ -195,3 +197,24 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
     return Clustering(mean, std, labels, cent, clf, space, JumpDecoder(penalty, cfg.memory), selection)
+
+
+def fit_anchored(raw_train: np.ndarray, last_rows_train: np.ndarray, order_key: np.ndarray, warm,
+                 cfg: ClusterConfig) -> Clustering:
+    """A warm-started refit's regimes (trainer/warm_start.py): the previous embedding standardisation and
+    geometry, the jump model refined from the previous centres with the previous penalty, ids kept. Records
+    in ``selection`` whether the ids are still ordered by ``order_key`` (volatility)."""
+    z = ((raw_train - warm.emb_mean) / warm.emb_std).astype(np.float32)
+    g = warm.space.geometry(last_rows_train, z)
+    k = len(warm.space.centroids)
+    cent, labels = refine(g, None, k, warm.penalty, init_centroids=warm.space.centroids)
+    means = np.array([order_key[labels == i].mean() if (labels == i).any() else np.nan for i in range(k)])
+    ordered = bool(np.all(np.diff(means[np.isfinite(means)]) >= 0))
+    space = RegimeSpace(warm.space.risk_columns, warm.space.risk_weights, warm.space.embedding_weight, cent)
+    keep = subsample(len(z), cfg.max_reference)
+    clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
+    selection = {"rule": f"anchored refit: penalty and regime ids of {warm.source}", "chosen": warm.penalty,
+                 "warm_start": warm.source, "ids_ordered_by_volatility": ordered,
+                 "volatility_by_id": [None if not np.isfinite(v) else float(v) for v in means]}
+    return Clustering(warm.emb_mean, warm.emb_std, labels, cent, clf, space, JumpDecoder(warm.penalty, cfg.memory),
+                      selection)

@@ -32,6 +32,7 @@ class EncoderConfig:
     contrast_weight: float = 0.0          # weight of the temporal contrastive loss (0 = reconstruction only)
     temperature: float = 0.5              # InfoNCE temperature
     epochs: int = 20
+    warm_epochs: int = 4                  # fine-tuning epochs of a warm-started refit (trainer/warm_start.py)
     batch_size: int = 128
     learning_rate: float = 1e-3
 

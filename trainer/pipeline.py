@@ -42,6 +42,7 @@ class TrainResult:
     regimes: np.ndarray = field(repr=False)      # decoded (served) regime of every window (train + held out)
     end_time: np.ndarray = field(repr=False)
     z: np.ndarray = field(repr=False)            # standardised embeddings of every window
+    warm: object = field(default=None, repr=False)  # trainer.warm_start.WarmStart of this model (for a refit)
 
 
 def set_seed(seed: int) -> None:
@@ -84,10 +85,14 @@ def library_versions() -> dict:
     return out
 
 
-def model_version(cfg: TrainConfig, series: BarSeries) -> str:
-    """Deterministic: the same config on the same bars gives the same version (and the same event ids)."""
+def model_version(cfg: TrainConfig, series: BarSeries, warm_from: str | None = None) -> str:
+    """Deterministic: the same config on the same bars (warm-started from the same model) gives the same
+    version (and the same event ids)."""
     data_hash = series.digest()
-    return f"{cfg.name}-{sha256_json({'cfg': recipe(cfg), 'data': data_hash})[:10]}"
+    blob: dict = {'cfg': recipe(cfg), 'data': data_hash}
+    if warm_from is not None:
+        blob["warm_from"] = warm_from
+    return f"{cfg.name}-{sha256_json(blob)[:10]}"
 
 
 def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confidence: np.ndarray, n_train: int) -> None:
@@ -99,12 +104,15 @@ def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confide
 
 
 def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,
-          planted: np.ndarray | None = None, write_bundle: bool = True, align: Align | None = None) -> TrainResult:
+          planted: np.ndarray | None = None, write_bundle: bool = True, align: Align | None = None,
+          warm=None) -> TrainResult:
     """Run the whole pipeline and write the bundle; returns where it is and what it scored.
 
     write_bundle=False stops after evaluation (nothing written): the configuration search only needs the scores.
     align, if given, renumbers the regime ids right after clustering, so every later array and the manifest
-    use the aligned ids; its record goes into manifest["alignment"]."""
+    use the aligned ids; its record goes into manifest["alignment"]. warm (trainer.warm_start.WarmStart), if
+    given, warm-starts a refit from the model in force: its scaler, encoder weights, geometry, centres, penalty
+    and ids; the encoder is fine-tuned for encoder.warm_epochs epochs."""
     set_seed(cfg.seed)
     from trainer import clustering, encoder as enc, evaluate, export, forecaster as fc
     from trainer.windows import build_windows
@@ -113,12 +121,18 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         series, planted = load_training_data(cfg)
     spec = FeatureSpec()
     progress("features", 0, 1, f"{len(series)} bars of {series.symbol}")
-    ws = build_windows(series, spec, cfg.window_size, cfg.stride, cfg.holdout)
+    ws = build_windows(series, spec, cfg.window_size, cfg.stride, cfg.holdout,
+                       scaler=warm.scaler if warm is not None else None)
     progress("features", 1, 1, f"{len(ws.windows)} windows ({ws.n_train} train / {len(ws.windows) - ws.n_train} held out)")
 
     # -- encoder -----------------------------------------------------------------------------------------
     e_cfg = cfg.encoder
     encoder = enc.build_encoder(cfg.window_size, spec.n_features, e_cfg)
+    if warm is not None:
+        import dataclasses
+
+        warm.load_into(encoder)
+        e_cfg = dataclasses.replace(e_cfg, epochs=e_cfg.warm_epochs)
     offset = max(1, -(-cfg.window_size // cfg.stride))  # the first window sharing no bar with the anchor
     n_val = max(ws.n_train // 10, offset + 2)
     enc_hist = enc.pretrain(encoder, ws.train[:-n_val], ws.train[-n_val:], e_cfg, cfg.seed, offset,
@@ -142,8 +156,11 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     next_risk = np.where(ahead <= last_train_bar,
                          (csum[np.minimum(ahead, len(bar_vol) - 1) + 1] - csum[ws.end_index + 1]) / cfg.window_size,
                          np.nan)
-    cl = clustering.fit_regimes(raw[: ws.n_train], last_rows[: ws.n_train], spec.names, vol_key,
-                                next_risk[: ws.n_train], cfg.clustering, cfg.seed)
+    if warm is not None:
+        cl = clustering.fit_anchored(raw[: ws.n_train], last_rows[: ws.n_train], vol_key, warm, cfg.clustering)
+    else:
+        cl = clustering.fit_regimes(raw[: ws.n_train], last_rows[: ws.n_train], spec.names, vol_key,
+                                    next_risk[: ws.n_train], cfg.clustering, cfg.seed)
     z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
 
     def decode(c: clustering.Clustering) -> tuple[np.ndarray, np.ndarray]:
@@ -221,11 +238,15 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         summary["planted_regimes"] = evaluate.planted_recovery(regimes, planted[ws.end_index], hmm_x[ws.end_index],
                                                                k, cfg.seed, fit_rows=ws.n_train)
     progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
+    from trainer.warm_start import WEIGHTS_FILE, WarmStart
+
+    warm_next = WarmStart("in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty,
+                          encoder.get_weights())
     if not write_bundle:
-        return TrainResult(None, {}, summary, regimes, ws.end_time, z)
+        return TrainResult(None, {}, summary, regimes, ws.end_time, z, warm_next)
 
     # -- export ------------------------------------------------------------------------------------------
-    version = model_version(cfg, series)
+    version = model_version(cfg, series, None if warm is None else warm.source)
     out_root = Path(cfg.output_dir)
     out = out_root / version
     tmp = out_root / f".{version}.partial"
@@ -242,6 +263,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     onnx_info["forecaster"]["parity_max_abs_diff"] = export.check_parity(forecaster, onnx_info["forecaster"],
                                                                          tmp / "forecaster.onnx", x_test)
     cl.classifier.save(tmp / "classifier.npz")
+    encoder.save_weights(str(tmp / WEIGHTS_FILE))  # for warm-started refits only (trainer/warm_start.py)
     write_regimes(tmp / "regimes.csv", ws.end_time, regimes, proba.max(1), ws.n_train)
     dump_config(cfg, tmp / "training_profile_used.yaml")
     summary["export"] = {k2: {"parity_max_abs_diff": v["parity_max_abs_diff"]} for k2, v in onnx_info.items()}
@@ -291,6 +313,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
             "regimes": sha256_json({"space": cl.space.to_dict(), "decoder": cl.decoder.to_dict()}),
         },
         "alignment": alignment,
+        "warm_start": None if warm is None else {"from": warm.source, "encoder_epochs": e_cfg.epochs,
+                                                 **{k2: cl.selection[k2] for k2 in ("ids_ordered_by_volatility",
+                                                                                    "volatility_by_id")}},
         "libraries": library_versions(),
         "data": {"source": cfg.data, "symbol": series.symbol, "n_bars": len(series),
                  "start": int(series.times[0]), "end": int(series.times[-1]),
@@ -305,4 +330,5 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     if cfg.set_current:
         (out_root / POINTER).write_text(version + "\n")
     progress("export", 2, 2, f"bundle {out}")
-    return TrainResult(out, manifest, summary, regimes, ws.end_time, z)
+    warm_next.source = version
+    return TrainResult(out, manifest, summary, regimes, ws.end_time, z, warm_next)

@@ -1,7 +1,9 @@
 """`regimetry refresh`: refit a locked profile on new bars without changing what the regime ids mean.
 
 Steps: read the locked profile and the new bars; run the bundle in force (the previous one) over the new bars
-with ONNX Runtime to get its regime of every window; train the profile on the new bars with an align hook that
+with ONNX Runtime to get its regime of every window; warm-start from that bundle where it allows
+(trainer/warm_start.py: its scaler, encoder weights, geometry, centres, penalty and ids); train the profile
+on the new bars with an align hook that
 renumbers the new clusters to agree best with those labels (trainer/alignment.py); write the new bundle with
 the mapping and agreement in manifest["alignment"]; append the regime changes of the new bars to a transition
 log; move the CURRENT pointer only if the agreement is at least the threshold.
@@ -178,13 +180,18 @@ def refresh(profile: "LockedProfile", data: str, series: BarSeries, models: Path
     from trainer.locked_profile import ProfileMismatch
     from trainer.pipeline import model_version, train
 
+    from trainer.warm_start import WarmStart
+
     cfg = profile.config
     cfg.data, cfg.output_dir, cfg.set_current = data, str(models), False
     version = model_version(cfg, series)
     prev_dir = find_previous(models, previous)
     prev = None
+    warm = None
     if prev_dir is not None:
-        if prev_dir.name == version:
+        prev_warm = (json.loads((prev_dir / MANIFEST).read_text()).get("warm_start") or {}).get("from")
+        same = {version} | ({model_version(cfg, series, prev_warm)} if prev_warm else set())
+        if prev_dir.name in same:
             log("up_to_date", model_version=version, reason="same profile on the same bars as the bundle in force")
             return Outcome("up_to_date", EXIT_PUBLISHED, version, prev_dir, None)
         prev = label_with_previous(prev_dir, series)
@@ -193,13 +200,19 @@ def refresh(profile: "LockedProfile", data: str, series: BarSeries, models: Path
                                f"profile {cfg.clustering.n_clusters}: ids cannot be aligned")
         log("previous", model_version=prev.manifest["model_version"], labelled_windows=
             None if prev.labels is None else int(len(prev.labels)), error=prev.error)
+        try:  # warm start: keep the previous scaler, encoder weights, geometry, centres, penalty and ids
+            warm = WarmStart.from_bundle(prev_dir)
+            version = model_version(cfg, series, warm.source)
+            log("warm_start", source=warm.source)
+        except (ValueError, BundleError) as exc:
+            log("cold_start", reason=str(exc))
     aligner = Aligner(prev, series, min_agreement, min_windows) if prev else None
 
     def progress(stage: str, step: int, total: int, message: str = "") -> None:
         if step == total:
             log("stage", stage=stage, message=message)
 
-    result = train(cfg, progress=progress, series=series, align=aligner)
+    result = train(cfg, progress=progress, series=series, align=aligner, warm=warm)
     record = aligner.record if aligner else None
     flagged = bool(record and record["flagged"])
     log("aligned", model_version=version, **(record or {"method": "none", "reason": "no previous bundle"}))

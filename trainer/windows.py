@@ -39,8 +39,10 @@ class WindowSet:
         return self.windows[self.n_train:]
 
 
-def build_windows(series: BarSeries, spec: FeatureSpec, window_size: int, stride: int, holdout: float) -> WindowSet:
-    """Features for every bar, scaler fitted on the training bars only, windows, split by time."""
+def build_windows(series: BarSeries, spec: FeatureSpec, window_size: int, stride: int, holdout: float,
+                  scaler: Scaler | None = None) -> WindowSet:
+    """Features for every bar, scaler fitted on the training bars only (or the given one: a warm-started
+    refit keeps its predecessor's), windows, split by time."""
     feats = compute_features(series.values, spec)                  # row r is bar r + lookback - 1
     first_bar = spec.lookback - 1
     ends = window_end_rows(len(feats), window_size, stride)
@@ -49,7 +51,8 @@ def build_windows(series: BarSeries, spec: FeatureSpec, window_size: int, stride
         raise ValueError(f"only {n} windows from {len(series)} bars; need more data or a smaller window")
     n_train = int(round(n * (1.0 - holdout)))
     # The scaler sees only feature rows that belong to training windows (rows up to the last training end).
-    scaler = Scaler.fit(feats[: ends[n_train - 1] + 1])
+    if scaler is None:
+        scaler = Scaler.fit(feats[: ends[n_train - 1] + 1])
     windows = rolling_windows(scaler.transform(feats), window_size, stride)
     end_index = ends + first_bar
     return WindowSet(windows, end_index, series.times[end_index], n_train, scaler, spec)
