@@ -5,9 +5,9 @@ fast as this script's producer can while the worker consumes, timed until the wo
 event) and "backlog" (the worker is paused with SIGSTOP while the bars are produced, then resumed and timed
 until every event is delivered: the worker's own capacity, without our producer competing for the same two
 cores); CPU seconds per 1,000 bars of each process (worker, broker, Redis, this script) so the limit is
-visible; bar-to-event latency p50/p99 at a fixed offered rate; worker RSS; the pure batched ONNX Runtime
-rate of the same bundle (encoder + forecaster + kNN classifier on in-memory windows, same thread count) and
-the ratio end-to-end / pure inference.
+visible; bar-to-event latency p50/p99 at a fixed offered rate; worker RSS; the pure batched inference rate
+of the same bundle (encoder, regime costs, jump decoder over `memory` costs, OOD, forecaster and the decoder
+one step ahead, on in-memory windows, same thread count) and the ratio end-to-end / pure inference.
 
     python benchmarks/bench_worker.py --symbols 20 --bars 2500 --rate 1000 --seconds 10
 
@@ -171,21 +171,33 @@ def latency(stack, worker, msgs, rate: float, history: int, symbols: int, timeou
 
 
 def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
-    """Bars/s of encoder + forecaster + classifier on precomputed windows and embedding histories."""
+    """Bars/s of what the worker computes per bar, on precomputed windows and embedding histories: encoder,
+    regime geometry and costs, the decoder over each bar's last `memory` costs, OOD, forecaster, the decoder
+    one step ahead of the forecast."""
     model = RegimeModel(bundle, threads=threads)
-    b = model.bundle
+    b, dec = model.bundle, model.decoder
     bars = generate_bars(n_bars=n + b.history_bars, seed=5).bars.values
     wins = scaled_windows(bars, b.spec, b.scaler, b.window_size)[:n]
     z_hist = np.ascontiguousarray(np.random.default_rng(0).standard_normal((batch, b.input_length, b.manifest["embedding_dim"])), np.float32)
-    model.classify(model.forecast(z_hist))  # warm-up
-    model.embed(wins[:batch])
+    stored = np.zeros((0, b.n_clusters))
+
+    def step(w_: np.ndarray) -> None:
+        nonlocal stored
+        z = model.embed(w_)
+        g = model.geometry(w_, z)
+        costs = model.costs(g)
+        values = dec.values(dec.cost_windows(stored, costs))
+        stored = np.concatenate([stored, costs])[-(dec.memory - 1):]
+        dec.proba(values)
+        model.ood(g)
+        nxt = model.next_values(values, w_, model.forecast(z_hist))
+        dec.proba(nxt)
+
+    step(wins[:batch])  # warm-up
     t0 = time.perf_counter()
     done = 0
     for i in range(0, len(wins) - batch + 1, batch):
-        z = model.embed(wins[i:i + batch])
-        model.classify(z)
-        model.ood(z)
-        model.classify(model.forecast(z_hist))
+        step(wins[i:i + batch])
         done += batch
     return done / (time.perf_counter() - t0)
 
@@ -252,7 +264,7 @@ def main() -> None:
         worker.stop()
 
     pure = pure_inference(bundle, args.ort_threads, 20_000, args.batch_size)
-    print(f"pure batched ONNX Runtime ({args.ort_threads} thread(s), batch {args.batch_size}): {pure:,.0f} bars/s")
+    print(f"pure batched inference ({args.ort_threads} thread(s), batch {args.batch_size}): {pure:,.0f} bars/s")
     print(f"ratio end-to-end / pure inference: {rate / pure:.2f} backlog, {rate_live / pure:.2f} live")
 
 

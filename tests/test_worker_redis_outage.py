@@ -84,7 +84,9 @@ def test_redis_back_empty_refills_windows_without_partial_events(stack, model, t
     create_topics(stack.bootstrap, topics)
     store = start_redis(tmp_path / "redis-wipe")
     history = model.bundle.history_bars
-    data = {s: series(s, history + 150, seed=850 + i) for i, s in enumerate(["T34", "T35", "T36"])}
+    # long enough that, after the ~40 bars per symbol the wipe waits for plus the history the refill needs,
+    # a good number of events remain to compare (bars_in_regime included)
+    data = {s: series(s, history + 250, seed=850 + i) for i, s in enumerate(["T34", "T35", "T36"])}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
     settings = {**SETTINGS, "bars_topic": "bars-wipe", "events_topic": "regime-events-wipe",
                 "dlq_topic": "bars-dlq-wipe", "group_id": "regimetry-wipe"}

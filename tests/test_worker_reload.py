@@ -67,16 +67,24 @@ def test_switch_at_batch_boundary_and_refuse_a_bad_bundle(stack, tiny_bundle, tm
         return before, after, failures
 
     before, after, failures = asyncio.run(run())
+    rebuilds = sum(rt.metrics.state_rebuilds.labels(result=r)._value.get() for r in ("exact", "short", "dwell_bound"))
     assert failures == 1
     assert {e["model_version"] for e in before} == {RegimeModel(tiny_bundle).bundle.version}
     assert {e["model_version"] for e in after} == {new_model.bundle.version}
     assert [e["bar_time"] for e in after] == bars.times[cut:].tolist()
 
-    # after the switch every regime equals the new model's batch reference (a regime depends only on its
-    # window); forecasts need L embeddings of the new model, so they come back after input_length bars
+    # after the switch every event equals the new model's batch reference: the first batch of the new model
+    # rebuilt the symbol's costs, embeddings, last regime and dwell from its stored bars (here the whole
+    # series, fewer than history + memory - 1 bars: a "short" rebuild, which then is the series' reference),
+    # so regimes, probabilities, dwell and forecasts continue from the first bar after the switch
     ref = new_model.run_series(bars.values)
     rows = np.arange(cut, len(bars)) - ref.offset
     np.testing.assert_array_equal([e["regime"]["id"] for e in after], ref.regime[rows])
-    span = (new_model.bundle.input_length - 1) * new_model.bundle.stride
-    assert all(e["predicted"] is None for e in after[:span])
-    assert [e["predicted"]["regime"] for e in after[span:]] == ref.next_regime[rows][span:].tolist()
+    np.testing.assert_allclose([e["regime"]["probabilities"] for e in after], ref.proba[rows], atol=1e-5)
+    np.testing.assert_array_equal([e["bars_in_regime"] for e in after], ref.dwell[rows])
+    np.testing.assert_allclose([e["ood_score"] for e in after], ref.ood[rows], atol=1e-5, rtol=1e-5)
+    assert [e["predicted"]["regime"] for e in after] == ref.next_regime[rows].tolist()
+    np.testing.assert_allclose([e["predicted"]["probabilities"] for e in after], ref.next_proba[rows], atol=1e-5)
+    previous = [ref.regime[rows[0] - 1]] + [e["regime"]["id"] for e in after[:-1]]
+    assert [e["regime_changed"] for e in after] == [p != e["regime"]["id"] for p, e in zip(previous, after)]
+    assert rebuilds == 1, "one symbol rebuilt, once"

@@ -97,18 +97,46 @@ def test_event_id_is_uuid5_of_symbol_time_and_version():
 
 def test_event_is_deterministic_and_valid():
     profiles = Profiles((0.9, 0.8, 0.7), (20.0, 10.0, 5.0))
-    a = build_event("EURUSD", 1_700_000_000, "v1", np.array([0.1, 0.7, 0.2]), 0, np.array([0.2, 0.2, 0.6]),
-                    1.5, 4.0, profiles, emitted_at=1.0)
+    a = build_event("EURUSD", 1_700_000_000, "v1", 1, np.array([0.1, 0.7, 0.2]), 0, 1, 2,
+                    np.array([0.2, 0.2, 0.6]), 1.5, 4.0, profiles, emitted_at=1.0)
     assert a["event_id"] == event_id("EURUSD", 1_700_000_000, "v1") != event_id("EURUSD", 1_700_000_000, "v2")
-    assert a["regime"]["id"] == 1 and a["regime_changed"] and a["previous_regime"] == 0
+    assert a["schema_version"] == 2 and a["bars_in_regime"] == 1
+    assert a["regime"]["id"] == 1 and a["regime"]["confidence"] == 0.7 and a["regime_changed"]
+    assert a["previous_regime"] == 0
     assert a["predicted"]["regime"] == 2 and not a["ood"] and a["profile"]["stickiness"] == 0.8
     schema_validator("regime_event.schema.json").validate(json.loads(encode(a)))
-    b = build_event("EURUSD", 1_700_000_000, "v1", np.array([0.1, 0.7, 0.2]), 1, None, 9.0, 4.0, profiles)
+    b = build_event("EURUSD", 1_700_000_000, "v1", 1, np.array([0.1, 0.7, 0.2]), 1, 12, None, None, 9.0, 4.0,
+                    profiles)
     assert b["predicted"] is None and b["previous_regime"] is None and not b["regime_changed"] and b["ood"]
+    assert b["bars_in_regime"] == 12
     schema_validator("regime_event.schema.json").validate(b)
+    # the regime is the decoder's argmin, passed as computed: never re-derived from rounded probabilities
+    tie = build_event("EURUSD", 1, "v1", 2, [0.5, 0.0, 0.5], None, 1, 0, [0.5, 0.0, 0.5], 0.1, 4.0, profiles)
+    assert tie["regime"]["id"] == 2 and tie["predicted"]["regime"] == 0
+    with pytest.raises(Exception):
+        schema_validator("regime_event.schema.json").validate({k: v for k, v in b.items() if k != "bars_in_regime"})
     d = json.loads(dead_letter("malformed_json", "x", b"\xff" * 100, None, "bars", 0, 7, limit=10))
     assert d["raw_truncated"] and d["raw_bytes"] == 100 and d["source"]["offset"] == 7
     schema_validator("dlq.schema.json").validate(d)
+
+
+def test_stored_members_round_trip_costs_as_float64():
+    """Each embedding member carries its bar's regime costs as the float64 numbers the decoder used; a blob
+    of the schema-1 layout (no costs) or of another model's sizes is not taken for members."""
+    from worker.state import pack_embeddings, unpack_embeddings
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((5, 8)).astype(np.float32)
+    costs = rng.standard_normal((5, 3)) * 1e3 + 1e-12
+    times = [100, 200, 300, 400, 500]
+    got = unpack_embeddings(b"".join(pack_embeddings(times, z, costs)), 8, 3)
+    assert got.times.tolist() == times
+    np.testing.assert_array_equal(got.z, z)
+    np.testing.assert_array_equal(got.costs, costs)
+    assert got.costs.dtype == np.float64
+    old = b"".join(m[:8 + 4 * 8] for m in pack_embeddings(times, z, costs))   # schema 1: (time, float32[D])
+    assert unpack_embeddings(old, 8, 3) is None
+    assert len(unpack_embeddings(b"", 8, 3).times) == 0
 
 
 def test_drift_follows_the_horizon():

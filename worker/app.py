@@ -73,9 +73,9 @@ class Runtime:
         if self.processor is not None:
             return
         s, sv = self.settings, self.serving
-        store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.span, s.dedupe_window, sv.version)
+        store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.keep_emb, s.dedupe_window, sv.version)
         processor = BatchProcessor(sv, store, self.validator, self.metrics, self.executor, s.max_payload_bytes,
-                                   s.redis_retry_max_seconds, s.classify_threads)
+                                   s.redis_retry_max_seconds)
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
         self.connected = True
@@ -339,6 +339,9 @@ def main() -> int:
         return EXIT_BAD_BUNDLE
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log.info("settings: %s", settings.redacted())
+    if settings.classify_threads != 1:
+        log.warning("REGIMETRY_CLASSIFY_THREADS=%d has no effect: regimes come from the jump decoder, the kNN "
+                    "classifier is no longer on the serving path", settings.classify_threads)
     from worker.logfilter import limit_kafka_log_repeats
 
     limit_kafka_log_repeats()

@@ -2,6 +2,10 @@
 
 The event id is uuid5 over ``symbol|bar_time|model_version``: a replay or a redelivery of the same bar under
 the same model yields the same id, so subscribers can de-duplicate without any coordination with us.
+
+Schema version 2: the regime is the causal jump decoder's (regimetry/regimes.py), `regime.probabilities` are
+its probabilities (no longer kNN vote shares), `bars_in_regime` counts the bars spent in the current regime
+(this one included), `ood_score` is measured in the regime geometry.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Sequence
 
 import orjson
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 EVENT_NAMESPACE = uuid.UUID("6f0f1c1e-3a52-5c1b-9d6e-726567696d65")  # fixed forever: ids must not change
 
 
@@ -47,19 +51,23 @@ class Profiles:
                    tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)))
 
 
-def build_event(symbol: str, bar_time: int, model_version: str, proba: Sequence[float], previous: int | None,
+def build_event(symbol: str, bar_time: int, model_version: str, regime: int, proba: Sequence[float],
+                previous: int | None, bars_in_regime: int, predicted_regime: int | None,
                 next_proba: Sequence[float] | None, ood_score: float, ood_threshold: float, profiles: Profiles,
                 emitted_at: float | None = None) -> dict:
-    """One event as a JSON-ready dict; `previous` is the symbol's regime at its prior bar (None if unknown)."""
+    """One event as a JSON-ready dict. `regime` is the decoder's regime (argmin of its values, passed as
+    computed: the probabilities' argmax could differ from it on a float tie), `proba` its probabilities,
+    `previous` the symbol's regime at its prior bar (None if unknown), `bars_in_regime` the dwell (this bar
+    included); `predicted_regime` / `next_proba` the one-step-ahead decoder on the forecast, or None."""
     if not math.isfinite(ood_score):
         raise ValueError(f"non-finite OOD score {ood_score} for {symbol} at {bar_time}")
     probs = _floats(proba)
-    regime = _argmax(probs)
+    regime = int(regime)
     changed = previous is not None and previous != regime
     predicted = None
     if next_proba is not None:
         next_probs = _floats(next_proba)
-        nxt = _argmax(next_probs)
+        nxt = int(predicted_regime) if predicted_regime is not None else _argmax(next_probs)
         predicted = {"regime": nxt, "confidence": next_probs[nxt], "probabilities": next_probs}
     return {
         "event_id": event_id(symbol, bar_time, model_version),
@@ -70,6 +78,7 @@ def build_event(symbol: str, bar_time: int, model_version: str, proba: Sequence[
         "regime": {"id": regime, "confidence": probs[regime], "probabilities": probs},
         "previous_regime": previous if changed else None,
         "regime_changed": changed,
+        "bars_in_regime": int(bars_in_regime),
         "predicted": predicted,
         "ood_score": float(ood_score),
         "ood": bool(ood_score > ood_threshold),
@@ -92,7 +101,8 @@ def _argmax(values: list[float]) -> int:
 def encode(doc: dict) -> bytes:
     """Compact JSON, byte for byte what json.dumps(separators=(",", ":")) writes, ~10x faster (orjson).
     orjson writes NaN as null where json refused it; the only computed float that could be non-finite, the
-    OOD score, is checked in build_event (vote shares are counts / k, times come from the clock)."""
+    OOD score, is checked in build_event (probabilities are exp(-W / T) normalised with W >= 0 and min 0, so
+    finite whenever the costs are; times come from the clock)."""
     return orjson.dumps(doc)
 
 

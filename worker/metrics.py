@@ -32,7 +32,7 @@ class WorkerMetrics:
         self.e2e_latency = Histogram("regimetry_end_to_end_latency_seconds",
                                      "Bar message timestamp to event delivered", buckets=LATENCY_BUCKETS, registry=r)
         self.inference_latency = Histogram("regimetry_inference_latency_seconds",
-                                           "Features + ONNX Runtime + classifier per micro-batch", buckets=LATENCY_BUCKETS, registry=r)
+                                           "Features + ONNX Runtime + regime decoder per micro-batch", buckets=LATENCY_BUCKETS, registry=r)
         self.batch_latency = Histogram("regimetry_batch_latency_seconds", "Whole micro-batch: validate to delivered",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.buffered = Gauge("regimetry_buffered_bars",
@@ -44,6 +44,12 @@ class WorkerMetrics:
         self.bars_warming = Counter("regimetry_bars_without_window_total",
                                     "New bars stored without an event: the symbol's window is not full yet "
                                     "(first bars of a symbol, or refilling after lost state)", registry=r)
+        self.state_rebuilds = Counter(
+            "regimetry_state_rebuilds_total",
+            "Symbols whose stored costs/embeddings (another model's, or missing) were rebuilt from their stored "
+            "bars. result: exact; short (fewer bars stored than history + memory - 1: events follow the batch "
+            "reference of the stored bars); dwell_bound (the current regime began before the first bar the "
+            "stored bars decode exactly: bars_in_regime follows the stored bars)", ["result"], registry=r)
         self.redis_conflicts = Counter("regimetry_redis_conflicts_total",
                                        "Symbol writes lost to another worker (re-read and retried)", registry=r)
         self.model_info = Info("regimetry_model", "The model bundle in force", registry=r)
@@ -56,7 +62,8 @@ class WorkerMetrics:
         self.drift_transition = Gauge("regimetry_drift_transition_shift",
                                       "Mean total-variation distance of transition rows vs baseline", registry=r)
         self.drift_hit_rate = Gauge("regimetry_drift_hit_rate", "Share of next-regime forecasts that came true", registry=r)
-        self.drift_confidence = Gauge("regimetry_drift_mean_confidence", "Mean classifier confidence", registry=r)
+        self.drift_confidence = Gauge("regimetry_drift_mean_confidence",
+                                      "Mean confidence (decoder probability of the served regime)", registry=r)
         self.drift_ood = Gauge("regimetry_drift_ood_share", "Share of embeddings beyond the training distance quantile", registry=r)
         self.drift_events = Gauge("regimetry_drift_horizon_events", "Events in the drift horizon", registry=r)
         self.regime_share = Gauge("regimetry_regime_share", "Share of each regime over the drift horizon", ["regime"], registry=r)
@@ -69,6 +76,8 @@ class WorkerMetrics:
         self._k = n_clusters
         for reason in ("malformed_json", "schema_violation", "out_of_order"):
             self.dead_lettered.labels(reason=reason)  # visible at 0 from the start
+        for result in ("exact", "short", "dwell_bound"):
+            self.state_rebuilds.labels(result=result)
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -2,9 +2,11 @@
 
 Hot reload replaces this object between two micro-batches, never inside one: a batch is computed entirely
 by one model version, its events carry that version (and so that version's event ids), and the drift
-gauges restart against the new bundle's baseline. Embeddings stored in Redis by the previous version are
-ignored and replaced (they live in another geometry), so forecasts resume after forecaster.input_length
-bars of the new version; regimes and their ids continue, since a retrain aligns ids to the previous bundle.
+gauges restart against the new bundle's baseline. Embeddings and regime costs stored in Redis by the previous
+version live in another geometry: the first batch that sees a symbol's old state rebuilds them (and the last
+regime and its dwell) from the symbol's stored bars with the new model, so events right after the switch are
+the new model's batch reference (worker/pipeline.py); regime ids continue, since a retrain aligns ids to the
+previous bundle.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ class Serving:
     def span(self) -> int:
         """Embeddings between the oldest and newest forecaster input: (L - 1) * stride."""
         return (self.model.bundle.input_length - 1) * self.model.bundle.stride
+
+    @property
+    def memory(self) -> int:
+        """Costs behind each decoded regime (the jump decoder's finite memory, the bar itself included)."""
+        return int(self.model.decoder.memory)
+
+    @property
+    def keep_emb(self) -> int:
+        """Members (embedding + costs) kept per symbol: the forecaster's span and the decoder's memory - 1."""
+        return max(self.span, self.memory - 1, 1)
+
+    @property
+    def rebuild_bars(self) -> int:
+        """Stored bars an exact rebuild of those members and of the last regime needs."""
+        return self.history + self.keep_emb
 
     @property
     def dim(self) -> int:

@@ -57,7 +57,9 @@ class Settings:
     bundle: str = "exported_models"
     reload_interval: float = 10.0  # seconds between checks of the bundle's CURRENT pointer; 0 = no hot reload
     ort_threads: int = 1
-    classify_threads: int = 1  # >1 splits kNN rows over threads (the k-d tree releases the GIL); helps only on idle cores
+    # No effect since event schema 2 (the jump decoder replaced the kNN classifier on the serving path); still
+    # parsed so settings files and environments that set it keep starting (a warning says it is ignored)
+    classify_threads: int = 1
     batch_size: int = 1024  # bars per micro-batch at most: per-batch costs (Redis calls per symbol) amortise
     batch_within: float = 0.05  # seconds a partial micro-batch may wait
     # Records go from Faust's consumer straight into the micro-batch buffer (worker/faust_tuning.py); false

@@ -1,12 +1,19 @@
-"""Per-symbol rolling state in Redis: bars, embeddings, recent events, and the last regime.
+"""Per-symbol rolling state in Redis: bars, embeddings and regime costs, recent events, the last regime.
 
 Layout (every key of a symbol shares the hash tag ``{SYMBOL}``, so the scripts below also run on a Redis
 Cluster, where a script may only touch keys of one slot):
 
     <prefix>:{SYM}:bars    ZSET  score = bar time, member = packed (time, o, h, l, c, v)
-    <prefix>:{SYM}:emb     ZSET  score = bar time, member = packed (time, float32[D]) in clustering geometry
+    <prefix>:{SYM}:emb     ZSET  score = bar time, member = packed (time, float32[D] embedding in clustering
+                                 geometry, float64[K] regime costs of the bar's window)
     <prefix>:{SYM}:events  ZSET  score = bar time, member = the event exactly as it was sent
-    <prefix>:{SYM}:meta    HASH  last_time, regime, pred (predicted next regime), model_version
+    <prefix>:{SYM}:meta    HASH  last_time, regime, dwell (bars in that regime, the last one included),
+                                 pred (predicted next regime), model_version
+
+The costs are kept as the float64 numbers the batch pass uses (regimetry/regimes.py: the decoder of bar t
+reads the last ``memory`` costs), the embeddings for the forecaster: one member holds both, the last
+max(span, memory - 1) of them. Bars are kept for max(history + that, dedupe_window), so a symbol's costs and
+embeddings can be rebuilt from its bars when they belong to another model (hot reload) or are missing.
 
 Why this shape: bars and events are kept for `dedupe_window` bars so that an at-least-once redelivery finds
 its bar already stored and re-emits the stored event byte for byte (same id, same content), and a late or
@@ -25,8 +32,9 @@ import numpy as np
 BAR_DTYPE = np.dtype([("time", ">i8"), ("ohlcv", ">f8", (5,))])
 
 # KEYS: bars, emb, events, meta.  ARGV: n_history, then candidate bar times.
-# Returns {meta pairs, last n_history bars concatenated, embeddings concatenated, oldest bar time or '',
-# [time, stored bar, stored event] for each candidate at or before last_time (only those can be duplicates)}.
+# Returns {meta pairs, last n_history bars concatenated, embedding members concatenated, oldest bar time or '',
+# [time, stored bar, stored event] for each candidate at or before last_time (only those can be duplicates),
+# number of stored bars}.
 # Concatenating fixed-size members server-side turns ~100 reply items per symbol into one.
 READ_LUA = """
 local meta = redis.call('HGETALL', KEYS[4])
@@ -44,21 +52,22 @@ for i = 2, #ARGV do
     lookups[#lookups + 1] = {ARGV[i], b[1] or '', e[1] or ''}
   end
 end
-return {meta, table.concat(bars), table.concat(emb), oldest[2] or '', lookups}
+return {meta, table.concat(bars), table.concat(emb), oldest[2] or '', lookups, redis.call('ZCARD', KEYS[1])}
 """
 
 # KEYS: bars, emb, events, meta.
-# ARGV: expected last_time ('' = none), model_version, keep_bars, keep_emb, keep_events,
-#       n_bars, n_emb, n_events, then (score, member) pairs for bars, emb, events, then meta field/value pairs.
+# ARGV: expected last_time ('' = none), model_version, reset_emb ('1': the members are a rebuild and replace
+#       every stored one), keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, then (score, member)
+#       pairs for bars, emb, events, then meta field/value pairs.
 # Returns 1 when applied, 0 when last_time moved (another worker got there first: re-read and retry).
 WRITE_LUA = """
 local last = redis.call('HGET', KEYS[4], 'last_time') or ''
 if last ~= ARGV[1] then return 0 end
 local mv = redis.call('HGET', KEYS[4], 'model_version')
-if mv and mv ~= ARGV[2] then redis.call('DEL', KEYS[2]) end
-local i = 9
-local counts = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
-local keep = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}
+if (mv and mv ~= ARGV[2]) or ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+local i = 10
+local counts = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
+local keep = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
 for k = 1, 3 do
   for j = 1, counts[k] do
     redis.call('ZADD', KEYS[k], ARGV[i], ARGV[i + 1])
@@ -94,25 +103,35 @@ def unpack_bars(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
     return arr["time"].astype(np.int64), arr["ohlcv"].astype(np.float64)
 
 
-def _embedding_dtype(dim: int) -> np.dtype:
-    return np.dtype([("time", ">i8"), ("z", "<f4", (dim,))])
+def _embedding_dtype(dim: int, k: int) -> np.dtype:
+    return np.dtype([("time", ">i8"), ("z", "<f4", (dim,)), ("cost", "<f8", (k,))])
 
 
-def pack_embeddings(times: list[int], z: np.ndarray) -> list[bytes]:
-    """One packed member per embedding (time, float32[D]), from one array build for all of them."""
-    dtype = _embedding_dtype(z.shape[-1])
+def pack_embeddings(times: list[int], z: np.ndarray, costs: np.ndarray) -> list[bytes]:
+    """One packed member per bar (time, float32[D] embedding, float64[K] costs), from one array build."""
+    dtype = _embedding_dtype(z.shape[-1], costs.shape[-1])
     arr = np.empty(len(times), dtype=dtype)
-    arr["time"], arr["z"] = times, z
+    arr["time"], arr["z"], arr["cost"] = times, z, costs
     return _split(arr.tobytes(), dtype.itemsize)
 
 
-def unpack_embeddings(blob: bytes, dim: int) -> np.ndarray:
-    """Concatenated packed embeddings (oldest first) -> (n, dim) float32; a blob of another model's
-    embedding size (which the model-version check should already have excluded) yields none."""
-    record = _embedding_dtype(dim)
-    if not blob or len(blob) % record.itemsize:
-        return np.zeros((0, dim), np.float32)
-    return np.frombuffer(blob, dtype=record)["z"].astype(np.float32)
+@dataclass(frozen=True)
+class StoredWindows:
+    """A symbol's stored members, oldest first."""
+
+    times: np.ndarray  # (n,) int64
+    z: np.ndarray      # (n, D) float32
+    costs: np.ndarray  # (n, K) float64
+
+
+def unpack_embeddings(blob: bytes, dim: int, k: int) -> StoredWindows | None:
+    """Concatenated packed members (oldest first) -> their times, embeddings and costs; None when the blob
+    cannot be members of this layout (another model's sizes, or the costless layout of schema 1)."""
+    record = _embedding_dtype(dim, k)
+    if len(blob) % record.itemsize:
+        return None
+    arr = np.frombuffer(blob, dtype=record)
+    return StoredWindows(arr["time"].astype(np.int64), arr["z"].astype(np.float32), arr["cost"].astype(np.float64))
 
 
 def _split(blob: bytes, size: int) -> list[bytes]:
@@ -127,11 +146,13 @@ class SymbolState:
     regime: int | None
     pred: int | None
     model_version: str | None
-    bar_times: np.ndarray
+    bar_times: np.ndarray                    # the last history - 1 stored bars (all of them: read_bars)
     bars: np.ndarray
-    emb: bytes                               # concatenated packed embeddings, oldest first
+    emb: bytes                               # concatenated packed members (embedding + costs), oldest first
     oldest_time: int | None
     lookups: dict[int, tuple[bytes, bytes]]  # bar time <= last_time -> (stored bar, stored event) or b""
+    dwell: int | None = None                 # bars in `regime`, the last one included
+    n_bars: int = 0                          # bars stored
 
 
 @dataclass
@@ -143,7 +164,8 @@ class SymbolWrite:
     bars: list[tuple[int, bytes]] = field(default_factory=list)
     emb: list[tuple[int, bytes]] = field(default_factory=list)
     events: list[tuple[int, bytes]] = field(default_factory=list)
-    meta: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, int | str] = field(default_factory=dict)
+    reset_emb: bool = False  # `emb` is a rebuild: it replaces every stored member
 
 
 def _int_or_none(raw: bytes | None) -> int | None:
@@ -163,10 +185,12 @@ class RedisStore:
         self._write_sha: str | None = None
 
     def configure(self, history: int, emb_keep: int, model_version: str) -> None:
-        """Sizes that depend on the model in force (set again on a hot reload)."""
+        """Sizes that depend on the model in force (set again on a hot reload). `emb_keep` members
+        (embedding + costs) per symbol; bars: enough to rebuild them (history + emb_keep), at least the
+        dedupe window."""
         self.history = history
-        self.keep_bars = max(history, self.dedupe_window)
         self.keep_emb = max(emb_keep, 1)
+        self.keep_bars = max(history + self.keep_emb, self.dedupe_window)
         self.model_version = model_version
 
     def keys(self, symbol: str) -> list[str]:
@@ -202,7 +226,7 @@ class RedisStore:
         calls = [("read", self.keys(s), [self.history - 1, *candidates[s]]) for s in symbols]
         replies = await self._run(calls)
         out = {}
-        for s, (meta_pairs, bars, emb, oldest, lookups) in zip(symbols, replies):
+        for s, (meta_pairs, bars, emb, oldest, lookups, n_bars) in zip(symbols, replies):
             meta = dict(zip(meta_pairs[::2], meta_pairs[1::2]))
             times, values = unpack_bars(bars)
             out[s] = SymbolState(
@@ -215,8 +239,21 @@ class RedisStore:
                 emb=emb,
                 oldest_time=int(float(oldest)) if oldest not in (b"", "") else None,
                 lookups={int(t): (bar, event) for t, bar, event in lookups},
+                dwell=_int_or_none(meta.get(b"dwell")),
+                n_bars=int(n_bars),
             )
         return out
+
+    async def read_bars(self, symbols: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every stored bar of each symbol (times, values), oldest first: the second read of a batch, only for
+        symbols whose costs and embeddings must be rebuilt. One pipelined round trip, no side effects."""
+        if not symbols:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for s in symbols:
+            pipe.zrange(self.keys(s)[0], 0, -1)
+        replies = await pipe.execute()
+        return {s: unpack_bars(b"".join(members)) for s, members in zip(symbols, replies)}
 
     async def write(self, writes: list[SymbolWrite]) -> list[bool]:
         """Apply each symbol's appends atomically; False where another writer moved the symbol first."""
@@ -225,7 +262,8 @@ class RedisStore:
         calls = []
         for w in writes:
             args: list = ["" if w.expected_last is None else str(w.expected_last), self.model_version,
-                          self.keep_bars, self.keep_emb, self.keep_events, len(w.bars), len(w.emb), len(w.events)]
+                          "1" if w.reset_emb else "0", self.keep_bars, self.keep_emb, self.keep_events,
+                          len(w.bars), len(w.emb), len(w.events)]
             for pairs in (w.bars, w.emb, w.events):
                 for score, member in pairs:
                     args += [score, member]
