@@ -88,6 +88,9 @@ def risk_columns(names: tuple[str, ...], cfg: ClusterConfig) -> tuple[tuple[int,
         elif n.startswith("trend_hl"):
             cols.append(i)
             weights.append(cfg.trend_weight)
+        elif n == "log_range" and cfg.range_weight > 0:  # the bar's own range: the fastest risk reading
+            cols.append(i)
+            weights.append(cfg.range_weight)
     return tuple(cols), tuple(weights)
 
 
@@ -154,12 +157,13 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
     cut = int(round(n * (1.0 - cfg.validation)))
     k = cfg.n_clusters
     start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
-    rows = []
+    rows, labels_of = [], {}
     for lam in cfg.penalties:
         cent, fit_labels = refine(g[:cut], start, k, lam)
         dec = JumpDecoder(float(lam), cfg.memory)
         lab = dec.decode_series(0.5 * sq_distances(g, cent)).argmin(1)
         val = lab[cut:]
+        labels_of[float(lam)] = val
         rows.append({"penalty": float(lam), "eta2": eta_squared(val, next_risk[cut:]),
                      "dwell_fit": mean_dwell(lab[:cut]), "dwell_validation": mean_dwell(val)})
     best = max(r["eta2"] for r in rows)
@@ -168,7 +172,20 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
     rule = (f"largest penalty whose validation eta^2 of the coming bars' range-based volatility is within {cfg.penalty_tolerance:.0%} of "
             f"the best; fitted on the first {1 - cfg.validation:.0%} of the training windows, validated on the rest")
     return chosen["penalty"], {"rule": rule, "validation_windows": int(n - cut), "candidates": rows,
-                               "chosen": chosen["penalty"]}
+                               "chosen": chosen["penalty"], "_validation_labels": labels_of[chosen["penalty"]],
+                               "_cut": cut}
+
+
+def matched_agreement(a: np.ndarray, b: np.ndarray, n: int) -> float:
+    """Share of positions where two labelings agree after the best one-to-one renaming (Hungarian method)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if len(a) == 0:
+        return float("nan")
+    c = np.zeros((n, n))
+    np.add.at(c, (np.asarray(a, np.int64), np.asarray(b, np.int64)), 1)
+    r, q = linear_sum_assignment(c, maximize=True)
+    return float(c[r, q].sum() / len(a))
 
 
 def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple[str, ...],
@@ -194,6 +211,16 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
     labels = order_by(labels, order_key, k)
     cent = centroids_of(g, labels, k)
     space = RegimeSpace(cols, weights, cfg.embedding_weight, cent)
+    if "_validation_labels" in selection:  # what the search ranks by: all on training windows only
+        val, cut = selection.pop("_validation_labels"), selection.pop("_cut")
+        final = JumpDecoder(penalty, cfg.memory).decode_series(space.costs(g)).argmin(1)[cut:]
+        row = next(r for r in selection["candidates"] if r["penalty"] == penalty)
+        selection["validation"] = {
+            "eta2_coming_risk": row["eta2"], "dwell_fit": row["dwell_fit"], "dwell_validation": row["dwell_validation"],
+            "dwell_ratio": row["dwell_validation"] / row["dwell_fit"] if row["dwell_fit"] else None,
+            # the regimes of a fit that never saw the validation windows vs the final fit's, Hungarian-matched:
+            # a refit's stability, measured inside the training bars
+            "refit_stability": matched_agreement(val, final, k)}
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
     return Clustering(mean, std, labels, cent, clf, space, JumpDecoder(penalty, cfg.memory), selection)
