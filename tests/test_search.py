@@ -47,16 +47,22 @@ def test_search_file_errors(tmp_path):
 
 def test_composite_score_by_hand():
     m = {"n_clusters": 4, "silhouette": 0.3, "davies_bouldin": 1.0, "share_entropy": 0.9, "min_share": 0.2,
-         "mean_duration_bars": 24.0}
+         "mean_duration_bars": 24.0, "validation_eta2": 0.05, "validation_dwell_ratio": 2.0,
+         "validation_refit_stability": 0.625}
     s = scorecard.score(m)
     assert s["separation"] == pytest.approx(0.5 * 0.3 + 0.5 / 2)
     assert s["balance"] == pytest.approx(0.5 * 0.9 + 0.5 * 0.8)
     assert s["persistence"] == pytest.approx(1 - math.exp(-1))
-    assert s["composite"] == pytest.approx(0.4 * s["separation"] + 0.3 * s["balance"] + 0.3 * s["persistence"])
+    assert s["informative"] == pytest.approx(1 - math.exp(-1))
+    assert s["steadiness"] == pytest.approx(0.0)                  # dwell doubled out of the fit span
+    assert s["stability"] == pytest.approx(0.5)                   # (0.625 - 1/4) / (3/4)
+    assert scorecard.score({**m, "validation_dwell_ratio": 1.0})["steadiness"] == pytest.approx(1.0)
+    w = scorecard.DEFAULT_WEIGHTS
+    assert s["composite"] == pytest.approx(sum(w[c] * s[c] for c in w) / sum(w.values()))
     # negative silhouette and NaN Davies-Bouldin count as no separation; weights renormalise
     worse = scorecard.score({**m, "silhouette": -0.2, "davies_bouldin": float("nan")},
-                            scorecard.ScoreSpec.from_dict({"weights": {"separation": 1, "balance": 0,
-                                                                       "persistence": 0}}))
+                            scorecard.ScoreSpec.from_dict({"weights": {c: (1 if c == "separation" else 0)
+                                                                       for c in w}}))
     assert worse["separation"] == 0.0 and worse["composite"] == 0.0
     assert scorecard.score({**m, "min_share": 0.01})["balance"] < s["balance"]
 

@@ -76,8 +76,8 @@ def print_ranking(ranking: list[dict], highlight: int) -> None:
     fixed = ", ".join(f"{p}={ranking[0]['params'][p]}" for p in params if p not in varying)
     t = Table(title="Candidates ranked by composite score (trainer/scorecard.py)",
               caption=f"same for all: {fixed}" if fixed else None)
-    heads = ["#", "id", *[SHORT_HEADS.get(p, p) for p in varying], "score", "sep.", "bal.", "pers.", "silh.",
-             "min sh.", "bars"]
+    heads = ["#", "id", *[SHORT_HEADS.get(p, p) for p in varying], "score", "inform.", "stab.", "pers.", "steady",
+             "sep.", "bal.", "bars"]
     for col in heads:
         t.add_column(col, justify="left" if col == "id" else "right", no_wrap=True)
     for r in ranking:
@@ -87,11 +87,13 @@ def print_ranking(ranking: list[dict], highlight: int) -> None:
             t.add_row(*cells, "[red]failed[/]")
             continue
         style = "bold green" if r["rank"] == 1 else ("" if r["rank"] <= highlight else "dim")
-        t.add_row(*cells, f"{s['composite']:.3f}", f"{s['separation']:.3f}", f"{s['balance']:.3f}",
-                  f"{s['persistence']:.3f}", f"{m['silhouette']:.3f}", f"{m['min_share']:.3f}", f"{m['mean_duration_bars']:.1f}", style=style)
+        t.add_row(*cells, f"{s['composite']:.3f}", f"{s['informative']:.3f}", f"{s['stability']:.3f}",
+                  f"{s['persistence']:.3f}", f"{s['steadiness']:.3f}", f"{s['separation']:.3f}", f"{s['balance']:.3f}",
+                  f"{m['mean_duration_bars']:.1f}", style=style)
     console.print(t)
-    console.print("score = weighted separation (silhouette, Davies-Bouldin), balance (share entropy, smallest share) "
-                  "and persistence (mean regime duration in bars); all metrics in ranking.csv")
+    console.print("score = weighted informative (coming risk explained), stability (a refit finds the same "
+                  "regimes), persistence, steadiness (dwell out of the fit span), separation, balance; all "
+                  "measured on a validation span carved from the training windows; every metric in ranking.csv")
 
 
 SHORT_HEADS = {"window_size": "window", "embedding_dim": "emb.", "encoding_method": "pos. enc.",

@@ -60,6 +60,11 @@ def metrics_of(summary: dict, cfg: dict) -> dict:
         "forecaster_accuracy": nr["forecaster"]["accuracy"],
         "persistence_accuracy": nr["persistence"]["accuracy"],
     }
+    val = (cl.get("penalty_selection") or {}).get("validation") or {}
+    out["validation_eta2"] = val.get("eta2_coming_risk")
+    out["validation_dwell_ratio"] = val.get("dwell_ratio")
+    out["validation_refit_stability"] = val.get("refit_stability")
+    out["penalty"] = cl.get("penalty")
     if "planted_regimes" in summary:
         out["planted_ari"] = summary["planted_regimes"].get("ari_regimetry")
     return out

@@ -4,7 +4,8 @@
     output: search_runs/eurusd       # records, ranking.csv, shortlist.json, best_config.yaml
     workers: 1                       # candidate processes at once (default "auto": one per 2 cores)
     shortlist: 5
-    score: {weights: {separation: 0.4, balance: 0.3, persistence: 0.3}, duration_scale: 24}
+    score: {weights: {informative: 0.3, stability: 0.2, persistence: 0.2, steadiness: 0.1, separation: 0.1,
+                      balance: 0.1}, duration_scale: 24, eta2_scale: 0.05}
     grid:
       window_size: [30, 60]
       stride: [1]
