@@ -46,7 +46,7 @@ class ClusterConfig:
     # the regime geometry and the causal jump decoder (regimetry/regimes.py)
     risk_weight: float = 1.0              # weight of each log_rvol_hl* column
     trend_weight: float = 0.5             # weight of each trend_hl* column
-    range_weight: float = 0.5             # weight of the bar's own log range (0 = left out)
+    range_weight: float = 0.0             # weight of the bar's own log range (0 = left out; see README)
     embedding_weight: float = 1.0         # weight of the whole standardised embedding (as one column)
     penalty: float | None = None          # switch penalty; None = chosen on the training windows
     penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # its candidates
