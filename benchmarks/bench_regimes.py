@@ -125,6 +125,10 @@ def project_labels(series: BarSeries, cfg_overrides: dict, seed: int, progress: 
     if info is not None:
         clus = result.summary.get("clustering", {})
         info.update({k: clus[k] for k in ("penalty", "mean_duration") if k in clus})
+        nr = result.summary.get("next_regime") or {}
+        if nr:  # the forecaster against persistence, Markov and flat-next on this training's held-out split
+            info["forecast_verdict"] = nr.get("verdict")
+            info["change_step_f1"] = {c: d.get("f1") for c, d in (nr.get("change_detection") or {}).items()}
     return bar_index.astype(np.int64), labels, int(result.summary["data"]["n_train"])
 
 
