@@ -96,9 +96,20 @@ class Settings:
         return url if "://" in url else f"kafka://{url}"
 
 
+_URL_START = re.compile(r"(?=\b[A-Za-z][A-Za-z0-9+.-]*://)")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^:/@]*):(.*)@([^@]*)$", re.S)
+
+
 def mask_url(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host (a password may live in the URL too)."""
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    """redis://user:secret@host -> redis://user:***@host (a password may live in the URL too).
+
+    The password runs to the LAST '@' of its URL: a raw '@' inside it (which clients accept) must not leave
+    its tail in the log. Several URLs in one setting (`kafka://b1;kafka://b2`) are masked one by one."""
+    out = []
+    for piece in _URL_START.split(url):
+        m = _USERINFO.match(piece)
+        out.append(f"{m.group(1)}{m.group(2)}:***@{m.group(4)}" if m else piece)
+    return "".join(out)
 
 
 def _parse(name: str, kind: Any, raw: Any) -> Any:
