@@ -25,5 +25,6 @@ def test_no_piece_of_a_password_with_at_signs_in_the_settings_line():
     s = load_settings({}, redis_url=f"redis://:{PASSWORD}@localhost:6379/0",
                       broker_url=f"kafka://user:{PASSWORD}@localhost:9092")
     line = repr(s) + str(s.redacted())
-    for piece in PASSWORD.split("@"):
+    assert "***" in line
+    for piece in ("p@ss", "ss@w0rd", "w0rd-s3cr3t", "s3cr3t"):
         assert piece not in line
