@@ -34,10 +34,12 @@ def test_redis_password_is_used_and_never_shown(stack, tiny_bundle, model, auth_
     settings = {"bundle": str(tiny_bundle), "redis_url": url, "bars_topic": "bars-auth",
                 "events_topic": "regime-events-auth", "dlq_topic": "bars-dlq-auth", "group_id": "regimetry-auth"}
 
-    env = {**os.environ, **stack.env(**settings, redis_password="n0t-the-Pa55", startup_timeout=2, metrics_port=0)}
+    # a wrong password is said to be one, at the first attempt (not retried for the start-up timeout)
+    env = {**os.environ, **stack.env(**settings, redis_password="n0t-the-Pa55", startup_timeout=60, metrics_port=0)}
     r = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 4, r.stderr[-2000:]
-    assert f"Redis {url} unreachable" in r.stderr and "n0t-the-Pa55" not in r.stderr + r.stdout
+    assert f"Redis {url} authentication failed" in r.stderr and "n0t-the-Pa55" not in r.stderr + r.stdout
+    assert "not reachable yet" not in r.stderr, "an authentication failure must not be retried"
 
     worker = start_worker(stack, tmp_path, name="auth-worker", redis_password=SECRET, **settings)
     try:

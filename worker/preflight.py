@@ -2,8 +2,10 @@
 instead of a library traceback (Faust exits 1 with an aiokafka stack trace when it cannot bootstrap).
 
 Each dependency is retried with capped back-off until `startup_timeout` seconds pass; every failed attempt
-is logged (without credentials). Exit codes: 3 = broker unreachable, 4 = Redis unreachable (2 is a bundle
-or settings problem, see worker.app).
+is logged (without credentials). A refused credential is not retried: waiting cannot fix a wrong password,
+so it fails at once and says "authentication failed" rather than "unreachable". Exit codes: 3 = broker
+unreachable or refusing the credentials, 4 = the same for Redis (2 is a bundle or settings problem, see
+worker.app).
 """
 
 from __future__ import annotations
@@ -34,6 +36,20 @@ def bootstrap_servers(broker_url: str) -> list[str]:
     return [p.strip().split("://", 1)[-1] for p in parts if p.strip()]
 
 
+def is_auth_failure(exc: BaseException) -> bool:
+    """A credential the server refused (Redis AUTH/ACL, Kafka SASL): permanent, unlike a connection failure."""
+    from aiokafka import errors as kafka_errors
+    from redis import exceptions as redis_errors
+
+    permanent = (redis_errors.AuthenticationError, redis_errors.AuthenticationWrongNumberOfArgsError,
+                 kafka_errors.SaslAuthenticationFailed, kafka_errors.AuthenticationFailedError,
+                 kafka_errors.UnsupportedSaslMechanismError)
+    if isinstance(exc, permanent):
+        return True
+    text = str(exc)  # older servers answer a bad password with a plain error reply
+    return isinstance(exc, redis_errors.ResponseError) and ("WRONGPASS" in text or "invalid password" in text)
+
+
 async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: float, exit_code: int,
                  hint: str) -> None:
     deadline = time.monotonic() + timeout
@@ -44,6 +60,9 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: flo
             await attempt()
             return
         except Exception as exc:  # any failure to connect counts; the last one is reported
+            if is_auth_failure(exc):
+                raise PreflightError(f"{what} authentication failed ({type(exc).__name__}: {exc}); {hint}",
+                                     exit_code) from None
             if time.monotonic() + delay > deadline:
                 raise PreflightError(f"{what} unreachable after {tries} attempts in {timeout:.0f} s "
                                      f"({type(exc).__name__}: {exc}); {hint}", exit_code) from None
