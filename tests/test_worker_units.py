@@ -55,7 +55,7 @@ def test_rejections_carry_the_specific_reason(validator, value, reason):
 def test_key_and_allow_list(validator):
     assert validator.check(b"GBPUSD", msg()).reason.value == "key_mismatch"
     assert validator.check(b"GBPUSD", msg(symbol="GBPUSD")).reason.value == "unknown_symbol"
-    assert validator.check(None, msg()) == Bar("EURUSD", 1_700_000_000, 1.1, 1.2, 1.0, 1.15, 10.0)
+    assert validator.check(b"EURUSD", msg()) == Bar("EURUSD", 1_700_000_000, 1.1, 1.2, 1.0, 1.15, 10.0)
 
 
 @hsettings(max_examples=300, deadline=None)
@@ -96,7 +96,7 @@ def test_event_id_is_uuid5_of_symbol_time_and_version():
 
 
 def test_event_is_deterministic_and_valid():
-    profiles = Profiles((0.9, 0.8, 0.7), (20.0, 10.0, 5.0))
+    profiles = Profiles((0.9, 0.8, 0.7), (20.0, 10.0, 5.0), ("calm", "normal up", "turbulent"))
     a = build_event("EURUSD", 1_700_000_000, "v1", 1, np.array([0.1, 0.7, 0.2]), 0, 1, 2,
                     np.array([0.2, 0.2, 0.6]), 1.5, 4.0, profiles, emitted_at=1.0)
     assert a["event_id"] == event_id("EURUSD", 1_700_000_000, "v1") != event_id("EURUSD", 1_700_000_000, "v2")
@@ -104,6 +104,7 @@ def test_event_is_deterministic_and_valid():
     assert a["regime"]["id"] == 1 and a["regime"]["confidence"] == 0.7 and a["regime_changed"]
     assert a["previous_regime"] == 0
     assert a["predicted"]["regime"] == 2 and not a["ood"] and a["profile"]["stickiness"] == 0.8
+    assert a["regime"]["name"] == "normal up" and a["predicted"]["name"] == "turbulent"
     schema_validator("regime_event.schema.json").validate(json.loads(encode(a)))
     b = build_event("EURUSD", 1_700_000_000, "v1", 1, np.array([0.1, 0.7, 0.2]), 1, 12, None, None, 9.0, 4.0,
                     profiles)
@@ -113,11 +114,49 @@ def test_event_is_deterministic_and_valid():
     # the regime is the decoder's argmin, passed as computed: never re-derived from rounded probabilities
     tie = build_event("EURUSD", 1, "v1", 2, [0.5, 0.0, 0.5], None, 1, 0, [0.5, 0.0, 0.5], 0.1, 4.0, profiles)
     assert tie["regime"]["id"] == 2 and tie["predicted"]["regime"] == 0
+    assert (tie["regime"]["name"], tie["predicted"]["name"]) == ("turbulent", "calm")
     with pytest.raises(Exception):
         schema_validator("regime_event.schema.json").validate({k: v for k, v in b.items() if k != "bars_in_regime"})
+    with pytest.raises(Exception):  # every producer sets the names: the schema requires them
+        schema_validator("regime_event.schema.json").validate(
+            {**b, "regime": {k: v for k, v in b["regime"].items() if k != "name"}})
     d = json.loads(dead_letter("malformed_json", "x", b"\xff" * 100, None, "bars", 0, 7, limit=10))
     assert d["raw_truncated"] and d["raw_bytes"] == 100 and d["source"]["offset"] == 7
     schema_validator("dlq.schema.json").validate(d)
+
+
+def test_event_names_come_from_the_bundle_once_per_load():
+    """Profiles holds one name per id, built when a bundle is loaded: from the manifest's names, computed from
+    the profiles of a manifest without them (older bundles), "regime <id>" when built by hand without names."""
+    from worker.metrics import WorkerMetrics
+
+    profiles = [{"id": i, "share": 1 / 3, "mean_duration": 9.0, "stickiness": 0.9, "row_entropy": 0.1,
+                 "n_bars": 900, "mean_return": m, "volatility": v}
+                for i, (m, v) in enumerate([(0.0, 0.02), (1e-3, 0.01), (0.0, 0.03)])]
+    manifest = {"model_version": "v1", "window_size": 16, "feature_spec_hash": "ab" * 32, "n_clusters": 3,
+                "regime_profiles": profiles, "baseline": {"cluster_distribution": [0.3, 0.3, 0.4]}}
+    assert Profiles.from_manifest(manifest).names == ("normal", "calm up", "turbulent")
+    named = {**manifest, "regime_profiles": [{**p, "name": n} for p, n in zip(profiles, ("a", "b", "c"))]}
+    p = Profiles.from_manifest(named)
+    assert p.names == ("a", "b", "c") and p.stickiness == (0.9, 0.9, 0.9)
+    e = build_event("S", 1, "v1", 2, [0.1, 0.2, 0.7], 0, 1, 0, [0.6, 0.2, 0.2], 0.5, 4.0, p)
+    assert e["regime"]["name"] == "c" and e["predicted"]["name"] == "a"
+    assert Profiles((0.9, 0.8), (2.0, 3.0)).names == ("regime 0", "regime 1")
+    # the dashboard's legend join: one info series per id, replaced (not added to) at a reload
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m = WorkerMetrics(3)
+
+    def info() -> dict[str, str]:
+        fams = text_string_to_metric_families(generate_latest(m.registry).decode())
+        return {s.labels["regime"]: s.labels["name"] for f in fams for s in f.samples
+                if s.name == "regimetry_regime_info" and s.value == 1.0}
+
+    m.set_model(manifest)
+    assert info() == {"0": "normal", "1": "calm up", "2": "turbulent"}
+    m.set_model(named)
+    assert info() == {"0": "a", "1": "b", "2": "c"}
 
 
 def test_stored_members_round_trip_costs_as_float64():

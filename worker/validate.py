@@ -32,6 +32,7 @@ class Reason(str, Enum):
     NON_POSITIVE_PRICE = "non_positive_price"
     HIGH_BELOW_LOW = "high_below_low"
     OHLC_OUT_OF_RANGE = "ohlc_out_of_range"
+    MISSING_KEY = "missing_key"
     KEY_MISMATCH = "key_mismatch"
     UNKNOWN_SYMBOL = "unknown_symbol"
     TIME_IN_FUTURE = "time_in_future"
@@ -82,8 +83,12 @@ class BarValidator:
         if len(value) > self.max_payload_bytes:
             return Rejection(Reason.PAYLOAD_TOO_LARGE, f"{len(value)} bytes > limit {self.max_payload_bytes}")
         try:
-            doc = json.loads(value)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            # UTF-8 only (RFC 8259 for JSON exchanged between systems): json.loads on bytes would also take
+            # UTF-16/32 by sniffing, which no producer of this topic is meant to send
+            doc = json.loads(value.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return Rejection(Reason.MALFORMED_JSON, f"not UTF-8: {exc}"[:200])
+        except (ValueError, RecursionError) as exc:
             return Rejection(Reason.MALFORMED_JSON, str(exc)[:200])
         if not isinstance(doc, dict):
             return Rejection(Reason.SCHEMA_VIOLATION, f"bar must be a JSON object, got {type(doc).__name__}")
@@ -108,7 +113,10 @@ class BarValidator:
             return Rejection(Reason.HIGH_BELOW_LOW, f"high {bar.high} < low {bar.low}")
         if not (bar.low <= bar.open <= bar.high and bar.low <= bar.close <= bar.high):
             return Rejection(Reason.OHLC_OUT_OF_RANGE, "open or close outside [low, high]")
-        if key is not None and key != bar.symbol.encode():
+        if key is None:  # unkeyed records land on any partition: one symbol's bars would arrive out of order
+            return Rejection(Reason.MISSING_KEY, f"Kafka key is null; bars must be keyed by their symbol "
+                                                 f"({bar.symbol!r})")
+        if key != bar.symbol.encode():
             return Rejection(Reason.KEY_MISMATCH, f"Kafka key {key[:40]!r} differs from symbol {bar.symbol!r}")
         if self.allowed and bar.symbol not in self.allowed:
             return Rejection(Reason.UNKNOWN_SYMBOL, f"symbol {bar.symbol!r} is not in the allow-list")
