@@ -77,3 +77,32 @@ def test_a_whole_chunk_may_overshoot_capacity_once():
 def test_max_size_must_be_positive():
     with pytest.raises(ValueError):
         MicroBatcher(max_size=0, within=0.1)
+
+
+def test_a_huge_fetched_chunk_is_fed_in_pieces_and_the_buffer_stays_bounded():
+    """One fetch from many partitions can hand over tens of thousands of records at once; feed appends them
+    a batch at a time behind the capacity, so the buffer stays below capacity + max_size (issue 14, defect 5),
+    and every record arrives once, in order, prepared just before it is appended."""
+    async def scenario():
+        b = MicroBatcher(max_size=8, within=0.0, capacity=16)
+        prepared, seen, peak = [], [], 0
+
+        def prepare(piece):
+            prepared.extend(piece)
+            return [x * 10 for x in piece]
+
+        async def consume():
+            nonlocal peak
+            while len(seen) < 1000:
+                peak = max(peak, len(b))
+                seen.extend(await b.take())
+                await asyncio.sleep(0)
+
+        taker = asyncio.create_task(consume())
+        await b.feed(list(range(1000)), prepare)
+        await taker
+        return prepared, seen, peak
+
+    prepared, seen, peak = run(scenario())
+    assert prepared == list(range(1000)) and seen == [x * 10 for x in range(1000)]
+    assert 0 < peak < 16 + 8

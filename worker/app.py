@@ -248,11 +248,14 @@ def create_app(settings: Settings, runtime: Runtime):
     async def accept(messages: list) -> None:
         """Take fetched bar messages into the micro-batch buffer (waiting while it is full, which holds the
         consumer back) and track them, so Faust commits no offset past them until `ack`."""
-        await batches.room()
         track, check = app.consumer.track_message, runtime.validator.check
-        for message in messages:
-            track(message)
-        batches.extend([(message, check(message.key, message.value)) for message in messages])
+
+        def prepare(piece: list) -> list:
+            for message in piece:
+                track(message)
+            return [(message, check(message.key, message.value)) for message in piece]
+
+        await batches.feed(messages, prepare)
         runtime.metrics.buffered.set(len(batches))
 
     direct = settings.direct_records and deliver_records_to(app, settings.bars_topic, accept)

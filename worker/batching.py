@@ -7,7 +7,10 @@ overlap, and the worker sat at ~85 % of one core. Here the consumer appends each
 buffer (``room`` then ``extend``) while the pipeline takes whole batches from it (``take``), so the
 per-record work for batch N+1 happens while batch N is in ONNX Runtime. Same semantics otherwise: at most
 ``max_size`` records per batch, a partial batch waits at most ``within`` seconds for more, and a full buffer
-(``capacity``) holds the consumer back, as a slow take_events loop would.
+(``capacity``, two batches by default) holds the consumer back, as a slow take_events loop would. Bound: the
+buffer holds fewer than ``capacity + max_size`` records (three batches by default; ``feed`` appends large
+fetched chunks in pieces). Records the consumer has fetched but not yet handed over sit in aiokafka's fetch
+buffers, bounded by its fetch sizes per partition, not here.
 """
 
 from __future__ import annotations
@@ -40,8 +43,19 @@ class MicroBatcher(Generic[T]):
             self._space.clear()
             await self._space.wait()
 
+    async def feed(self, items: list, prepare=None) -> None:
+        """Append a fetched chunk of any size in pieces of at most ``max_size``, each after ``room``, so the
+        buffer never holds more than ``capacity + max_size - 1`` items however large the chunk (a fetch from
+        many partitions at once held 17k-60k records in one piece). ``prepare(piece) -> items`` runs on each
+        piece just before it is appended (the worker tracks and validates records there)."""
+        for i in range(0, len(items), self.max_size):
+            piece = items[i:i + self.max_size]
+            await self.room()
+            self.extend(prepare(piece) if prepare is not None else piece)
+
     def extend(self, items: list[T]) -> None:
-        """Append items now (after `room`; a whole fetched chunk may overshoot `capacity`, never by more)."""
+        """Append items now (after `room`; may overshoot `capacity` by at most len(items): `feed` keeps
+        that below ``max_size``)."""
         self._items.extend(items)
         if self._items:
             self._has_items.set()
