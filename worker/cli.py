@@ -32,4 +32,7 @@ def worker_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from worker.predict import predict_cmd
+
     app.command("worker")(worker_cmd)
+    app.command("predict")(predict_cmd)
