@@ -149,6 +149,14 @@ class Bundle:
     def n_clusters(self) -> int:
         return int(self.manifest["n_clusters"])
 
+    @property
+    def regime_names(self) -> tuple[str, ...]:
+        """Descriptive name of each regime id (manifest regime_profiles[*].name, or computed from the profiles
+        for bundles written before names: regimetry/naming.py)."""
+        from regimetry.naming import manifest_names
+
+        return manifest_names(self.manifest)
+
     def onnx_path(self, part: str) -> Path:
         return self.path / self.manifest["onnx"][part]["file"]
 

@@ -161,19 +161,23 @@ def change_points(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def regime_profiles(labels: np.ndarray, n_states: int, returns: np.ndarray | None = None) -> list[dict]:
-    """Per regime: share, mean duration (steps), stickiness P_kk, row entropy H_k, mean return and volatility
-    of the bars labelled k (``returns`` aligned with ``labels``)."""
+    """Per regime: share, mean duration (steps), stickiness P_kk, row entropy H_k, the number of bars labelled k
+    (``n_bars``) and the mean return and volatility (population std) of their returns (``returns`` aligned with
+    ``labels``). Descriptive names come from these profiles: regimetry/naming.py."""
     p = transition_matrix(labels, n_states)
     sh, dur, ent = shares(labels, n_states), mean_durations(labels, n_states), row_entropy(p)
     out = []
+    labels = np.asarray(labels)
     for k in range(n_states):
-        r = returns[np.asarray(labels) == k] if returns is not None else np.zeros(0)
+        mask = labels == k
+        r = returns[mask] if returns is not None else np.zeros(0)
         out.append({
             "id": k,
             "share": float(sh[k]),
             "mean_duration": float(dur[k]),
             "stickiness": float(p[k, k]),
             "row_entropy": float(ent[k]),
+            "n_bars": int(mask.sum()),
             "mean_return": float(r.mean()) if len(r) else 0.0,
             "volatility": float(r.std()) if len(r) else 0.0,
         })

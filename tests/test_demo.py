@@ -73,6 +73,14 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     event_lines = [ln for ln in stderr.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+EURUSD", ln)]
     assert len(event_lines) == expected
     assert s["transitions"] == sum("<-" in ln for ln in event_lines)
+    # every event row names its regime as the bundle does; the summary's share table too
+    names = bundle.regime_names
+    assert s["regime_names"] == {str(i): n for i, n in enumerate(names)}
+    for ln in event_lines:
+        rid = int(re.search(r"EURUSD\s+(\d+) ", ln).group(1))
+        assert f" {rid} {names[rid]} " in ln, ln
+    table = stdout.splitlines()
+    assert all(any(f" {i} " in ln and f" {n} " in ln for ln in table) for i, n in enumerate(names)), stdout
     assert "regimetry demo: summary" in stdout and "dead letters by reason" in stdout
     assert [r["event"] for r in s["audit_log"]] == ["model_loaded"] and s["audit_log"][0]["model_version"] == bundle.version
     for name, pid in s["processes"].items():

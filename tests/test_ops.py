@@ -156,12 +156,18 @@ def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t23_even
 
 
 @pytest.mark.slow
-def test_tail_table_stops_after_max(stack, t23_events):
+def test_tail_table_stops_after_max(stack, t23_events, model):
     r = run_cli("tail", "--from-beginning", "--symbol", "T23", "--max", "5", "--broker", stack.bootstrap)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("bar time (UTC)") and len(lines) == 6
+    assert lines[0].split()[4:6] == ["regime", "name"]
     assert all(" T23 " in ln for ln in lines[1:])
+    # each row names its regime as the bundle does (the name column follows the id)
+    names = model.bundle.regime_names
+    for ln, e in zip(lines[1:], t23_events[:5]):
+        assert e["regime"]["name"] == names[e["regime"]["id"]]
+        assert f" {e['regime']['id']} {names[e['regime']['id']]} " in ln, ln
 
 
 @pytest.mark.slow
@@ -178,6 +184,7 @@ def test_report_events_writes_the_range_once_each(stack, t23_events, tmp_path):
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert [row["event_id"] for row in rows] == [e["event_id"] for e in want] and len(rows) == 40
     assert [int(row["regime"]) for row in rows] == [e["regime"]["id"] for e in want]
+    assert [row["regime_name"] for row in rows] == [e["regime"]["name"] for e in want]
     assert json.loads(out_json.read_text()) == want
 
 

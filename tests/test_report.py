@@ -30,7 +30,11 @@ def test_plots_from_arrays(tmp_path):
     made = [plots.price_bands(times, close, reg, 3, tmp_path / "price.png"),
             plots.transition_heatmap(p, tmp_path / "tm.png"),
             plots.share_bars(np.array([0.4, 0.2, 0.4]), np.array([40.0, 40.0, 40.0]), tmp_path / "shares.png"),
-            plots.embedding_map(rng.normal(size=(len(reg), 2)), reg, 3, "t-SNE", tmp_path / "map.png")]
+            plots.embedding_map(rng.normal(size=(len(reg), 2)), reg, 3, "t-SNE", tmp_path / "map.png"),
+            plots.transition_heatmap(p, tmp_path / "tm_named.png", ("calm", "normal up", "turbulent")),
+            plots.share_bars(np.array([0.4, 0.2, 0.4]), np.array([40.0, 40.0, 40.0]), tmp_path / "shares_named.png",
+                             ("calm", "normal up", "turbulent"))]
+    assert plots.regime_label(1, ("calm", "normal up")) == "1 normal up" and plots.regime_label(1) == "regime 1"
     for path in made:
         w, h = png_size(path)
         assert 250 <= w <= 1400 and 200 <= h <= 700, (path.name, w, h)
@@ -53,6 +57,13 @@ def test_report_of_a_bundle(tiny_bundle, tmp_path):
         png_size(path)
         assert f"]({path.name})" in text
     assert "| silhouette |" in text and "| min_share |" in text and text.count("\n| 2 |") == 1
+    # regimes are named as the worker names them: from the bundle's training profiles
+    from regimetry.bundle import load_bundle
+
+    names = load_bundle(tiny_bundle).regime_names
+    assert view.names == names and "| regime | name |" in text
+    for i, name in enumerate(names):
+        assert f"\n| {i} | {name} |" in text
     # the report's metric table is computed from the same regimes the worker would emit
     table = report.metrics(view)
     from regimetry import diagnostics as dg

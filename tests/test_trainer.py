@@ -111,6 +111,16 @@ def test_bundle_is_complete_and_verified(tiny_training):
     for part in ("encoder", "forecaster"):
         assert manifest["onnx"][part]["parity_max_abs_diff"] <= 1e-4
     assert len(manifest["regime_profiles"]) == manifest["n_clusters"] == 3
+    # descriptive names, written by the trainer from the training profiles (regimetry/naming.py)
+    from regimetry.naming import manifest_names, regime_names
+
+    profiles = manifest["regime_profiles"]
+    names = [p["name"] for p in profiles]
+    assert len(set(names)) == 3 and names == regime_names(profiles)
+    assert sum(p["n_bars"] for p in profiles) == summary_n_train(b)
+    by_vol = sorted(profiles, key=lambda p: p["volatility"])
+    assert [p["name"].split()[0] for p in by_vol] == ["calm", "normal", "turbulent"]
+    assert manifest_names(manifest) == tuple(names)
     assert abs(sum(manifest["baseline"]["cluster_distribution"]) - 1) < 1e-9
     assert not any(p.suffix in (".pkl", ".joblib") for p in b.iterdir())
     summary = json.loads((b / "training_summary.json").read_text())
@@ -124,6 +134,10 @@ def test_bundle_is_complete_and_verified(tiny_training):
     assert rows[0] == "bar_time,epoch,regime,confidence,split" and len(rows) == len(tiny_training.regimes) + 1
     last = rows[-1].split(",")
     assert int(last[1]) == int(tiny_training.end_time[-1]) and int(last[2]) == int(tiny_training.regimes[-1])
+
+
+def summary_n_train(bundle_dir) -> int:
+    return int(json.loads((bundle_dir / "training_summary.json").read_text())["data"]["n_train"])
 
 
 def test_tampered_bundle_is_refused(tiny_training, tmp_path):

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from regimetry import diagnostics, scoring
+from regimetry import diagnostics, naming, scoring
 from regimetry.bundle import MANIFEST, POINTER, sha256_file, sha256_json, validate_manifest
 from regimetry.data import BarSeries, iso_utc, resolve_data
 from regimetry.features import FeatureSpec, history_needed
@@ -274,6 +274,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     dists = centroid_distance(g[: ws.n_train], cl.centroids)
     bar_ret = log_ret[ws.end_index]
     hits = next_regime_of(t_all[in_train], np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
+    profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
+    for p, name in zip(profiles, naming.regime_names(profiles)):  # descriptive labels; ids stay the contract
+        p["name"] = name
     manifest = {
         "schema_version": 1,
         "model_version": version,
@@ -297,7 +300,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
                     "decoder": cl.decoder.to_dict(), "geometry": "regimetry/regimes.py RegimeSpace; centroids above"},
         "forecaster": {"name": f_cfg.name, "input_length": f_cfg.input_length, "loss": f_cfg.loss},
         "onnx": onnx_info,
-        "regime_profiles": diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train]),
+        "regime_profiles": profiles,
         "baseline": {
             "cluster_distribution": diagnostics.shares(train_reg, k).tolist(),
             "transition_matrix": diagnostics.transition_matrix(train_reg, k).tolist(),

@@ -7,6 +7,7 @@ every figure (tab10), so a reader can carry a colour from the embedding map to t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -21,6 +22,13 @@ DPI = 110
 
 def regime_colour(k: int):
     return plt.get_cmap("tab10")(k % 10)
+
+
+def regime_label(k: int, names: Sequence[str] | None = None) -> str:
+    """"regime k", or "k <name>" with the bundle's descriptive names (regimetry/naming.py)."""
+    from regimetry.naming import label
+
+    return label(k, names)
 
 
 def _save(fig, path: Path) -> Path:
@@ -47,13 +55,14 @@ def project_2d(z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(z)
 
 
-def embedding_map(xy: np.ndarray, regimes: np.ndarray, k: int, method: str, path: Path) -> Path:
+def embedding_map(xy: np.ndarray, regimes: np.ndarray, k: int, method: str, path: Path,
+                  names: Sequence[str] | None = None) -> Path:
     """Scatter of a 2-D projection of the embeddings, one colour per regime."""
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     for r in range(k):
         sel = regimes == r
         if sel.any():
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, color=regime_colour(r), label=f"regime {r}",
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, color=regime_colour(r), label=regime_label(r, names),
                        linewidths=0)
     ax.set_title(f"{method} of window embeddings ({len(xy)} windows), coloured by regime")
     ax.set_xticks([])
@@ -63,7 +72,7 @@ def embedding_map(xy: np.ndarray, regimes: np.ndarray, k: int, method: str, path
 
 
 def price_bands(times: np.ndarray, close: np.ndarray, regimes: np.ndarray, k: int, path: Path,
-                title: str = "") -> Path:
+                title: str = "", names: Sequence[str] | None = None) -> Path:
     """Close price with a background band in the colour of the regime in force at each bar."""
     t = mdates.date2num(np.asarray(times, dtype="datetime64[s]"))
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -75,7 +84,7 @@ def price_bands(times: np.ndarray, close: np.ndarray, regimes: np.ndarray, k: in
         # so the bands touch instead of leaving a white gap at every change
         where = m | np.concatenate([[False], m[:-1]])
         ax.fill_between(t, lo - pad, hi + pad, where=where, step="post", color=regime_colour(r),
-                        alpha=0.28, linewidth=0, label=f"regime {r}")
+                        alpha=0.28, linewidth=0, label=regime_label(r, names))
     ax.plot(t, close, color="black", linewidth=0.7)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlim(t[0], t[-1])
@@ -87,7 +96,7 @@ def price_bands(times: np.ndarray, close: np.ndarray, regimes: np.ndarray, k: in
     return _save(fig, path)
 
 
-def transition_heatmap(p: np.ndarray, path: Path) -> Path:
+def transition_heatmap(p: np.ndarray, path: Path, names: Sequence[str] | None = None) -> Path:
     """Transition matrix P[i, j] = P(next regime j | regime i), annotated."""
     k = len(p)
     fig, ax = plt.subplots(figsize=(1.1 * k + 2.4, 1.0 * k + 1.6))
@@ -98,6 +107,9 @@ def transition_heatmap(p: np.ndarray, path: Path) -> Path:
                     color="black" if p[i, j] > 0.6 else "white")
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
+    if names:
+        ax.set_xticklabels([regime_label(r, names) for r in range(k)], rotation=30, ha="right", fontsize=8)
+        ax.set_yticklabels([regime_label(r, names) for r in range(k)], fontsize=8)
     ax.set_xlabel("next regime")
     ax.set_ylabel("regime")
     ax.set_title("Transition matrix")
@@ -105,7 +117,7 @@ def transition_heatmap(p: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
-def share_bars(shares: np.ndarray, durations: np.ndarray, path: Path) -> Path:
+def share_bars(shares: np.ndarray, durations: np.ndarray, path: Path, names: Sequence[str] | None = None) -> Path:
     """Share of bars per regime, each bar annotated with the regime's mean duration."""
     k = len(shares)
     fig, ax = plt.subplots(figsize=(1.0 * k + 3.0, 3.6))
@@ -115,7 +127,7 @@ def share_bars(shares: np.ndarray, durations: np.ndarray, path: Path) -> Path:
                     ha="center", va="bottom", fontsize=8)
     ax.axhline(1.0 / k, color="grey", linestyle="--", linewidth=0.8, label="balanced (1/K)")
     ax.set_xticks(range(k))
-    ax.set_xticklabels([f"regime {r}" for r in range(k)])
+    ax.set_xticklabels([regime_label(r, names) for r in range(k)], **({"fontsize": 8} if names else {}))
     ax.set_ylim(0, max(float(np.max(shares)) * 1.3, 1.0 / k * 1.3))
     ax.set_ylabel("share of bars")
     ax.set_title("Regime shares (label: share, mean duration)")

@@ -3,7 +3,8 @@
 The regimes come either from an exported bundle run with ONNX Runtime over some bars (exactly what the live
 worker would emit, bar by bar) or from a training config trained without export (a search candidate before
 anyone commits to it). Both reduce to a RegimeView: times, prices, embeddings and regime ids; everything in
-the report is computed from that view alone.
+the report is computed from that view alone, except the regime names, which come from the training profiles
+(the bundle's manifest, or the config's own training windows) so a report names a regime as the worker does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from regimetry import diagnostics as dg
+from regimetry.naming import regime_names
+
+NAMES_NOTE = ("Names (regimetry/naming.py): rank of the regime's volatility on its training bars, calmest first "
+              "(calm, normal, turbulent, crisis for 4 regimes), with ' up' / ' down' where the mean log return of "
+              "those bars is significant (|mean| > 2 x volatility / sqrt(bars)).")
 
 
 @dataclass
@@ -29,6 +35,7 @@ class RegimeView:
     k: int
     bars_per_step: int = 1       # stride between consecutive labelled bars
     info: dict = field(default_factory=dict)
+    names: tuple[str, ...] | None = None  # descriptive name per id from the training profiles (regimetry/naming.py)
 
 
 def log_returns(close: np.ndarray) -> np.ndarray:
@@ -49,7 +56,8 @@ def from_bundle(bundle: str | Path, data: str | None = None) -> RegimeView:
     close = series.values[:, 3]
     return RegimeView(f"{m['model_version']} on {series.symbol}", source, series.times[idx], close[idx],
                       log_returns(close)[idx], r.regime, r.z, model.bundle.n_clusters, 1,
-                      {"model_version": m["model_version"], "bundle": str(model.bundle.path)})
+                      {"model_version": m["model_version"], "bundle": str(model.bundle.path)},
+                      model.bundle.regime_names)
 
 
 def from_config(cfg) -> RegimeView:
@@ -58,11 +66,15 @@ def from_config(cfg) -> RegimeView:
 
     series, planted = load_training_data(cfg)
     result = train(cfg, series=series, planted=planted, write_bundle=False)
+    from regimetry.naming import regime_names
+
     idx = np.searchsorted(series.times, result.end_time)
     close = series.values[:, 3]
+    returns, k = log_returns(close)[idx], cfg.clustering.n_clusters
+    n_train = int(result.summary["data"]["n_train"])  # named as an export would: on the training windows
+    names = tuple(regime_names(dg.regime_profiles(result.regimes[:n_train], k, returns[:n_train])))
     return RegimeView(f"{cfg.name} (config, not exported) on {series.symbol}", cfg.data, result.end_time,
-                      close[idx], log_returns(close)[idx], result.regimes, result.z, cfg.clustering.n_clusters,
-                      cfg.stride, {"config_name": cfg.name})
+                      close[idx], returns, result.regimes, result.z, k, cfg.stride, {"config_name": cfg.name}, names)
 
 
 def metrics(view: RegimeView, seed: int = 0) -> dict:
@@ -100,27 +112,30 @@ def write_report(view: RegimeView, out_dir: str | Path, max_points: int = 1500, 
     k, reg = view.k, view.regimes
     p = dg.transition_matrix(reg, k)
     figs: dict[str, Path] = {}
+    profiles = dg.regime_profiles(reg, k, view.returns)
+    names = view.names or tuple(regime_names(profiles))  # without training names: named on the view's own bars
     sample = plots.evenly(len(reg), max_points)
     methods = ["t-SNE"] + (["UMAP"] if (umap_available() if umap is None else umap) else [])
     for method in methods:
         xy = plots.project_2d(view.z[sample].astype(np.float64), method, seed)
         name = "embedding_" + method.lower().replace("-", "")
-        figs[name] = plots.embedding_map(xy, reg[sample], k, method, out / f"{name}.png")
+        figs[name] = plots.embedding_map(xy, reg[sample], k, method, out / f"{name}.png", names)
     figs["price_regimes"] = plots.price_bands(view.times, view.close, reg, k, out / "price_regimes.png",
-                                              f"{view.title}: close price with regime bands")
-    figs["transition_matrix"] = plots.transition_heatmap(p, out / "transition_matrix.png")
+                                              f"{view.title}: close price with regime bands", names)
+    figs["transition_matrix"] = plots.transition_heatmap(p, out / "transition_matrix.png", names)
     durations = dg.mean_durations(reg, k) * view.bars_per_step
-    figs["regime_shares"] = plots.share_bars(dg.shares(reg, k), durations, out / "regime_shares.png")
+    figs["regime_shares"] = plots.share_bars(dg.shares(reg, k), durations, out / "regime_shares.png", names)
     table = metrics(view, seed)
-    profiles = dg.regime_profiles(reg, k, view.returns)
     report = out / "report.md"
-    report.write_text(markdown(view, table, profiles, figs, out))
+    report.write_text(markdown(view, table, profiles, figs, out, names))
     return ReportFiles(report, figs)
 
 
-def markdown(view: RegimeView, table: dict, profiles: list[dict], figs: dict, out: Path) -> str:
+def markdown(view: RegimeView, table: dict, profiles: list[dict], figs: dict, out: Path,
+             names: tuple[str, ...] | None = None) -> str:
     from regimetry.data import iso_utc as iso
 
+    names = names or view.names or tuple(regime_names(profiles))
     lines = [f"# Regime report: {view.title}", "",
              f"Data: `{view.source}`, {len(view.regimes)} labelled bars from {iso(view.times[0])} to "
              f"{iso(view.times[-1])}; {view.k} regimes."]
@@ -129,11 +144,16 @@ def markdown(view: RegimeView, table: dict, profiles: list[dict], figs: dict, ou
     lines += [f"| {name} | {v:.4f} |" if isinstance(v, float) else f"| {name} | {v} |" for name, v in table.items()]
     lines += ["", "Silhouette: higher is better (-1..1). Davies-Bouldin: lower is better. Share entropy: 1 = "
               "perfectly balanced. Stickiness: mean self-transition probability.", "",
-              "## Regimes", "", "| regime | share | mean duration (bars) | stickiness | mean log return | volatility |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "## Regimes", "",
+              "| regime | name | share | mean duration (bars) | stickiness | bars | mean log return | volatility |",
+              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in profiles:
-        lines.append(f"| {p['id']} | {p['share']:.3f} | {p['mean_duration'] * view.bars_per_step:.1f} | "
-                     f"{p['stickiness']:.3f} | {p['mean_return']:.2e} | {p['volatility']:.2e} |")
+        lines.append(f"| {p['id']} | {names[p['id']] if p['id'] < len(names) else ''} | {p['share']:.3f} | "
+                     f"{p['mean_duration'] * view.bars_per_step:.1f} | {p['stickiness']:.3f} | {p.get('n_bars', '')} | "
+                     f"{p['mean_return']:.2e} | {p['volatility']:.2e} |")
+    source = ("They come from the training profiles, as the worker names its events; the other columns are of "
+              "the bars of this report." if view.names else "No training profiles: named on the bars of this report.")
+    lines += ["", f"{NAMES_NOTE} {source}"]
     lines += ["", "## Figures", ""]
     for name, path in figs.items():
         rel = Path(path).relative_to(out)

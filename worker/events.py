@@ -5,7 +5,8 @@ the same model yields the same id, so subscribers can de-duplicate without any c
 
 Schema version 2: the regime is the causal jump decoder's (regimetry/regimes.py), `regime.probabilities` are
 its probabilities (no longer kNN vote shares), `bars_in_regime` counts the bars spent in the current regime
-(this one included), `ood_score` is measured in the regime geometry.
+(this one included), `ood_score` is measured in the regime geometry, `regime.name` / `predicted.name` are the
+bundle's descriptive names of those ids (regimetry/naming.py; the id stays the contract).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import orjson
+
+from regimetry.naming import manifest_names
 
 SCHEMA_VERSION = 2
 EVENT_NAMESPACE = uuid.UUID("6f0f1c1e-3a52-5c1b-9d6e-726567696d65")  # fixed forever: ids must not change
@@ -38,17 +41,25 @@ def event_id(symbol: str, bar_time: int, model_version: str) -> str:
 
 @dataclass(frozen=True)
 class Profiles:
-    """Per-regime fields copied into every event, from the manifest's regime_profiles."""
+    """Per-regime fields copied into every event, from the manifest's regime_profiles: built once per bundle
+    (start-up, hot reload), so an event only indexes these tuples by regime id."""
 
     stickiness: tuple[float, ...]
     mean_duration: tuple[float, ...]
+    names: tuple[str, ...] = ()  # empty: "regime <id>" (set by from_manifest)
+
+    def __post_init__(self) -> None:
+        if len(self.names) < len(self.stickiness):
+            object.__setattr__(self, "names", tuple(self.names) + tuple(
+                f"regime {i}" for i in range(len(self.names), len(self.stickiness))))
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "Profiles":
         by_id = {int(p["id"]): p for p in manifest["regime_profiles"]}
         k = int(manifest["n_clusters"])
         return cls(tuple(float(by_id.get(i, {}).get("stickiness", 0.0)) for i in range(k)),
-                   tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)))
+                   tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)),
+                   manifest_names(manifest))
 
 
 def build_event(symbol: str, bar_time: int, model_version: str, regime: int, proba: Sequence[float],
@@ -68,14 +79,15 @@ def build_event(symbol: str, bar_time: int, model_version: str, regime: int, pro
     if next_proba is not None:
         next_probs = _floats(next_proba)
         nxt = int(predicted_regime) if predicted_regime is not None else _argmax(next_probs)
-        predicted = {"regime": nxt, "confidence": next_probs[nxt], "probabilities": next_probs}
+        predicted = {"regime": nxt, "name": profiles.names[nxt], "confidence": next_probs[nxt],
+                     "probabilities": next_probs}
     return {
         "event_id": event_id(symbol, bar_time, model_version),
         "schema_version": SCHEMA_VERSION,
         "symbol": symbol,
         "bar_time": int(bar_time),
         "model_version": model_version,
-        "regime": {"id": regime, "confidence": probs[regime], "probabilities": probs},
+        "regime": {"id": regime, "name": profiles.names[regime], "confidence": probs[regime], "probabilities": probs},
         "previous_regime": previous if changed else None,
         "regime_changed": changed,
         "bars_in_regime": int(bars_in_regime),

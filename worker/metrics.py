@@ -3,7 +3,9 @@
 Names follow Prometheus conventions (snake_case, base units, `_total` counters, `_seconds` histograms).
 Labels stay low-cardinality: `reason` (a fixed set), `regime` (K values), and `symbol` only on
 regimetry_current_regime, capped at `symbol_label_limit` symbols so a feed of thousands of instruments
-cannot blow up the time-series count.
+cannot blow up the time-series count. Regime names are not a label of the per-regime series: they sit in one
+info gauge, regimetry_regime_info{regime, name} = 1 (K series per process, replaced at every bundle load),
+which a dashboard joins on `regime` for its legends.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from regimetry.naming import manifest_names
 from worker.drift import DriftSnapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -71,6 +74,9 @@ class WorkerMetrics:
         self.baseline_share = Gauge("regimetry_regime_baseline_share",
                                     "Share of each regime in the training baseline of the bundle in force", ["regime"],
                                     registry=r)
+        self.regime_info = Gauge("regimetry_regime_info",
+                                 "1 per regime id of the bundle in force, labelled with its descriptive name "
+                                 "(join on regime for legends)", ["regime", "name"], registry=r)
         self._symbols: dict[str, tuple[str, int] | None] = {}  # symbol -> (topic, partition) its bars came from
         self._symbol_limit = symbol_label_limit
         self._k = n_clusters
@@ -92,6 +98,9 @@ class WorkerMetrics:
         self.baseline_share.clear()
         for k, share in enumerate(manifest["baseline"]["cluster_distribution"]):
             self.baseline_share.labels(regime=str(k)).set(float(share))
+        self.regime_info.clear()  # a reload may rename a regime: the old name's series must go
+        for k, name in enumerate(manifest_names(manifest)):
+            self.regime_info.labels(regime=str(k), name=name).set(1)
 
     def set_regime(self, symbol: str, regime: int, partition: tuple[str, int] | None = None) -> None:
         """Latest regime of `symbol`, remembered with the partition its bars came from (see keep_partitions)."""

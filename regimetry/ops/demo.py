@@ -109,6 +109,7 @@ def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent:
         "expected_events": max(0, len(series) - b.history_bars + 1),
         "transitions": int(sum(bool(e["regime_changed"]) for e in events)),
         "ood_events": int(sum(bool(e["ood"]) for e in events)),
+        "regime_names": {str(i): name for i, name in enumerate(b.regime_names)},
         "regime_shares": {str(i): float(x) for i, x in enumerate(live_shares)},
         "baseline_shares": {str(i): float(x) for i, x in enumerate(baseline)},
         "drift": metrics["drift"],
@@ -239,9 +240,11 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
         started = time.monotonic()
         with progress:
             if opts.show != "none":
-                progress.console.print(HEADER, style="bold")
+                progress.console.print(HEADER, style="bold", soft_wrap=True)
             feeder.start()
-            events = _collect(collector, expected, timeout, opts.show, feeder, progress.console.print,
+            # soft_wrap: an event row stays one line however narrow the terminal (the terminal folds it)
+            events = _collect(collector, expected, timeout, opts.show, feeder,
+                              lambda row: progress.console.print(row, soft_wrap=True),
                               lambda n: progress.update(events_task, completed=n), worker.log)
             feeder.join(timeout=30)
         seconds = time.monotonic() - started

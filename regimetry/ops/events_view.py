@@ -50,13 +50,14 @@ def iso(epoch: float | int) -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-HEADER = (f"{'bar time (UTC)':<19}  {'symbol':<10} {'regime':>6} {'conf':>5} {'bars':>5}  {'from':>4}  {'next':>4} "
-          f"{'p':>5}  {'ood':>6}")
+NAME_WIDTH = 14  # "turbulent down"; a longer name pushes the rest of its row to the right
+HEADER = (f"{'bar time (UTC)':<19}  {'symbol':<10} {'regime':>6} {'name':<{NAME_WIDTH}} {'conf':>5} {'bars':>5}  "
+          f"{'from':>4}  {'next':>4} {'p':>5}  {'ood':>6}")
 
 
 def line(event: dict) -> Text:
-    """One aligned row: bar time, symbol, regime, confidence and bars in it (schema 2; blank for version-1
-    events), previous regime on a change, forecast, OOD."""
+    """One aligned row: bar time, symbol, regime id and name, confidence and bars in it (schema 2; blank for
+    version-1 events and events without names), previous regime on a change, forecast, OOD."""
     r, pred = event["regime"], event.get("predicted") or {}
     prev, nxt = event.get("previous_regime"), pred.get("regime")
     dwell = event.get("bars_in_regime")
@@ -64,6 +65,8 @@ def line(event: dict) -> Text:
     return Text.assemble(
         f"{iso(event['bar_time']):<19}  {event['symbol']:<10} ",
         (f"{r['id']:>6}", style),
+        " ",
+        (f"{r.get('name') or '':<{NAME_WIDTH}}", style),
         f" {r['confidence']:>5.2f} {'' if dwell is None else dwell:>5}  ",
         (f"{'<- ' + str(prev) if prev is not None else '':>4}", "bold"),
         f"  {'' if nxt is None else nxt:>4}",
@@ -72,9 +75,9 @@ def line(event: dict) -> Text:
     )
 
 
-CSV_COLUMNS = ("event_id", "symbol", "bar_time", "bar_time_utc", "model_version", "regime", "confidence",
-               "regime_changed", "previous_regime", "bars_in_regime", "predicted_regime", "predicted_confidence", "ood_score", "ood",
-               "stickiness", "mean_duration", "emitted_at", "schema_version")
+CSV_COLUMNS = ("event_id", "symbol", "bar_time", "bar_time_utc", "model_version", "regime", "regime_name", "confidence",
+               "regime_changed", "previous_regime", "bars_in_regime", "predicted_regime", "predicted_name",
+               "predicted_confidence", "ood_score", "ood", "stickiness", "mean_duration", "emitted_at", "schema_version")
 
 
 def flat(event: dict) -> dict[str, Any]:
@@ -84,10 +87,12 @@ def flat(event: dict) -> dict[str, Any]:
     return {
         "event_id": event["event_id"], "symbol": event["symbol"], "bar_time": event["bar_time"],
         "bar_time_utc": iso(event["bar_time"]), "model_version": event["model_version"],
-        "regime": event["regime"]["id"], "confidence": event["regime"]["confidence"],
+        "regime": event["regime"]["id"], "regime_name": event["regime"].get("name"),
+        "confidence": event["regime"]["confidence"],
         "regime_changed": event["regime_changed"], "previous_regime": event.get("previous_regime"),
         "bars_in_regime": event.get("bars_in_regime"),
-        "predicted_regime": pred.get("regime"), "predicted_confidence": pred.get("confidence"),
+        "predicted_regime": pred.get("regime"), "predicted_name": pred.get("name"),
+        "predicted_confidence": pred.get("confidence"),
         "ood_score": event.get("ood_score"), "ood": event.get("ood"),
         "stickiness": prof.get("stickiness"), "mean_duration": prof.get("mean_duration"),
         "emitted_at": event.get("emitted_at"), "schema_version": event.get("schema_version"),

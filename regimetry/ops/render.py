@@ -37,10 +37,13 @@ def print_summary(console: Console, s: dict) -> None:
     console.print(top)
 
     shares = Table(title="regime shares: live (all events) vs training baseline", min_width=WIDTH)
-    for col in ("regime", "live", "baseline"):
+    shares.add_column("regime", justify="right")
+    shares.add_column("name")
+    for col in ("live", "baseline"):
         shares.add_column(col, justify="right")
+    names = s.get("regime_names") or {}
     for k, live in s["regime_shares"].items():
-        shares.add_row(k, f"{live:.3f}", f"{s['baseline_shares'].get(k, 0.0):.3f}")
+        shares.add_row(k, names.get(k, ""), f"{live:.3f}", f"{s['baseline_shares'].get(k, 0.0):.3f}")
     whole = s["whole_run"]
     shares.caption = f"live vs baseline over the whole run: PSI {whole['psi']:.4f}, Jensen-Shannon {whole['js']:.4f}"
     console.print(shares)
