@@ -7,8 +7,10 @@ names at load as the trainer would have written (when its profiles carry ``n_bar
 The rule (``regime_names``):
 
 1. **Base name by volatility rank.** Regimes with training bars (``n_bars`` > 0, or ``share`` > 0 when
-   ``n_bars`` is absent) are ranked by their profile ``volatility`` (the standard deviation of the one-bar log
-   returns of their training bars), calmest first, ties broken by id. With M ranked regimes the names are
+   ``n_bars`` is absent) are ranked by their profile ``window_volatility`` (the mean over their training
+   windows of each window's own return volatility: the key the trainer numbers the ids by, so names follow
+   the ids of a freshly trained bundle), or by ``volatility`` (the standard deviation of the one-bar log
+   returns of their training bars) in profiles without it, calmest first, ties broken by id. With M ranked regimes the names are
 
    - M = 1: normal
    - M = 2: calm, turbulent
@@ -28,8 +30,9 @@ The rule (``regime_names``):
 3. **Unique within a bundle.** A name that two regimes would share (only "unseen" can, or names edited into a
    manifest by hand) gets the regime id appended: "unseen 2", "unseen 3".
 
-Volatility here is of the bars labelled by the decoder; the ids were numbered by the mean volatility of the
-jump fit's training windows, so the two orders can differ, and then "calm" is not regime 0.
+The ids were numbered by the window volatility of the jump fit's training labels, the names rank the decoded
+labels by the same key; the two orders agree on a fresh bundle but can differ (a warm-started refit keeps its
+predecessor's ids), and then "calm" is not regime 0.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def regime_names(profiles: Iterable[dict]) -> list[str]:
     unseen regimes, and ``n_bars`` is needed for the drift suffix."""
     ordered = sorted(profiles, key=lambda p: int(p["id"]))
     seen = [p for p in ordered if _seen(p)]
-    ranked = sorted(seen, key=lambda p: (float(p["volatility"]), int(p["id"])))
+    key = "window_volatility" if all(p.get("window_volatility") is not None for p in seen) else "volatility"
+    ranked = sorted(seen, key=lambda p: (float(p[key]), int(p["id"])))
     base = dict(zip((int(p["id"]) for p in ranked), volatility_ladder(len(ranked))))
     names = []
     for p in ordered:

@@ -208,12 +208,18 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
         penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
     start = spectral_labels(g, cfg, seed)
     cent, labels = refine(g, start, k, penalty)
-    labels = order_by(labels, order_key, k)
     cent = centroids_of(g, labels, k)
+    # number the ids by the volatility of the windows each regime is *served* on (the causal decoder's labels,
+    # which lag the offline fit's), so id 0 is the calmest regime as subscribers see it
+    decoded = JumpDecoder(penalty, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+    means = np.array([order_key[decoded == i].mean() if (decoded == i).any() else np.inf for i in range(k)])
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.argsort(means, kind="stable")] = np.arange(k)
+    labels, cent = rank[labels], cent[np.argsort(rank)]
     space = RegimeSpace(cols, weights, cfg.embedding_weight, cent)
     if "_validation_labels" in selection:  # what the search ranks by: all on training windows only
         val, cut = selection.pop("_validation_labels"), selection.pop("_cut")
-        final = JumpDecoder(penalty, cfg.memory).decode_series(space.costs(g)).argmin(1)[cut:]
+        final = rank[decoded][cut:]
         row = next(r for r in selection["candidates"] if r["penalty"] == penalty)
         selection["validation"] = {
             "eta2_coming_risk": row["eta2"], "dwell_fit": row["dwell_fit"], "dwell_validation": row["dwell_validation"],

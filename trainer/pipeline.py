@@ -275,6 +275,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     bar_ret = log_ret[ws.end_index]
     hits = next_regime_of(t_all[in_train], np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
     profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
+    for p in profiles:  # the key the ids are ordered by (each window's own return volatility), for the names
+        own = train_reg == p["id"]
+        p["window_volatility"] = float(vol_key[own].mean()) if own.any() else None
     for p, name in zip(profiles, naming.regime_names(profiles)):  # descriptive labels; ids stay the contract
         p["name"] = name
     manifest = {
