@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from regimetry.classify import KNNClassifier
+from regimetry.diagnostics import mean_duration
 from regimetry.regimes import JumpDecoder, RegimeSpace, sq_distances
 from trainer.config import ClusterConfig
 
@@ -68,16 +69,6 @@ def subsample(n: int, cap: int) -> np.ndarray:
     return np.arange(n) if n <= cap else np.linspace(0, n - 1, cap).round().astype(np.int64)
 
 
-def fit_clustering(raw_train: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig, seed: int) -> Clustering:
-    """Standardise, cluster, renumber by ``order_key`` (per training window), fit the kNN classifier."""
-    mean, std = fit_geometry(raw_train)
-    z = ((raw_train - mean) / std).astype(np.float32)
-    labels = order_by(spectral_labels(z, cfg, seed), order_key, cfg.n_clusters)
-    keep = subsample(len(z), cfg.max_reference)
-    clf = KNNClassifier(z[keep], labels[keep], cfg.n_clusters, cfg.knn_k)
-    return Clustering(mean, std, labels, centroids_of(z, labels, cfg.n_clusters), clf)
-
-
 def risk_columns(names: tuple[str, ...], cfg: ClusterConfig) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Indices and weights of the feature columns the regime geometry reads directly."""
     cols, weights = [], []
@@ -124,25 +115,6 @@ def bar_volatility(values: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(gk, 0.0) + gap ** 2)
 
 
-def eta_squared(labels: np.ndarray, y: np.ndarray) -> float:
-    """Share of the variance of y explained by the labels (between-group / total sum of squares); NaN targets
-    are left out."""
-    y = np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(y)
-    labels, y = np.asarray(labels)[ok], y[ok]
-    if len(y) == 0:
-        return 0.0
-    tot = ((y - y.mean()) ** 2).sum()
-    if tot <= 0:
-        return 0.0
-    between = sum((labels == k).sum() * (y[labels == k].mean() - y.mean()) ** 2 for k in np.unique(labels))
-    return float(between / tot)
-
-
-def mean_dwell(labels: np.ndarray) -> float:
-    return float(len(labels) / (1 + np.count_nonzero(np.diff(labels)))) if len(labels) else 0.0
-
-
 def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig,
                    seed: int) -> tuple[float, dict]:
     """The switch penalty, chosen on training windows only.
@@ -157,6 +129,8 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
     cut = int(round(n * (1.0 - cfg.validation)))
     k = cfg.n_clusters
     start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
+    from trainer.regime_scores import eta_squared
+
     rows, labels_of = [], {}
     for lam in cfg.penalties:
         cent, fit_labels = refine(g[:cut], start, k, lam)
@@ -164,8 +138,9 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
         lab = dec.decode_series(0.5 * sq_distances(g, cent)).argmin(1)
         val = lab[cut:]
         labels_of[float(lam)] = val
-        rows.append({"penalty": float(lam), "eta2": eta_squared(val, next_risk[cut:]),
-                     "dwell_fit": mean_dwell(lab[:cut]), "dwell_validation": mean_dwell(val)})
+        eta2 = eta_squared(val, next_risk[cut:])  # NaN (no variance to explain) counts as 0
+        rows.append({"penalty": float(lam), "eta2": 0.0 if np.isnan(eta2) else eta2,
+                     "dwell_fit": mean_duration(lab[:cut]), "dwell_validation": mean_duration(val)})
     best = max(r["eta2"] for r in rows)
     good = [r for r in rows if r["eta2"] >= best * (1.0 - cfg.penalty_tolerance)]
     chosen = max(good, key=lambda r: r["penalty"])
@@ -174,18 +149,6 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
     return chosen["penalty"], {"rule": rule, "validation_windows": int(n - cut), "candidates": rows,
                                "chosen": chosen["penalty"], "_validation_labels": labels_of[chosen["penalty"]],
                                "_cut": cut}
-
-
-def matched_agreement(a: np.ndarray, b: np.ndarray, n: int) -> float:
-    """Share of positions where two labelings agree after the best one-to-one renaming (Hungarian method)."""
-    from scipy.optimize import linear_sum_assignment
-
-    if len(a) == 0:
-        return float("nan")
-    c = np.zeros((n, n))
-    np.add.at(c, (np.asarray(a, np.int64), np.asarray(b, np.int64)), 1)
-    r, q = linear_sum_assignment(c, maximize=True)
-    return float(c[r, q].sum() / len(a))
 
 
 def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple[str, ...],
@@ -218,6 +181,8 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
     labels, cent = rank[labels], cent[np.argsort(rank)]
     space = RegimeSpace(cols, weights, cfg.embedding_weight, cent)
     if "_validation_labels" in selection:  # what the search ranks by: all on training windows only
+        from trainer.regime_scores import refit_agreement
+
         val, cut = selection.pop("_validation_labels"), selection.pop("_cut")
         final = rank[decoded][cut:]
         row = next(r for r in selection["candidates"] if r["penalty"] == penalty)
@@ -226,7 +191,7 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
             "dwell_ratio": row["dwell_validation"] / row["dwell_fit"] if row["dwell_fit"] else None,
             # the regimes of a fit that never saw the validation windows vs the final fit's, Hungarian-matched:
             # a refit's stability, measured inside the training bars
-            "refit_stability": matched_agreement(val, final, k)}
+            "refit_stability": refit_agreement(val, final)}
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
     return Clustering(mean, std, labels, cent, clf, space, JumpDecoder(penalty, cfg.memory), selection)
