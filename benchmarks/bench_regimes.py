@@ -102,8 +102,7 @@ def project_labels(series: BarSeries, cfg_overrides: dict, seed: int, progress: 
     ``warm`` warm-starts the training from a previous model (trainer/warm_start.py: what `regimetry refresh`
     does); ``keep``, if given, receives this model's own warm start under "warm".
 
-    This is the only place that knows TrainResult: when the regime layer changes (a causal jump-penalty decoder
-    is coming, and TrainResult may gain fields), look here and nowhere else.
+    This is the only place that knows TrainResult: when the regime layer changes, look here and nowhere else.
     """
     from trainer.config import from_dict
     from trainer.pipeline import train

@@ -1,4 +1,4 @@
-"""Shared, light core of regimetry-stream: features, bundle contract, classifier, diagnostics.
+"""Shared, light core of regimetry-stream: features, regime geometry and decoder, bundle contract, diagnostics.
 
 Nothing here imports TensorFlow; the worker depends on this package and on nothing from trainer/."""
 

@@ -1,9 +1,10 @@
-"""Nearest-neighbour regime classifier on plain arrays, shared by the trainer's evaluation and the worker.
+"""Nearest-neighbour vote on plain arrays, and the distance helpers of the regime geometry.
 
-Stored as two arrays (reference embeddings and their regime ids) in an .npz loaded with allow_pickle=False:
-no pickle, no scikit-learn at serving time, and the trainer scores exactly what the worker will compute.
-The neighbours come from scipy's k-d tree, built once at load: the brute-force alternative (a full distance
-matrix plus an argpartition per row) was the worker's costliest step per bar, ~2.5x slower for the same votes.
+The kNN classifier served the regimes of the first build; served regimes now come from the causal jump
+decoder (regimetry/regimes.py), and the classifier is kept in bundles as a diagnostic (the trainer reports
+how often its vote agrees with the jump fit). Stored as two arrays (reference embeddings and their regime ids)
+in an .npz loaded with allow_pickle=False: no pickle, no scikit-learn. The neighbours come from scipy's k-d
+tree, built once at load (~2.5x faster than a full distance matrix for the same votes).
 """
 
 from __future__ import annotations

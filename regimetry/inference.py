@@ -73,9 +73,18 @@ class RegimeModel:
         if len(windows) == 0:
             return np.zeros((0, self.bundle.manifest["embedding_dim"]), np.float32)
         x = np.ascontiguousarray(windows, np.float32)
-        raw = np.concatenate([self.encoder.run([self._enc_out], {self._enc_in: x[i:i + self.ENCODER_BLOCK]})[0]
+        raw = np.concatenate([self._encode_block(x[i:i + self.ENCODER_BLOCK])
                               for i in range(0, len(x), self.ENCODER_BLOCK)])
         return standardize(raw, self.bundle.emb_mean, self.bundle.emb_std)
+
+    def _encode_block(self, x: np.ndarray) -> np.ndarray:
+        """One ONNX Runtime call. A block of exactly one window runs as two copies (row 0 kept): at batch 1
+        ORT's kernels give embeddings that differ in the last bits from the same window inside any larger
+        batch, and those bits feed 128 decoder decisions, so a bar arriving alone (an idle live worker) must
+        get the numbers the batch pass gives it."""
+        if len(x) == 1:
+            return self.encoder.run([self._enc_out], {self._enc_in: np.concatenate([x, x])})[0][:1]
+        return self.encoder.run([self._enc_out], {self._enc_in: x})[0]
 
     def forecast(self, z_history: np.ndarray) -> np.ndarray:
         """(B, L, D) embeddings, oldest first -> (B, D) predicted next embedding."""

@@ -30,9 +30,9 @@ The rule (``regime_names``):
 3. **Unique within a bundle.** A name that two regimes would share (only "unseen" can, or names edited into a
    manifest by hand) gets the regime id appended: "unseen 2", "unseen 3".
 
-The ids were numbered by the window volatility of the jump fit's training labels, the names rank the decoded
-labels by the same key; the two orders agree on a fresh bundle but can differ (a warm-started refit keeps its
-predecessor's ids), and then "calm" is not regime 0.
+The trainer numbers the ids by the window volatility of the decoded (served) training labels and the names
+rank by the same key, so on a freshly trained bundle "calm" is regime 0; a warm-started refit keeps its
+predecessor's ids (the manifest's warm_start says whether they are still ordered), and then the two can differ.
 """
 
 from __future__ import annotations

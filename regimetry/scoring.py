@@ -434,7 +434,9 @@ def score_bundle(bundle: str | Path, data: str | None, start: str | int | None =
     times = series.times
     stop = len(series) if t_end is None else int(np.searchsorted(times, t_end, side="right"))
     first = 0 if t_start is None else int(np.searchsorted(times, t_start, side="left"))
-    warmup = h - 1 + (b.input_length - 1) * s       # bars before the first scored window's end bar
+    # bars before the first scored window's end bar: its feature history, the decoder's memory of earlier costs
+    # and the forecaster's earlier embeddings, so the first scored bar gets exactly what the worker emitted
+    warmup = h - 1 + model.decoder.memory - 1 + (b.input_length - 1) * s
     lo = max(0, first - warmup)
     sub = series.slice(lo, stop)
     span_msg = (f"{source}: bars {_iso(times[0])} .. {_iso(times[-1])}" if len(series) else f"{source}: no bars")

@@ -128,6 +128,9 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
     n = len(g)
     cut = int(round(n * (1.0 - cfg.validation)))
     k = cfg.n_clusters
+    if not np.isfinite(next_risk[cut:]).any():
+        raise ValueError(f"cannot choose the switch penalty: none of the {n - cut} validation windows has a "
+                         f"known coming risk (too few training bars); set clustering.penalty explicitly")
     start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
     from trainer.regime_scores import eta_squared
 
@@ -170,8 +173,7 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
     else:
         penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
     start = spectral_labels(g, cfg, seed)
-    cent, labels = refine(g, start, k, penalty)
-    cent = centroids_of(g, labels, k)
+    cent, labels = refine(g, start, k, penalty)  # a regime the fit left empty keeps its last centre
     # number the ids by the volatility of the windows each regime is *served* on (the causal decoder's labels,
     # which lag the offline fit's), so id 0 is the calmest regime as subscribers see it
     decoded = JumpDecoder(penalty, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
@@ -206,7 +208,8 @@ def fit_anchored(raw_train: np.ndarray, last_rows_train: np.ndarray, order_key: 
     g = warm.space.geometry(last_rows_train, z)
     k = len(warm.space.centroids)
     cent, labels = refine(g, None, k, warm.penalty, init_centroids=warm.space.centroids)
-    means = np.array([order_key[labels == i].mean() if (labels == i).any() else np.nan for i in range(k)])
+    served = JumpDecoder(warm.penalty, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+    means = np.array([order_key[served == i].mean() if (served == i).any() else np.nan for i in range(k)])
     ordered = bool(np.all(np.diff(means[np.isfinite(means)]) >= 0))
     space = RegimeSpace(warm.space.risk_columns, warm.space.risk_weights, warm.space.embedding_weight, cent)
     keep = subsample(len(z), cfg.max_reference)

@@ -41,7 +41,7 @@ class EncoderConfig:
 class ClusterConfig:
     n_clusters: int = 4
     n_neighbors: int = 15                 # affinity graph of the spectral clustering
-    knn_k: int = 9                        # neighbours voting in the serving classifier
+    knn_k: int = 9                        # neighbours voting in the kNN diagnostic
     max_reference: int = 2000             # reference embeddings kept in the bundle (kNN diagnostic only)
     # the regime geometry and the causal jump decoder (regimetry/regimes.py)
     risk_weight: float = 1.0              # weight of each log_rvol_hl* column
@@ -104,6 +104,10 @@ class TrainConfig:
             errs.append("clustering.n_clusters must be >= 2")
         if self.stride != 1:
             errs.append("stride must be 1: regimes are decoded bar by bar (the causal jump decoder)")
+        if not self.clustering.penalties or any(float(x) < 0 for x in self.clustering.penalties):
+            errs.append("clustering.penalties must be a non-empty list of numbers >= 0")
+        if self.clustering.penalty is not None and float(self.clustering.penalty) < 0:
+            errs.append("clustering.penalty must be >= 0 (a negative penalty would reward switching)")
         if self.clustering.memory < 1:
             errs.append("clustering.memory must be >= 1")
         if not 0.05 <= self.clustering.validation <= 0.5:

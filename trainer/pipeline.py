@@ -238,6 +238,14 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         summary["planted_regimes"] = evaluate.planted_recovery(regimes, planted[ws.end_index], hmm_x[ws.end_index],
                                                                k, cfg.seed, fit_rows=ws.n_train)
     progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
+    bar_ret = log_ret[ws.end_index]
+    profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
+    for p in profiles:  # the key the ids are ordered by (each window's own return volatility), for the names
+        own = train_reg == p["id"]
+        p["window_volatility"] = float(vol_key[own].mean()) if own.any() else None
+    for p, name in zip(profiles, naming.regime_names(profiles)):  # descriptive labels; ids stay the contract
+        p["name"] = name
+    summary["regime_names"] = [p["name"] for p in profiles]  # what an export writes, for reports of a config
     from trainer.warm_start import WEIGHTS_FILE, WarmStart
 
     warm_next = WarmStart("in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty,
@@ -272,14 +280,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     from regimetry.classify import centroid_distance
 
     dists = centroid_distance(g[: ws.n_train], cl.centroids)
-    bar_ret = log_ret[ws.end_index]
     hits = next_regime_of(t_all[in_train], np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
-    profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
-    for p in profiles:  # the key the ids are ordered by (each window's own return volatility), for the names
-        own = train_reg == p["id"]
-        p["window_volatility"] = float(vol_key[own].mean()) if own.any() else None
-    for p, name in zip(profiles, naming.regime_names(profiles)):  # descriptive labels; ids stay the contract
-        p["name"] = name
     manifest = {
         "schema_version": 1,
         "model_version": version,

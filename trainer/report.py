@@ -18,7 +18,7 @@ import numpy as np
 from regimetry import diagnostics as dg
 from regimetry.naming import regime_names
 
-NAMES_NOTE = ("Names (regimetry/naming.py): rank of the regime's volatility on its training bars, calmest first "
+NAMES_NOTE = ("Names (regimetry/naming.py): rank of the regime's window volatility on its training bars, calmest first "
               "(calm, normal, turbulent, crisis for 4 regimes), with ' up' / ' down' where the mean log return of "
               "those bars is significant (|mean| > 2 x volatility / sqrt(bars)).")
 
@@ -66,13 +66,10 @@ def from_config(cfg) -> RegimeView:
 
     series, planted = load_training_data(cfg)
     result = train(cfg, series=series, planted=planted, write_bundle=False)
-    from regimetry.naming import regime_names
-
     idx = np.searchsorted(series.times, result.end_time)
     close = series.values[:, 3]
     returns, k = log_returns(close)[idx], cfg.clustering.n_clusters
-    n_train = int(result.summary["data"]["n_train"])  # named as an export would: on the training windows
-    names = tuple(regime_names(dg.regime_profiles(result.regimes[:n_train], k, returns[:n_train])))
+    names = tuple(result.summary["regime_names"])  # exactly what an export of this config would write
     return RegimeView(f"{cfg.name} (config, not exported) on {series.symbol}", cfg.data, result.end_time,
                       close[idx], returns, result.regimes, result.z, k, cfg.stride, {"config_name": cfg.name}, names)
 

@@ -3,8 +3,9 @@
 Everything is measured over a sliding horizon of the last N events this process emitted (all symbols
 together): the regime shares against the baseline cluster distribution (PSI and Jensen-Shannon), the
 transition matrix of consecutive bars of the same symbol against the baseline matrix, the hit rate of the
-previous bar's next-regime forecast, the mean classifier confidence, and the share of embeddings farther
-from their nearest centroid than the training quantile (out of distribution). A sliding horizon rather
+previous bar's next-regime forecast, the mean confidence (the decoder's probability of the served regime), and
+the share of bars whose regime-geometry point lies farther from its nearest regime centre than the training
+quantile (out of distribution). A sliding horizon rather
 than all-time counts lets a gauge come back down when the market does.
 """
 

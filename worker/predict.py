@@ -11,14 +11,16 @@ finite function of the bars before it (features: history_bars bars; the jump dec
 `memory` windows; the forecaster: the last (L - 1) * stride + 1 embeddings), so each chunk is run with
 (memory - 1) + (L - 1) * stride windows of context before its first new window (history_bars - 1 more bars
 for that first context window) and only the new rows are kept; the dwell continues from the previous chunk's
-last regime and dwell (regimetry.regimes.dwell). ONNX Runtime's encoder output for a window can differ in
-the last bits with the block of windows it is computed in (measured: only when a block holds a single window),
-so chunks are cut where a one-pass run cuts its encoder blocks: the chunk size is rounded up to a multiple of
+last regime and dwell (regimetry.regimes.dwell). ONNX Runtime's encoder output for a window differed in the
+last bits when a block held a single window (RegimeModel.embed now encodes a lone window as two copies); to
+keep the blocks themselves identical anyway, chunks are cut where a one-pass run cuts its encoder blocks: the chunk size is rounded up to a multiple of
 RegimeModel.ENCODER_BLOCK and the context start rounded down to one, and the encoder sees the very blocks of
 a one-pass run. The forecaster's rows do not depend on their batch (measured, batch sizes 1 to 512) and the
 numpy steps are row by row. Chunked output equals one-pass output byte for byte (tests/test_predict.py).
 
-Nothing here imports TensorFlow, scikit-learn or the trainer: it runs on a worker-only install.
+Nothing here imports TensorFlow, scikit-learn or the trainer. Reading a CSV/parquet file of bars needs pandas
+(and parquet output pyarrow): the `dev` or `train` extra; the worker-only image lacks them, and the command
+then says so.
 """
 
 from __future__ import annotations
@@ -353,6 +355,9 @@ def predict_cmd(
         if writer is not None:
             writer.close()
             writer = None
+    except ImportError as exc:  # a worker-only install: no pandas to read bar files, no pyarrow for parquet
+        fail(f"{exc.name or exc}: not installed; reading bar files (and writing parquet) needs pandas and pyarrow: "
+             f"pip install 'regimetry-stream[worker,dev]'")
     except (BundleError, BarDataError, SettingsError, ValueError, OSError) as exc:
         if writer is not None:
             writer.close(ok=False)
