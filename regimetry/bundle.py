@@ -54,6 +54,15 @@ def sha256_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the whole manifest but its own digest (hashes.manifest): every number the worker serves from
+    it (scalers, centres, decoder, thresholds, profiles, names) and the model version that event ids are made
+    of. Written by the trainer, checked at every load and hot reload, so a one-byte edit is refused."""
+    body = json.loads(json.dumps(manifest))
+    body.get("hashes", {}).pop("manifest", None)
+    return sha256_json(body)
+
+
 def resolve_bundle_dir(path: str | Path) -> Path:
     """A bundle folder, or a models root holding a CURRENT pointer (or exactly one bundle)."""
     p = Path(path)
@@ -109,6 +118,15 @@ def verify_bundle(bundle_dir: str | Path) -> dict:
     if ours != manifest["feature_spec_hash"]:
         raise BundleError(f"bundle {d.name}: feature spec hash {manifest['feature_spec_hash'][:12]}... does not "
                           f"match this feature code ({ours[:12]}...); retrain or deploy a matching worker")
+    recorded = manifest.get("hashes", {}).get("manifest")
+    if recorded is None:
+        raise BundleError(f"bundle {d.name}: its manifest carries no content hash (hashes.manifest), so the numbers "
+                          f"in it cannot be checked; re-export it with this trainer")
+    actual = manifest_digest(manifest)
+    if actual != recorded:
+        raise BundleError(f"bundle {d.name}: manifest.json was modified after export (content hash {actual[:12]}..., "
+                          f"recorded {recorded[:12]}...): a changed scaler, centre, threshold or model version would "
+                          f"serve wrong regimes or ids; re-export the bundle")
     return manifest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from regimetry.bundle import MANIFEST, sha256_file, sha256_json
+from regimetry.bundle import MANIFEST, manifest_digest, sha256_file, sha256_json
 from regimetry.classify import KNNClassifier
 from regimetry.data import BarSeries
 from regimetry.synthetic import generate_bars, write_csv
@@ -92,6 +92,7 @@ def permute_bundle(src: Path, dst_root: Path, perm: np.ndarray, cold: bool = Fal
     b["transition_matrix"] = np.asarray(b["transition_matrix"])[np.ix_(inv, inv)].tolist()
     m["hashes"]["centroids"] = sha256_json(m["centroids"])
     m["files"] = {p.name: sha256_file(p) for p in sorted(dst.iterdir()) if p.name != MANIFEST}
+    m["hashes"]["manifest"] = manifest_digest(m)
     (dst / MANIFEST).write_text(json.dumps(m, indent=2))
     (dst_root / "CURRENT").write_text(version + "\n")
     return dst

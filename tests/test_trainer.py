@@ -1,6 +1,7 @@
 """Trainer: windows, encoder options, forecasters, export parity, bundle contract, determinism, causality."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,31 @@ def test_tampered_bundle_is_refused(tiny_training, tmp_path):
     with pytest.raises(BundleError, match="manifest does not match"):
         verify_bundle(copy)
     (copy / "encoder.onnx").unlink()
+
+
+@pytest.mark.parametrize("edit", ["scaler", "centroid", "model_version", "penalty", "ood_quantile"])
+def test_one_edited_number_in_the_manifest_is_refused(tiny_training, tmp_path, edit):
+    """Every number the worker serves from the manifest is covered by its content hash (issue 14, defect 2):
+    a one-digit edit of a scaler mean, a centre, the decoder penalty or the OOD threshold, or a changed model
+    version (which would change every event id), is refused at load."""
+    import shutil
+
+    copy = Path(shutil.copytree(tiny_training.bundle_dir, tmp_path / "b"))
+    verify_bundle(copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    if edit == "scaler":
+        m["feature_scaler"]["mean"][0] += 1e-6
+    elif edit == "centroid":
+        m["centroids"][0][0] += 1e-6
+    elif edit == "model_version":
+        m["model_version"] += "x"
+    elif edit == "penalty":
+        m["regimes"]["decoder"]["penalty"] += 0.5
+    else:
+        m["baseline"]["centroid_distance_quantiles"]["q99"] *= 1.01
+    (copy / "manifest.json").write_text(json.dumps(m, indent=2))
+    with pytest.raises(BundleError, match="modified after export"):
+        verify_bundle(copy)
 
 
 def test_worker_path_reproduces_trainer_regimes(tiny_training):

@@ -39,6 +39,16 @@ def test_refuses_missing_file(bundle_copy):
     assert r.returncode == EXIT_BAD_BUNDLE and "classifier.npz" in r.stderr and "missing" in r.stderr
 
 
+def test_refuses_an_edited_manifest(bundle_copy):
+    """A changed scaler mean under the same model version would serve wrong regimes: refused with exit 2."""
+    path = bundle_copy / "manifest.json"
+    m = json.loads(path.read_text())
+    m["feature_scaler"]["mean"][1] += 0.001
+    path.write_text(json.dumps(m))
+    r = start(bundle_copy)
+    assert r.returncode == EXIT_BAD_BUNDLE and "modified after export" in r.stderr
+
+
 def test_refuses_other_feature_spec(bundle_copy):
     path = bundle_copy / "manifest.json"
     m = json.loads(path.read_text())

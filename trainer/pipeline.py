@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from regimetry import diagnostics, naming, scoring
-from regimetry.bundle import MANIFEST, POINTER, sha256_file, sha256_json, validate_manifest
+from regimetry.bundle import MANIFEST, POINTER, manifest_digest, sha256_file, sha256_json, validate_manifest
 from regimetry.data import BarSeries, iso_utc, resolve_data
 from regimetry.features import FeatureSpec, history_needed
 from trainer.config import TrainConfig, dump_config, recipe
@@ -330,6 +330,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         "files": {},
     }
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
+    manifest["hashes"]["manifest"] = manifest_digest(manifest)  # checked at every load (regimetry/bundle.py)
     validate_manifest(manifest)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(out, ignore_errors=True)
