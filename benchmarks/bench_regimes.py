@@ -419,18 +419,24 @@ def _f(x, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
 
+def paired_tables(titles: tuple[str, str], head: tuple[str, str], columns: tuple[tuple[str, str], tuple[str, str]]
+                  ) -> tuple[Table, Table]:
+    """Two tables with the same two leading columns and two columns per method each."""
+    tables = (Table(title=titles[0]), Table(title=titles[1]))
+    for t, cols in zip(tables, columns):
+        t.add_column(head[0])
+        t.add_column(head[1], justify="right")
+        for m in METHODS:
+            for c in cols:
+                t.add_column(f"{SHORT[m]} {c}", justify="right")
+    return tables
+
+
 def planted_tables(planted: dict) -> list[Table]:
-    t1 = Table(title="planted, held-out bars: ARI / balanced accuracy (Hungarian-matched)")
-    t2 = Table(title="planted, held-out bars: found/true switches (ratio), median detection delay in bars "
-                     "(share of true switches detected)")
-    for t in (t1, t2):
-        t.add_column("scenario")
-        t.add_column("bars/k/sw", justify="right")
-    for m in METHODS:
-        t1.add_column(f"{SHORT[m]} ARI", justify="right")
-        t1.add_column(f"{SHORT[m]} bAcc", justify="right")
-        t2.add_column(f"{SHORT[m]} switches", justify="right")
-        t2.add_column(f"{SHORT[m]} delay", justify="right")
+    t1, t2 = paired_tables(("planted, held-out bars: ARI / balanced accuracy (Hungarian-matched)",
+                            "planted, held-out bars: found/true switches (ratio), median detection delay in bars "
+                            "(share of true switches detected)"),
+                           ("scenario", "bars/k/sw"), (("ARI", "bAcc"), ("switches", "delay")))
     for sc, e in planted.items():
         ms = e["methods"]
         n_sw = ms["project"].get("true_switches", "-")
@@ -451,16 +457,9 @@ def planted_tables(planted: dict) -> list[Table]:
 
 
 def real_tables(real: dict) -> list[Table]:
-    t1 = Table(title="real, held-out bars: eta^2 of next-bar |return| by label / next-bar vol ratio max/min")
-    t2 = Table(title="real: mean dwell in bars train -> held-out (ratio) / refit agreement (0-80 % vs 10-90 %)")
-    for t in (t1, t2):
-        t.add_column("series")
-        t.add_column("bars/held/k", justify="right")
-    for m in METHODS:
-        t1.add_column(f"{SHORT[m]} eta2", justify="right")
-        t1.add_column(f"{SHORT[m]} volx", justify="right")
-        t2.add_column(f"{SHORT[m]} dwell", justify="right")
-        t2.add_column(f"{SHORT[m]} refit", justify="right")
+    t1, t2 = paired_tables(("real, held-out bars: eta^2 of next-bar |return| by label / next-bar vol ratio max/min",
+                            "real: mean dwell in bars train -> held-out (ratio) / refit agreement (0-80 % vs 10-90 %)"),
+                           ("series", "bars/held/k"), (("eta2", "volx"), ("dwell", "refit")))
     for name, e in real.items():
         if "skipped" in e:
             for t in (t1, t2):   # the reason is printed in full with the checks

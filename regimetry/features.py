@@ -133,6 +133,13 @@ def _halflife_fir(x: np.ndarray, halflife: int, length: int) -> np.ndarray:
     return _rolling(x, length) @ w
 
 
+def garman_klass(lo: np.ndarray, lh: np.ndarray, ll: np.ndarray, lc: np.ndarray) -> np.ndarray:
+    """Range-based variance of each bar from its log open/high/low/close (Garman-Klass; >= 0 since
+    |log(c/o)| <= log(h/l)): the one expression behind the log_rvol_hl* features and the trainer's
+    per-bar volatility (trainer/clustering.py::bar_volatility)."""
+    return 0.5 * (lh - ll) ** 2 - (2.0 * np.log(2.0) - 1.0) * (lc - lo) ** 2
+
+
 def _align(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Right-align series of different lengths along the last axis (they all end at the same bar)."""
     n = min(a.shape[-1] for a in arrays)
@@ -195,7 +202,7 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     # Range-based variance of each bar (Garman-Klass, >= 0 since |log(c/o)| <= log(h/l)) plus the squared
     # overnight gap: ~5x more efficient than close-to-close returns as a volatility estimate, which is what
     # lets the regimes say more about the next bar's risk than a trailing standard deviation does.
-    gk = 0.5 * (lh - ll) ** 2 - (2.0 * np.log(2.0) - 1.0) * (lc - lo) ** 2
+    gk = garman_klass(lo, lh, ll, lc)
     bar_var = gk[..., 1:] + (lo[..., 1:] - lc[..., :-1]) ** 2                 # bars 1..T-1
     rvol = [0.5 * np.log(_halflife_fir(bar_var, h, spec.halflife_len(h)) + _TINY ** 2) for h in spec.risk_halflives]
     # Trend: exponentially weighted mean return over the same-horizon range volatility (a Sharpe-like ratio

@@ -109,8 +109,10 @@ def refine(g: np.ndarray, labels: np.ndarray | None, n: int, penalty: float, max
 def bar_volatility(values: np.ndarray) -> np.ndarray:
     """(T, 5) OHLCV -> (T,) each bar's own range-based volatility: sqrt(Garman-Klass variance + squared gap from
     the previous close); bar 0 has no gap term."""
+    from regimetry.features import garman_klass
+
     o, h, l, c = (np.log(values[:, i]) for i in range(4))
-    gk = 0.5 * (h - l) ** 2 - (2.0 * np.log(2.0) - 1.0) * (c - o) ** 2
+    gk = garman_klass(o, h, l, c)
     gap = np.concatenate([[0.0], o[1:] - c[:-1]])
     return np.sqrt(np.maximum(gk, 0.0) + gap ** 2)
 

@@ -1,6 +1,6 @@
 """Scores of a regime labelling: against planted labels, against next-bar returns, and against a refit.
 
-Pure numpy/scipy (plus sklearn's adjusted Rand index), no training: the yardstick of
+Pure numpy/scipy, no training: the yardstick of
 ``benchmarks/bench_regimes.py`` and of its unit test. Every function takes plain 1-D integer label arrays of
 equal length ``n`` (one label per scored bar, in time order); labels are arbitrary ints, only equality
 matters. Masking unlabelled bars (warm-up) is the caller's job.
@@ -64,12 +64,12 @@ def matched(found, true) -> np.ndarray:
 def ari(found, true) -> float:
     """Adjusted Rand index (Hubert & Arabie): (RI - E[RI]) / (max RI - E[RI]) over all pairs of bars.
 
-    1 for identical partitions up to renaming, ~0 for independent ones (may be negative). Uses
-    sklearn.metrics.adjusted_rand_score on the two (n,) arrays.
+    1 for identical partitions up to renaming, ~0 for independent ones (may be negative): the core's
+    regimetry.scoring.adjusted_rand_index on the two (n,) arrays.
     """
-    from sklearn.metrics import adjusted_rand_score
+    from regimetry.scoring import adjusted_rand_index
 
-    return float(adjusted_rand_score(_as_labels(true), _as_labels(found)))
+    return float(adjusted_rand_index(_as_labels(true), _as_labels(found)))
 
 
 def balanced_accuracy(found, true) -> float:
@@ -180,12 +180,11 @@ def vol_ratio(labels, next_ret, min_bars: int = 10) -> float:
 
 
 def run_lengths(labels) -> np.ndarray:
-    """Lengths of the maximal runs of equal labels, in order; runs cut by either end of the sequence count."""
-    a = _as_labels(labels)
-    if not len(a):
-        return np.zeros(0, dtype=np.int64)
-    edges = np.concatenate([[0], np.flatnonzero(a[1:] != a[:-1]) + 1, [len(a)]])
-    return np.diff(edges)
+    """Lengths of the maximal runs of equal labels, in order; runs cut by either end of the sequence count
+    (regimetry.diagnostics.run_lengths, lengths only)."""
+    from regimetry.diagnostics import run_lengths as runs
+
+    return runs(_as_labels(labels))[1]
 
 
 def mean_dwell(labels) -> float:
