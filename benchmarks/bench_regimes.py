@@ -28,14 +28,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import argparse
 import copy
-import importlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -50,32 +49,35 @@ from rich.table import Table  # noqa: E402
 from regimetry.data import BarSeries, eurusd_sample_path, load_bars, resolve_data  # noqa: E402
 from regimetry.features import FeatureSpec, history_needed  # noqa: E402
 from regimetry.synthetic import SCENARIOS, scenario  # noqa: E402
-from trainer import baselines, regime_scores as rs  # noqa: E402
+from trainer import baselines  # noqa: E402
+from trainer import regime_scores as rs  # noqa: E402
 
 METHODS = ("project", "hmm_filtered", "jump_online", "yardstick")
 SHORT = {"project": "proj", "hmm_filtered": "HMM", "jump_online": "JM", "yardstick": "vol"}
 DESCRIPTION = {
     "project": "the project's served regime of each window (trainer.pipeline.train, TrainResult.regimes), "
-               "labelling the window's last bar",
+    "labelling the window's last bar",
     "hmm_filtered": "GaussianHMM (hmmlearn, full covariance, diag fallback, n_iter 100, best of 5 seeded EM "
-                    "starts by training log-likelihood) fitted on the training bars, forward-filtered (causal); "
-                    "features: log return, log log(high/low), log1p(volume) where hmm_uses_volume",
+    "starts by training log-likelihood) fitted on the training bars, forward-filtered (causal); "
+    "features: log return, log log(high/low), log1p(volume) where hmm_uses_volume",
     "jump_online": "jumpmodels JumpModel on ewm downside deviation (log), Sortino-like ratio and mean return at "
-                   "halflives 5/20/60, fitted on the training bars, predict_online; penalty by time-series CV",
+    "halflives 5/20/60, fitted on the training bars, predict_online; penalty by time-series CV",
     "yardstick": "trailing std of log returns over window_size bars, cut at training quantiles that reproduce "
-                 "the project's training regime shares",
+    "the project's training regime shares",
 }
-HMM_VOLUME_RULE = ("log1p(volume) is an HMM feature on planted scenarios whose regimes differ in mean volume "
-                   "(default, short_dwell, long_dwell), not on those with one volume level (vol_only, "
-                   "student_t) nor on real series (their volume level drifts over the sample: calendar eras, "
-                   "not regimes)")
+HMM_VOLUME_RULE = (
+    "log1p(volume) is an HMM feature on planted scenarios whose regimes differ in mean volume "
+    "(default, short_dwell, long_dwell), not on those with one volume level (vol_only, "
+    "student_t) nor on real series (their volume level drifts over the sample: calendar eras, "
+    "not regimes)"
+)
 HOLDOUT = 0.2
-REFIT_HOLDOUT = 0.05          # a refit is fitted on (nearly) all of its 80 % span; train() needs a held-out part
+REFIT_HOLDOUT = 0.05  # a refit is fitted on (nearly) all of its 80 % span; train() needs a held-out part
 REFIT_SPANS = ((0.0, 0.8), (0.1, 0.9))
-MIN_HELD_OUT_WINDOWS = 100    # fewer held-out windows than this: the series is skipped as 'too few bars'
+MIN_HELD_OUT_WINDOWS = 100  # fewer held-out windows than this: the series is skipped as 'too few bars'
 QUICK_OVERRIDES = {"encoder": {"epochs": 2}, "forecaster": {"epochs": 1}}
-QUICK_PLANTED_BARS = {"long_dwell": 3000}     # other scenarios: 2000 bars in --quick
-QUICK_REAL_BARS = 2500                        # --quick keeps the last 2500 bars of each real series
+QUICK_PLANTED_BARS = {"long_dwell": 3000}  # other scenarios: 2000 bars in --quick
+QUICK_REAL_BARS = 2500  # --quick keeps the last 2500 bars of each real series
 PLANTED_LIMITS = {"switch_ratio": (0.67, 1.5)}
 REAL_LIMITS = {"dwell_ratio": (0.7, 1.4), "refit_agreement": 0.90}
 
@@ -91,8 +93,16 @@ def _merge(base: dict, extra: dict) -> dict:
 
 # -- the project's method: the ONE adapter to revisit when the regime layer changes ---------------------------
 
-def project_labels(series: BarSeries, cfg_overrides: dict, seed: int, progress: Progress_ | None = None,
-                   info: dict | None = None, warm=None, keep: dict | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+
+def project_labels(
+    series: BarSeries,
+    cfg_overrides: dict,
+    seed: int,
+    progress: Progress_ | None = None,
+    info: dict | None = None,
+    warm=None,
+    keep: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Train the project on ``series`` and return (bar_index (N,), labels (N,), n_train_windows).
 
     labels[i] is the served regime of window i, whose last bar is series bar bar_index[i] (the bar it labels,
@@ -144,20 +154,24 @@ def warm_refit_agreement(series: BarSeries, overrides: dict, seed: int, progress
     ta, tb = ia + a0, ib + b0
     common, pa, pb = np.intersect1d(ta, tb, return_indices=True)
     same = float(np.mean(la[pa] == lb[pb])) if len(common) else float("nan")
-    return {"agreement": rs.refit_agreement(la[pa], lb[pb]) if len(common) else float("nan"),
-            "same_ids_without_matching": same, "n_bars": int(len(common))}
+    return {
+        "agreement": rs.refit_agreement(la[pa], lb[pb]) if len(common) else float("nan"),
+        "same_ids_without_matching": same,
+        "n_bars": int(len(common)),
+    }
 
 
 # -- running every method on one series ------------------------------------------------------------------------
+
 
 @dataclass
 class Run:
     """Every method's causal labels on one series, on the project's windows and split."""
 
     n_bars: int
-    bar_index: np.ndarray                 # (N,) bar of each project window
-    n_train: int                          # windows [0, n_train) are training windows
-    labels: dict[str, np.ndarray]         # method -> (T,) label of every bar, -1 where it has none
+    bar_index: np.ndarray  # (N,) bar of each project window
+    n_train: int  # windows [0, n_train) are training windows
+    labels: dict[str, np.ndarray]  # method -> (T,) label of every bar, -1 where it has none
     info: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
@@ -167,23 +181,28 @@ class Run:
 
     @property
     def held_bars(self) -> np.ndarray:
-        return self.bar_index[self.n_train:]
+        return self.bar_index[self.n_train :]
 
 
-def run_methods(series: BarSeries, n_states: int, overrides: dict, seed: int, holdout: float, hmm_volume: bool,
-                progress: Progress_) -> Run:
+def run_methods(
+    series: BarSeries, n_states: int, overrides: dict, seed: int, holdout: float, hmm_volume: bool, progress: Progress_
+) -> Run:
     values = series.values
     window = int(overrides.get("window_size", 30))
     t0 = time.perf_counter()
     proj_info: dict = {}
     bar_index, proj, n_train = project_labels(
-        series, _merge(overrides, {"holdout": holdout, "clustering": {"n_clusters": n_states}}), seed, progress,
-        proj_info)
+        series,
+        _merge(overrides, {"holdout": holdout, "clustering": {"n_clusters": n_states}}),
+        seed,
+        progress,
+        proj_info,
+    )
     seconds = {"project": time.perf_counter() - t0}
     full = np.full(len(series), baselines.UNLABELLED, dtype=np.int64)
     full[bar_index] = proj
     labels = {"project": full}
-    fit_end = int(bar_index[n_train - 1]) + 1     # training bars: everything the project's training windows saw
+    fit_end = int(bar_index[n_train - 1]) + 1  # training bars: everything the project's training windows saw
     info: dict = {"fit_end_bar": fit_end, "window_size": window, "project": proj_info}
 
     progress("HMM (forward filter)")
@@ -203,8 +222,9 @@ def run_methods(series: BarSeries, n_states: int, overrides: dict, seed: int, ho
     sd = baselines.trailing_sd(values, window)
     tr_lab, tr_sd = proj[:n_train], sd[bar_index[:n_train]]
     present = [g for g in range(n_states) if np.any(tr_lab == g)]
-    order = sorted(present, key=lambda g: float(np.nanmean(tr_sd[tr_lab == g]))) + \
-        [g for g in range(n_states) if g not in present]
+    order = sorted(present, key=lambda g: float(np.nanmean(tr_sd[tr_lab == g]))) + [
+        g for g in range(n_states) if g not in present
+    ]
     shares = [float(np.mean(tr_lab == g)) for g in order]
     ys = baselines.trailing_vol(values, fit_end, window, shares, fit_start=int(bar_index[0]))
     labels["yardstick"], info["yardstick"] = ys.labels, ys.info
@@ -218,6 +238,7 @@ def _at(run: Run, method: str, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 # -- planted --------------------------------------------------------------------------------------------------
+
 
 def planted_scenarios(names: list[str], quick: bool, data_seed: int | None):
     for name in names:
@@ -236,10 +257,16 @@ def score_planted(run: Run, truth: np.ndarray) -> dict:
             continue
         y = truth[bars]
         delays = rs.detection_delays(f, y)
-        out[m] = {"ari": rs.ari(f, y), "balanced_accuracy": rs.balanced_accuracy(f, y),
-                  "switches": rs.switch_count(f), "true_switches": rs.switch_count(y),
-                  "switch_ratio": rs.switch_ratio(f, y), "median_delay": delays["median_delay"],
-                  "share_detected": delays["share_detected"], "n_scored_bars": int(len(f))}
+        out[m] = {
+            "ari": rs.ari(f, y),
+            "balanced_accuracy": rs.balanced_accuracy(f, y),
+            "switches": rs.switch_count(f),
+            "true_switches": rs.switch_count(y),
+            "switch_ratio": rs.switch_ratio(f, y),
+            "median_delay": delays["median_delay"],
+            "share_detected": delays["share_detected"],
+            "n_scored_bars": int(len(f)),
+        }
     return out
 
 
@@ -250,18 +277,24 @@ def planted_section(args, overrides: dict, tick, progress: Progress_) -> dict:
         hmm_volume = len({r.volume for r in syn.regimes}) > 1
         progress(f"planted/{name}: {len(syn.labels)} bars, {k} states")
         run = run_methods(syn.bars, k, overrides, args.seed, HOLDOUT, hmm_volume, progress)
-        out[name] = {"n_bars": len(syn.labels), "n_states": k, "data_seed": SCENARIOS[name].get("seed", 7)
-                     if args.data_seed is None else args.data_seed,
-                     "generator": {k2: (v if k2 != "regimes" else [r.__dict__ for r in v])
-                                   for k2, v in SCENARIOS[name].items()},
-                     "n_train_windows": run.n_train, "n_held_out_bars": int(len(run.held_bars)),
-                     "hmm_uses_volume": hmm_volume, "methods": score_planted(run, syn.labels),
-                     "method_info": {m: run.info.get(m) for m in METHODS}, "seconds": run.seconds}
+        out[name] = {
+            "n_bars": len(syn.labels),
+            "n_states": k,
+            "data_seed": SCENARIOS[name].get("seed", 7) if args.data_seed is None else args.data_seed,
+            "generator": {k2: (v if k2 != "regimes" else [r.__dict__ for r in v]) for k2, v in SCENARIOS[name].items()},
+            "n_train_windows": run.n_train,
+            "n_held_out_bars": int(len(run.held_bars)),
+            "hmm_uses_volume": hmm_volume,
+            "methods": score_planted(run, syn.labels),
+            "method_info": {m: run.info.get(m) for m in METHODS},
+            "seconds": run.seconds,
+        }
         tick()
     return out
 
 
 # -- real -----------------------------------------------------------------------------------------------------
+
 
 def real_series(name: str) -> BarSeries:
     """EURUSD (hourly) is the project's own 'eurusd' sample; GOOG (daily) and BTCUSD (monthly) are the other
@@ -281,9 +314,11 @@ def too_few_bars(n_bars: int, window: int, holdout: float) -> str | None:
 
     if held(window) >= MIN_HELD_OUT_WINDOWS:
         return None
-    return (f"too few bars: {n_bars} bars give {max(0, n_bars - history_needed(spec, window) + 1)} windows of "
-            f"{window} (after the {spec.lookback}-bar feature look-back), {held(window)} held out; even window 2 "
-            f"leaves {held(2)} held-out windows (< {MIN_HELD_OUT_WINDOWS}) and the refit spans fewer still")
+    return (
+        f"too few bars: {n_bars} bars give {max(0, n_bars - history_needed(spec, window) + 1)} windows of "
+        f"{window} (after the {spec.lookback}-bar feature look-back), {held(window)} held out; even window 2 "
+        f"leaves {held(2)} held-out windows (< {MIN_HELD_OUT_WINDOWS}) and the refit spans fewer still"
+    )
 
 
 def score_real(run: Run, log_ret: np.ndarray) -> dict:
@@ -296,9 +331,15 @@ def score_real(run: Run, log_ret: np.ndarray) -> dict:
             continue
         nxt = rs.next_returns(log_ret, bars)
         d_tr, d_ho = rs.mean_dwell(ftr), rs.mean_dwell(f)
-        out[m] = {"eta2": rs.next_abs_return_eta2(f, nxt), "vol_ratio": rs.vol_ratio(f, nxt),
-                  "dwell_train": d_tr, "dwell_held_out": d_ho, "dwell_ratio": d_ho / d_tr if d_tr else float("nan"),
-                  "n_states_used_held_out": int(len(np.unique(f))), "n_scored_bars": int(len(f))}
+        out[m] = {
+            "eta2": rs.next_abs_return_eta2(f, nxt),
+            "vol_ratio": rs.vol_ratio(f, nxt),
+            "dwell_train": d_tr,
+            "dwell_held_out": d_ho,
+            "dwell_ratio": d_ho / d_tr if d_tr else float("nan"),
+            "n_states_used_held_out": int(len(np.unique(f))),
+            "n_scored_bars": int(len(f)),
+        }
     return out
 
 
@@ -307,11 +348,14 @@ def refit_agreements(a: Run, a_start: int, b: Run, b_start: int) -> dict:
     out = {}
     lo, hi = max(a_start, b_start), min(a_start + a.n_bars, b_start + b.n_bars)
     for m in METHODS:
-        la = a.labels[m][lo - a_start: hi - a_start]
-        lb = b.labels[m][lo - b_start: hi - b_start]
+        la = a.labels[m][lo - a_start : hi - a_start]
+        lb = b.labels[m][lo - b_start : hi - b_start]
         ok = (la >= 0) & (lb >= 0)
-        out[m] = {"agreement": rs.refit_agreement(la[ok], lb[ok]) if ok.any() else float("nan"),
-                  "n_bars": int(ok.sum()), "first_bar": int(lo + np.argmax(ok)) if ok.any() else None}
+        out[m] = {
+            "agreement": rs.refit_agreement(la[ok], lb[ok]) if ok.any() else float("nan"),
+            "n_bars": int(ok.sum()),
+            "first_bar": int(lo + np.argmax(ok)) if ok.any() else None,
+        }
     return out
 
 
@@ -323,9 +367,15 @@ def real_section(args, overrides: dict, n_clusters: int, tick, progress: Progres
         n_full = len(series)
         if args.quick and len(series) > QUICK_REAL_BARS:
             series = series.slice(len(series) - QUICK_REAL_BARS)
-        entry: dict = {"symbol": series.symbol, "n_bars": len(series), "n_bars_available": n_full,
-                       "first_bar": int(series.times[0]), "last_bar": int(series.times[-1]),
-                       "n_states": n_clusters, "hmm_uses_volume": False}
+        entry: dict = {
+            "symbol": series.symbol,
+            "n_bars": len(series),
+            "n_bars_available": n_full,
+            "first_bar": int(series.times[0]),
+            "last_bar": int(series.times[-1]),
+            "n_states": n_clusters,
+            "hmm_uses_volume": False,
+        }
         reason = too_few_bars(len(series), window, HOLDOUT)
         if reason:
             entry["skipped"] = reason
@@ -335,16 +385,28 @@ def real_section(args, overrides: dict, n_clusters: int, tick, progress: Progres
         progress(f"real/{name}: {len(series)} bars")
         log_ret = baselines.log_returns(series.values)
         run = run_methods(series, n_clusters, overrides, args.seed, HOLDOUT, False, progress)
-        entry.update({"n_train_windows": run.n_train, "n_held_out_bars": int(len(run.held_bars)),
-                      "methods": score_real(run, log_ret),
-                      "method_info": {m: run.info.get(m) for m in METHODS}, "seconds": run.seconds})
+        entry.update(
+            {
+                "n_train_windows": run.n_train,
+                "n_held_out_bars": int(len(run.held_bars)),
+                "methods": score_real(run, log_ret),
+                "method_info": {m: run.info.get(m) for m in METHODS},
+                "seconds": run.seconds,
+            }
+        )
         tick()
         fits = []
         for lo, hi in REFIT_SPANS:
             start, stop = int(round(lo * len(series))), int(round(hi * len(series)))
             progress(f"real/{name}: refit on bars {lo:.0%}-{hi:.0%}")
-            fits.append((run_methods(series.slice(start, stop), n_clusters, overrides, args.seed, REFIT_HOLDOUT,
-                                     False, progress), start))
+            fits.append(
+                (
+                    run_methods(
+                        series.slice(start, stop), n_clusters, overrides, args.seed, REFIT_HOLDOUT, False, progress
+                    ),
+                    start,
+                )
+            )
             tick()
         (ra, sa), (rb, sb) = fits
         agree = refit_agreements(ra, sa, rb, sb)
@@ -364,6 +426,7 @@ def real_section(args, overrides: dict, n_clusters: int, tick, progress: Progres
 
 
 # -- checks, tables, plot -------------------------------------------------------------------------------------
+
 
 def _num(x) -> float:
     return float("nan") if x is None else float(x)
@@ -389,8 +452,9 @@ def done_when_checks(planted: dict, real: dict) -> list[dict]:
         add("planted", sc, f"switch ratio in [{lo}, {hi}]", None if np.isnan(sr) else lo <= sr <= hi, f"{sr:.2f}")
     for name, e in real.items():
         if "skipped" in e:
-            checks.append({"section": "real", "subject": name, "check": "all", "status": "SKIP",
-                           "detail": e["skipped"]})
+            checks.append(
+                {"section": "real", "subject": name, "check": "all", "status": "SKIP", "detail": e["skipped"]}
+            )
             continue
         m = e["methods"]
         p_eta, p_dw = _num(m["project"].get("eta2")), _num(m["project"].get("dwell_held_out"))
@@ -400,18 +464,32 @@ def done_when_checks(planted: dict, real: dict) -> list[dict]:
                 ok = None
             else:
                 ok = bool(p_eta >= o_eta and p_dw >= o_dw)
-            add("real", name, f"eta2 project >= {other} at a held-out dwell no shorter", ok,
+            add(
+                "real",
+                name,
+                f"eta2 project >= {other} at a held-out dwell no shorter",
+                ok,
                 f"eta2 {p_eta:.4f} vs {o_eta:.4f}, dwell {p_dw:.1f} vs {o_dw:.1f} bars"
-                + (" (project dwell shorter)" if p_dw < o_dw else ""))
+                + (" (project dwell shorter)" if p_dw < o_dw else ""),
+            )
         dr = _num(m["project"].get("dwell_ratio"))
         lo, hi = REAL_LIMITS["dwell_ratio"]
-        add("real", name, f"held-out/training dwell in [{lo}, {hi}]", None if np.isnan(dr) else lo <= dr <= hi,
-            f"{dr:.2f}")
+        add(
+            "real",
+            name,
+            f"held-out/training dwell in [{lo}, {hi}]",
+            None if np.isnan(dr) else lo <= dr <= hi,
+            f"{dr:.2f}",
+        )
         ra = _num(m["project"].get("refit_agreement"))
         cold = _num(m["project"].get("refit_agreement_cold"))
-        add("real", name, f"refit agreement >= {REAL_LIMITS['refit_agreement']} (warm-started refit, as refresh does)",
+        add(
+            "real",
+            name,
+            f"refit agreement >= {REAL_LIMITS['refit_agreement']} (warm-started refit, as refresh does)",
             None if np.isnan(ra) else ra >= REAL_LIMITS["refit_agreement"],
-            f"{ra:.3f}; from scratch {cold:.3f}")
+            f"{ra:.3f}; from scratch {cold:.3f}",
+        )
     return checks
 
 
@@ -419,8 +497,9 @@ def _f(x, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
 
-def paired_tables(titles: tuple[str, str], head: tuple[str, str], columns: tuple[tuple[str, str], tuple[str, str]]
-                  ) -> tuple[Table, Table]:
+def paired_tables(
+    titles: tuple[str, str], head: tuple[str, str], columns: tuple[tuple[str, str], tuple[str, str]]
+) -> tuple[Table, Table]:
     """Two tables with the same two leading columns and two columns per method each."""
     tables = (Table(title=titles[0]), Table(title=titles[1]))
     for t, cols in zip(tables, columns):
@@ -433,10 +512,15 @@ def paired_tables(titles: tuple[str, str], head: tuple[str, str], columns: tuple
 
 
 def planted_tables(planted: dict) -> list[Table]:
-    t1, t2 = paired_tables(("planted, held-out bars: ARI / balanced accuracy (Hungarian-matched)",
-                            "planted, held-out bars: found/true switches (ratio), median detection delay in bars "
-                            "(share of true switches detected)"),
-                           ("scenario", "bars/k/sw"), (("ARI", "bAcc"), ("switches", "delay")))
+    t1, t2 = paired_tables(
+        (
+            "planted, held-out bars: ARI / balanced accuracy (Hungarian-matched)",
+            "planted, held-out bars: found/true switches (ratio), median detection delay in bars "
+            "(share of true switches detected)",
+        ),
+        ("scenario", "bars/k/sw"),
+        (("ARI", "bAcc"), ("switches", "delay")),
+    )
     for sc, e in planted.items():
         ms = e["methods"]
         n_sw = ms["project"].get("true_switches", "-")
@@ -449,22 +533,35 @@ def planted_tables(planted: dict) -> list[Table]:
                 r2 += ["fail", "fail"]
                 continue
             r1 += [_f(s["ari"], ".3f"), _f(s["balanced_accuracy"], ".3f")]
-            r2 += [f"{s['switches']} ({_f(s['switch_ratio'], '.2f')})",
-                   f"{_f(s['median_delay'], '.0f')} ({_f(s['share_detected'], '.0%')})"]
+            r2 += [
+                f"{s['switches']} ({_f(s['switch_ratio'], '.2f')})",
+                f"{_f(s['median_delay'], '.0f')} ({_f(s['share_detected'], '.0%')})",
+            ]
         t1.add_row(*r1)
         t2.add_row(*r2)
     return [t1, t2]
 
 
 def real_tables(real: dict) -> list[Table]:
-    t1, t2 = paired_tables(("real, held-out bars: eta^2 of next-bar |return| by label / next-bar vol ratio max/min",
-                            "real: mean dwell in bars train -> held-out (ratio) / refit agreement (0-80 % vs 10-90 %)"),
-                           ("series", "bars/held/k"), (("eta2", "volx"), ("dwell", "refit")))
+    t1, t2 = paired_tables(
+        (
+            "real, held-out bars: eta^2 of next-bar |return| by label / next-bar vol ratio max/min",
+            "real: mean dwell in bars train -> held-out (ratio) / refit agreement (0-80 % vs 10-90 %)",
+        ),
+        ("series", "bars/held/k"),
+        (("eta2", "volx"), ("dwell", "refit")),
+    )
     for name, e in real.items():
         if "skipped" in e:
-            for t in (t1, t2):   # the reason is printed in full with the checks
-                t.add_row(name, f"{e['n_bars']}/-/{e['n_states']}", "skipped:", "too few", "bars",
-                          *[""] * (2 * len(METHODS) - 3))
+            for t in (t1, t2):  # the reason is printed in full with the checks
+                t.add_row(
+                    name,
+                    f"{e['n_bars']}/-/{e['n_states']}",
+                    "skipped:",
+                    "too few",
+                    "bars",
+                    *[""] * (2 * len(METHODS) - 3),
+                )
             continue
         head = [name, f"{e['n_bars']}/{e['n_held_out_bars']}/{e['n_states']}"]
         r1, r2 = list(head), list(head)
@@ -475,8 +572,10 @@ def real_tables(real: dict) -> list[Table]:
                 r2 += ["fail", "fail"]
                 continue
             r1 += [_f(s["eta2"], ".4f"), _f(s["vol_ratio"], ".2f")]
-            r2 += [f"{_f(s['dwell_train'], '.1f')}->{_f(s['dwell_held_out'], '.1f')} ({_f(s['dwell_ratio'], '.2f')})",
-                   _f(s.get("refit_agreement"), ".3f")]
+            r2 += [
+                f"{_f(s['dwell_train'], '.1f')}->{_f(s['dwell_held_out'], '.1f')} ({_f(s['dwell_ratio'], '.2f')})",
+                _f(s.get("refit_agreement"), ".3f"),
+            ]
         t1.add_row(*r1)
         t2.add_row(*r2)
     return [t1, t2]
@@ -494,8 +593,13 @@ def plot(planted: dict, real: dict, path: Path) -> None:
     width = 0.8 / len(METHODS)
     for i, m in enumerate(METHODS):
         vals = [_num(planted[n]["methods"][m].get("ari")) for n in names]
-        ax1.bar(np.arange(len(names)) + (i - (len(METHODS) - 1) / 2) * width, np.nan_to_num(vals), width,
-                label=m, color=colours[m])
+        ax1.bar(
+            np.arange(len(names)) + (i - (len(METHODS) - 1) / 2) * width,
+            np.nan_to_num(vals),
+            width,
+            label=m,
+            color=colours[m],
+        )
     ax1.set_xticks(np.arange(len(names)), names, rotation=20)
     ax1.set_ylabel("ARI, held-out bars")
     ax1.set_title("planted regimes recovered (causal labels)")
@@ -508,8 +612,14 @@ def plot(planted: dict, real: dict, path: Path) -> None:
             s = e["methods"][m]
             if "error" in s:
                 continue
-            ax2.scatter(s["dwell_held_out"], s["eta2"], color=colours[m], marker=markers[j % len(markers)], s=50,
-                        label=f"{name}: {m}")
+            ax2.scatter(
+                s["dwell_held_out"],
+                s["eta2"],
+                color=colours[m],
+                marker=markers[j % len(markers)],
+                s=50,
+                label=f"{name}: {m}",
+            )
     ax2.set_xscale("log")
     ax2.set_xlabel("mean held-out dwell (bars, log)")
     ax2.set_ylabel("eta^2 of next-bar |return|, held-out")
@@ -518,8 +628,9 @@ def plot(planted: dict, real: dict, path: Path) -> None:
         ax2.legend(fontsize=7, ncol=2)
     skipped = [n for n, e in real.items() if "skipped" in e]
     if skipped:
-        ax2.annotate(f"skipped (too few bars): {', '.join(skipped)}", (0.01, 0.01), xycoords="axes fraction",
-                     fontsize=7)
+        ax2.annotate(
+            f"skipped (too few bars): {', '.join(skipped)}", (0.01, 0.01), xycoords="axes fraction", fontsize=7
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -541,21 +652,28 @@ def _clean(x):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 encoder / 1 forecaster epochs, shorter series")
     ap.add_argument("--only", choices=("planted", "real"), help="run one section only")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit (project, HMM, jump model)")
     ap.add_argument("--data-seed", type=int, default=None, help="planted data seed (default: each preset's own)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"planted scenarios, from {','.join(SCENARIOS)}")
     ap.add_argument("--series", default="eurusd,goog,btcusd", help="real series, from eurusd,goog,btcusd")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="JSON path (default: benchmarks/results/bench_regimes.json, with --quick "
-                         "bench_regimes_quick.json so a smoke run never overwrites the yardstick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default: benchmarks/results/bench_regimes.json, with --quick "
+        "bench_regimes_quick.json so a smoke run never overwrites the yardstick)",
+    )
     ap.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
     args = ap.parse_args(argv)
     if args.out is None:
-        args.out = ROOT / "benchmarks" / "results" / ("bench_regimes_quick.json" if args.quick else "bench_regimes.json")
+        args.out = (
+            ROOT / "benchmarks" / "results" / ("bench_regimes_quick.json" if args.quick else "bench_regimes.json")
+        )
     args.scenarios = [s for s in args.scenarios.split(",") if s] if args.only != "real" else []
     args.series = [s.lower() for s in args.series.split(",") if s] if args.only != "planted" else []
     for s in args.scenarios:
@@ -565,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         if s not in ("eurusd", "goog", "btcusd"):
             ap.error(f"unknown series {s!r}; known: eurusd, goog, btcusd")
 
-    logging.getLogger("hmmlearn").setLevel(logging.ERROR)   # "Model is not converging" chatter of EM restarts
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" chatter of EM restarts
     out_console = Console()
     err_console = Console(stderr=True)
     for c in (out_console, err_console):
@@ -577,8 +695,15 @@ def main(argv: list[str] | None = None) -> int:
     n_clusters = from_dict(overrides).clustering.n_clusters
     started = time.perf_counter()
     total = len(args.scenarios) + 4 * len(args.series)
-    bars = Progress(TextColumn("[bold]regimes"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.description}"), console=err_console, transient=False)
+    bars = Progress(
+        TextColumn("[bold]regimes"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=err_console,
+        transient=False,
+    )
     with bars:
         task = bars.add_task("starting", total=total)
 
@@ -600,29 +725,48 @@ def main(argv: list[str] | None = None) -> int:
     out_console.print("[bold]Done-when checks (issue 11)[/]")
     style = {"PASS": "green", "FAIL": "red", "N/A": "yellow", "SKIP": "yellow"}
     for c in checks:
-        out_console.print(f"[{style[c['status']]}]{c['status']:<4}[/] {c['section']}/{c['subject']}: {c['check']} "
-                          f"({c['detail']})", highlight=False)
+        out_console.print(
+            f"[{style[c['status']]}]{c['status']:<4}[/] {c['section']}/{c['subject']}: {c['check']} ({c['detail']})",
+            highlight=False,
+        )
     counts = {s: sum(c["status"] == s for c in checks) for s in ("PASS", "FAIL", "N/A", "SKIP")}
-    out_console.print("  ".join(f"{k} {v}" for k, v in counts.items()) + f"   ({elapsed:.0f} s"
-                      + (", --quick: smoke numbers only" if args.quick else "") + ")")
+    out_console.print(
+        "  ".join(f"{k} {v}" for k, v in counts.items())
+        + f"   ({elapsed:.0f} s"
+        + (", --quick: smoke numbers only" if args.quick else "")
+        + ")"
+    )
     if warm:
         out_console.print(warm)
 
     doc = {
-        "benchmark": "bench_regimes", "issue": 11, "quick": args.quick, "seed": args.seed,
-        "data_seed": args.data_seed, "elapsed_seconds": elapsed, "cfg_overrides": overrides,
-        "holdout": HOLDOUT, "n_clusters_real": n_clusters,
-        "methods": DESCRIPTION, "hmm_volume_rule": HMM_VOLUME_RULE,
+        "benchmark": "bench_regimes",
+        "issue": 11,
+        "quick": args.quick,
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "elapsed_seconds": elapsed,
+        "cfg_overrides": overrides,
+        "holdout": HOLDOUT,
+        "n_clusters_real": n_clusters,
+        "methods": DESCRIPTION,
+        "hmm_volume_rule": HMM_VOLUME_RULE,
         "jump_penalty_rule": baselines.JUMP_PENALTY_RULE,
         "jump_penalty_grid": list(baselines.JUMP_PENALTIES),
-        "scoring": {"planted": "held-out bars (the project's last 20 % of windows), each method's causal label at "
-                               "each bar, Hungarian matching of found to planted labels",
-                    "real": "held-out bars; eta2 and vol ratio of r_{t+1} by the label at t; dwell = mean run "
-                            "length (runs cut at the ends count); refit: fits on bars "
-                            f"{REFIT_SPANS}, each with a {REFIT_HOLDOUT:.0%} held-out tail inside its span, "
-                            "compared on the bars both label, Hungarian-matched"},
+        "scoring": {
+            "planted": "held-out bars (the project's last 20 % of windows), each method's causal label at "
+            "each bar, Hungarian matching of found to planted labels",
+            "real": "held-out bars; eta2 and vol ratio of r_{t+1} by the label at t; dwell = mean run "
+            "length (runs cut at the ends count); refit: fits on bars "
+            f"{REFIT_SPANS}, each with a {REFIT_HOLDOUT:.0%} held-out tail inside its span, "
+            "compared on the bars both label, Hungarian-matched",
+        },
         "limits": {"planted": PLANTED_LIMITS, "real": REAL_LIMITS},
-        "planted": planted, "real": real, "checks": checks, "check_counts": counts, "warm_refit": warm,
+        "planted": planted,
+        "real": real,
+        "checks": checks,
+        "check_counts": counts,
+        "warm_refit": warm,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(_clean(doc), indent=2))

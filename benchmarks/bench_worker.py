@@ -81,7 +81,7 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int | None]):
         self.pids = pids
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self.t0 = time.perf_counter()
         self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         return self
@@ -91,7 +91,9 @@ class CpuMeter:
         self.used = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
 
     def report(self, bars: int) -> str:
-        parts = [f"{name} {sec * 1e6 / bars:.0f} us ({sec / self.wall:.0%} of a core)" for name, sec in self.used.items()]
+        parts = [
+            f"{name} {sec * 1e6 / bars:.0f} us ({sec / self.wall:.0%} of a core)" for name, sec in self.used.items()
+        ]
         return "CPU per bar: " + ", ".join(parts)
 
 
@@ -109,8 +111,9 @@ def throughput(stack, worker, msgs, n_events: int, timeout: float) -> float:
     before = emitted(worker.port)
     t0 = time.perf_counter()
     send_all(stack, msgs)
-    wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "all events delivered",
-               interval=POLL_SECONDS)
+    wait_until(
+        lambda: emitted(worker.port) >= before + n_events, timeout, "all events delivered", interval=POLL_SECONDS
+    )
     return len(msgs) / (time.perf_counter() - t0)
 
 
@@ -123,8 +126,7 @@ def backlog(stack, worker, msgs, n_events: int, timeout: float, meter: CpuMeter)
     finally:
         os.kill(worker.pid, signal.SIGCONT)
     with meter:
-        wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "backlog drained",
-                   interval=POLL_SECONDS)
+        wait_until(lambda: emitted(worker.port) >= before + n_events, timeout, "backlog drained", interval=POLL_SECONDS)
     return len(msgs) / meter.wall
 
 
@@ -134,8 +136,14 @@ def latency(stack, worker, msgs, rate: float, history: int, symbols: int, timeou
 
     sent: dict[tuple[str, int], float] = {}
     prod = producer(stack.bootstrap, linger_ms=0)
-    consumer = KafkaConsumer("regime-events", bootstrap_servers=stack.bootstrap, auto_offset_reset="latest",
-                             enable_auto_commit=False, group_id=None, fetch_max_wait_ms=10)
+    consumer = KafkaConsumer(
+        "regime-events",
+        bootstrap_servers=stack.bootstrap,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=10,
+    )
     consumer.poll(timeout_ms=500)  # join and position at the end before sending
     wait_until(lambda: consumer.assignment(), 10, "latency consumer assigned")
     lat: list[float] = []
@@ -166,8 +174,13 @@ def latency(stack, worker, msgs, rate: float, history: int, symbols: int, timeou
     consumer.close()
     prod.close()
     a = np.asarray(lat)
-    return {"events": len(a), "expected": expected, "p50_ms": float(np.percentile(a, 50) * 1e3),
-            "p99_ms": float(np.percentile(a, 99) * 1e3), "max_ms": float(a.max() * 1e3)}
+    return {
+        "events": len(a),
+        "expected": expected,
+        "p50_ms": float(np.percentile(a, 50) * 1e3),
+        "p99_ms": float(np.percentile(a, 99) * 1e3),
+        "max_ms": float(a.max() * 1e3),
+    }
 
 
 def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
@@ -178,7 +191,9 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
     b, dec = model.bundle, model.decoder
     bars = generate_bars(n_bars=n + b.history_bars, seed=5).bars.values
     wins = scaled_windows(bars, b.spec, b.scaler, b.window_size)[:n]
-    z_hist = np.ascontiguousarray(np.random.default_rng(0).standard_normal((batch, b.input_length, b.manifest["embedding_dim"])), np.float32)
+    z_hist = np.ascontiguousarray(
+        np.random.default_rng(0).standard_normal((batch, b.input_length, b.manifest["embedding_dim"])), np.float32
+    )
     stored = np.zeros((0, b.n_clusters))
 
     def step(w_: np.ndarray) -> None:
@@ -187,7 +202,7 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
         g = model.geometry(w_, z)
         costs = model.costs(g)
         values = dec.values(dec.cost_windows(stored, costs))
-        stored = np.concatenate([stored, costs])[-(dec.memory - 1):]
+        stored = np.concatenate([stored, costs])[-(dec.memory - 1) :]
         dec.proba(values)
         model.ood(g)
         nxt = model.next_values(values, w_, model.forecast(z_hist))
@@ -197,7 +212,7 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
     t0 = time.perf_counter()
     done = 0
     for i in range(0, len(wins) - batch + 1, batch):
-        step(wins[i:i + batch])
+        step(wins[i : i + batch])
         done += batch
     return done / (time.perf_counter() - t0)
 
@@ -225,9 +240,17 @@ def main() -> None:
         print(f"worker start-up (spawn -> ready, default settings): {startup:.1f} s")
         first.stop()
         # the measured worker stays in the group while paused with SIGSTOP for the backlog run
-        worker = start_worker(stack, work, bundle=str(bundle), batch_size=args.batch_size,
-                              batch_within=args.within, ort_threads=args.ort_threads,
-                              dedupe_window=history, log_level="warning", session_timeout=20)
+        worker = start_worker(
+            stack,
+            work,
+            bundle=str(bundle),
+            batch_size=args.batch_size,
+            batch_within=args.within,
+            ort_threads=args.ort_threads,
+            dedupe_window=history,
+            log_level="warning",
+            session_timeout=20,
+        )
         warm = make_messages("WARM", 4, history + 200, seed=900)
         throughput(stack, worker, warm, len(warm) - 4 * (history - 1), 120)
 
@@ -236,29 +259,37 @@ def main() -> None:
         n_events = len(msgs) - args.symbols * (history - 1)
         with CpuMeter(pids) as live_cpu:
             rate_live = throughput(stack, worker, msgs, n_events, 600)
-        print(f"sustained end to end, live producer: {rate_live:,.0f} bars/s ({len(msgs):,} bars, "
-              f"{args.symbols} symbols, {n_events:,} events)")
+        print(
+            f"sustained end to end, live producer: {rate_live:,.0f} bars/s ({len(msgs):,} bars, "
+            f"{args.symbols} symbols, {n_events:,} events)"
+        )
         print("  " + live_cpu.report(len(msgs)))
         msgs = make_messages("BACK", args.symbols, args.bars, seed=3000)
         drain_cpu = CpuMeter(pids)
         rate = backlog(stack, worker, msgs, n_events, 600, drain_cpu)
-        print(f"sustained end to end, backlog: {rate:,.0f} bars/s ({len(msgs):,} bars produced while the worker "
-              f"was paused)")
+        print(
+            f"sustained end to end, backlog: {rate:,.0f} bars/s ({len(msgs):,} bars produced while the worker "
+            f"was paused)"
+        )
         print("  " + drain_cpu.report(len(msgs)))
         text = metrics_text(worker.port)
         batches = metric_value(text, "regimetry_batch_size_count")
         bars_in = metric_value(text, "regimetry_bars_consumed_total")
         infer = metric_value(text, "regimetry_inference_latency_seconds_sum")
         batch_sum = metric_value(text, "regimetry_batch_latency_seconds_sum")
-        print(f"worker: {bars_in:,.0f} bars in {batches:,.0f} batches (mean {bars_in / batches:.0f}); "
-              f"inference {infer:.1f} s of {batch_sum:.1f} s in batch handling")
+        print(
+            f"worker: {bars_in:,.0f} bars in {batches:,.0f} batches (mean {bars_in / batches:.0f}); "
+            f"inference {infer:.1f} s of {batch_sum:.1f} s in batch handling"
+        )
 
         n_lat = int(args.rate * args.seconds)
         lat_symbols = max(1, min(args.symbols, n_lat // (history + 50)))
         lat_msgs = make_messages("LAT", lat_symbols, n_lat // lat_symbols, seed=2000)
         lat = latency(stack, worker, lat_msgs, args.rate, history, lat_symbols, args.seconds + 60)
-        print(f"latency at {args.rate:,.0f} bars/s offered ({lat['events']}/{lat['expected']} events): "
-              f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
+        print(
+            f"latency at {args.rate:,.0f} bars/s offered ({lat['events']}/{lat['expected']} events): "
+            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
+        )
         rss, peak = rss_mb(worker.pid)
         print(f"worker RSS: {rss:.0f} MiB (peak {peak:.0f} MiB)")
         worker.stop()

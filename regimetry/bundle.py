@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ def schemas_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "schemas"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     path = schemas_dir() / name
     if not path.exists():
@@ -108,25 +108,35 @@ def verify_bundle(bundle_dir: str | Path) -> dict:
             raise BundleError(f"bundle {d.name}: {name} is a pickle; bundles must not contain pickles")
         actual = sha256_file(f)
         if actual != digest:
-            raise BundleError(f"bundle {d.name}: sha256 of {name} is {actual[:12]}..., manifest says "
-                              f"{digest[:12]}...: the file was modified or corrupted; re-export the bundle")
+            raise BundleError(
+                f"bundle {d.name}: sha256 of {name} is {actual[:12]}..., manifest says "
+                f"{digest[:12]}...: the file was modified or corrupted; re-export the bundle"
+            )
     spec = manifest["feature_spec"]
     if spec.get("code_version") != FEATURE_CODE_VERSION:
-        raise BundleError(f"bundle {d.name} was built with feature code version {spec.get('code_version')}, this "
-                          f"worker runs version {FEATURE_CODE_VERSION}; retrain or deploy a matching worker")
+        raise BundleError(
+            f"bundle {d.name} was built with feature code version {spec.get('code_version')}, this "
+            f"worker runs version {FEATURE_CODE_VERSION}; retrain or deploy a matching worker"
+        )
     ours = FeatureSpec.from_dict(spec).hash()
     if ours != manifest["feature_spec_hash"]:
-        raise BundleError(f"bundle {d.name}: feature spec hash {manifest['feature_spec_hash'][:12]}... does not "
-                          f"match this feature code ({ours[:12]}...); retrain or deploy a matching worker")
+        raise BundleError(
+            f"bundle {d.name}: feature spec hash {manifest['feature_spec_hash'][:12]}... does not "
+            f"match this feature code ({ours[:12]}...); retrain or deploy a matching worker"
+        )
     recorded = manifest.get("hashes", {}).get("manifest")
     if recorded is None:
-        raise BundleError(f"bundle {d.name}: its manifest carries no content hash (hashes.manifest), so the numbers "
-                          f"in it cannot be checked; re-export it with this trainer")
+        raise BundleError(
+            f"bundle {d.name}: its manifest carries no content hash (hashes.manifest), so the numbers "
+            f"in it cannot be checked; re-export it with this trainer"
+        )
     actual = manifest_digest(manifest)
     if actual != recorded:
-        raise BundleError(f"bundle {d.name}: manifest.json was modified after export (content hash {actual[:12]}..., "
-                          f"recorded {recorded[:12]}...): a changed scaler, centre, threshold or model version would "
-                          f"serve wrong regimes or ids; re-export the bundle")
+        raise BundleError(
+            f"bundle {d.name}: manifest.json was modified after export (content hash {actual[:12]}..., "
+            f"recorded {recorded[:12]}...): a changed scaler, centre, threshold or model version would "
+            f"serve wrong regimes or ids; re-export the bundle"
+        )
     return manifest
 
 

@@ -18,7 +18,7 @@ import numpy as np
 @dataclass(frozen=True)
 class KNNClassifier:
     reference: np.ndarray  # (M, D) float32, embeddings in the clustering geometry
-    labels: np.ndarray     # (M,) int64 regime ids
+    labels: np.ndarray  # (M,) int64 regime ids
     n_classes: int
     k: int = 15
 
@@ -45,13 +45,20 @@ class KNNClassifier:
         return self.predict_proba(z).argmax(1)
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, reference=self.reference.astype(np.float32), labels=self.labels.astype(np.int64),
-                 n_classes=np.int64(self.n_classes), k=np.int64(self.k))
+        np.savez(
+            path,
+            reference=self.reference.astype(np.float32),
+            labels=self.labels.astype(np.int64),
+            n_classes=np.int64(self.n_classes),
+            k=np.int64(self.k),
+        )
 
     @classmethod
-    def load(cls, path: str | Path) -> "KNNClassifier":
+    def load(cls, path: str | Path) -> KNNClassifier:
         with np.load(path, allow_pickle=False) as f:
-            return cls(f["reference"].astype(np.float32), f["labels"].astype(np.int64), int(f["n_classes"]), int(f["k"]))
+            return cls(
+                f["reference"].astype(np.float32), f["labels"].astype(np.int64), int(f["n_classes"]), int(f["k"])
+            )
 
 
 def centroid_distance(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -8,8 +8,12 @@ import importlib
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Market regimes: train, search, serve, watch.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Market regimes: train, search, serve, watch.",
+)
 
 # Modules exposing register(app: typer.Typer); each must stay import-light.
 COMMAND_MODULES = ["trainer.cli", "worker.cli", "regimetry.ops.cli", "trainer.research_cli"]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, NoReturn
+from collections.abc import Iterator
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -22,8 +23,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
 @contextlib.contextmanager
 def stage_progress() -> Iterator:
     """Yields progress(stage, step, total, message): one bar per pipeline stage."""
-    bars = Progress(TextColumn("[bold]{task.fields[stage]:<11}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.description}"), console=console, transient=False)
+    bars = Progress(
+        TextColumn("[bold]{task.fields[stage]:<11}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    )
     tasks: dict[str, int] = {}
 
     def update(stage: str, step: int, total: int, message: str = "") -> None:

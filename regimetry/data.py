@@ -32,7 +32,7 @@ class BarSeries:
     def __len__(self) -> int:
         return len(self.times)
 
-    def slice(self, start: int, stop: int | None = None) -> "BarSeries":
+    def slice(self, start: int, stop: int | None = None) -> BarSeries:
         return BarSeries(self.times[start:stop], self.values[start:stop], self.symbol)
 
     def digest(self) -> str:
@@ -44,7 +44,7 @@ class BarSeries:
 
 def iso_utc(epoch: int | float) -> str:
     """Epoch seconds as an ISO-8601 UTC timestamp with a Z suffix (regimes.csv, reports, locked profiles)."""
-    return dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _row(i: int) -> int:
@@ -82,7 +82,9 @@ def validate_bars(times: np.ndarray, values: np.ndarray, source: str = "bars") -
         raise BarDataError(f"{source}: row {_row(i)}, column 'time': duplicate timestamp (same as row {_row(i - 1)})")
     if (d < 0).any():
         i = int(np.argmax(d < 0)) + 1
-        raise BarDataError(f"{source}: row {_row(i)}, column 'time': timestamps not sorted (earlier than row {_row(i - 1)})")
+        raise BarDataError(
+            f"{source}: row {_row(i)}, column 'time': timestamps not sorted (earlier than row {_row(i - 1)})"
+        )
 
 
 def load_bars(path: str | Path, symbol: str | None = None) -> BarSeries:
@@ -112,7 +114,11 @@ def load_bars(path: str | Path, symbol: str | None = None) -> BarSeries:
     if ts.isna().any():
         i = int(np.argmax(ts.isna().to_numpy()))
         raise BarDataError(f"{path}: row {_row(i)}, column '{time_col}': missing timestamp")
-    times = (ts.astype("int64") // 10**9).to_numpy() if ts.dt.unit == "ns" else ts.map(lambda x: int(x.timestamp())).to_numpy()
+    times = (
+        (ts.astype("int64") // 10**9).to_numpy()
+        if ts.dt.unit == "ns"
+        else ts.map(lambda x: int(x.timestamp())).to_numpy()
+    )
     values = np.empty((len(df), 5), dtype=np.float64)
     for j, name in enumerate(OHLCV):
         col = pd.to_numeric(df[cols[name]], errors="coerce")

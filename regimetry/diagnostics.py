@@ -171,14 +171,16 @@ def regime_profiles(labels: np.ndarray, n_states: int, returns: np.ndarray | Non
     for k in range(n_states):
         mask = labels == k
         r = returns[mask] if returns is not None else np.zeros(0)
-        out.append({
-            "id": k,
-            "share": float(sh[k]),
-            "mean_duration": float(dur[k]),
-            "stickiness": float(p[k, k]),
-            "row_entropy": float(ent[k]),
-            "n_bars": int(mask.sum()),
-            "mean_return": float(r.mean()) if len(r) else 0.0,
-            "volatility": float(r.std()) if len(r) else 0.0,
-        })
+        out.append(
+            {
+                "id": k,
+                "share": float(sh[k]),
+                "mean_duration": float(dur[k]),
+                "stickiness": float(p[k, k]),
+                "row_entropy": float(ent[k]),
+                "n_bars": int(mask.sum()),
+                "mean_return": float(r.mean()) if len(r) else 0.0,
+                "volatility": float(r.std()) if len(r) else 0.0,
+            }
+        )
     return out

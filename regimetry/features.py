@@ -98,9 +98,22 @@ class FeatureSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureSpec":
-        keys = {"return_lags", "momentum", "atr", "rsi", "macd_fast", "macd_slow", "macd_signal", "volatility",
-                "volume", "ema_kernel", "risk_halflives", "trend_halflives", "risk_kernel"}
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        keys = {
+            "return_lags",
+            "momentum",
+            "atr",
+            "rsi",
+            "macd_fast",
+            "macd_slow",
+            "macd_signal",
+            "volatility",
+            "volume",
+            "ema_kernel",
+            "risk_halflives",
+            "trend_halflives",
+            "risk_kernel",
+        }
         kw = {k: d[k] for k in keys if k in d}
         for k in ("return_lags", "risk_halflives", "trend_halflives"):
             if k in kw:
@@ -143,7 +156,7 @@ def garman_klass(lo: np.ndarray, lh: np.ndarray, ll: np.ndarray, lc: np.ndarray)
 def _align(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Right-align series of different lengths along the last axis (they all end at the same bar)."""
     n = min(a.shape[-1] for a in arrays)
-    return [a[..., a.shape[-1] - n:] for a in arrays]
+    return [a[..., a.shape[-1] - n :] for a in arrays]
 
 
 def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
@@ -161,7 +174,7 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     lc = np.log(c)
     lo, lh, ll = np.log(o), np.log(h), np.log(l)
 
-    ret = lc[..., 1:] - lc[..., :-1]                                   # bars 1..T-1
+    ret = lc[..., 1:] - lc[..., :-1]  # bars 1..T-1
     # Volatility-like quantities are positive and heavy-tailed: logs make "twice as volatile" one step.
     spread = lh - ll
     log_range = np.log(spread + _TINY)
@@ -170,23 +183,23 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     body = (lc - lo) * inv
     upper = (lh - np.maximum(lo, lc)) * inv
     lower = (np.minimum(lo, lc) - ll) * inv
-    momentum = lc[..., spec.momentum:] - lc[..., :-spec.momentum]
+    momentum = lc[..., spec.momentum :] - lc[..., : -spec.momentum]
 
     prev_c = c[..., :-1]
     true_range = np.maximum(h[..., 1:], prev_c) - np.minimum(l[..., 1:], prev_c)
-    atr = np.log(_rolling(true_range, spec.atr).mean(-1) / c[..., spec.atr:] + _TINY)
+    atr = np.log(_rolling(true_range, spec.atr).mean(-1) / c[..., spec.atr :] + _TINY)
 
     gains = _rolling(np.maximum(ret, 0.0), spec.rsi).mean(-1)
     losses = _rolling(np.maximum(-ret, 0.0), spec.rsi).mean(-1)
-    rsi = (gains - losses) / (gains + losses + _EPS)                  # RSI rescaled to [-1, 1]
+    rsi = (gains - losses) / (gains + losses + _EPS)  # RSI rescaled to [-1, 1]
 
     fast = _ema_fir(c, spec.macd_fast, spec.kernel_len(spec.macd_fast))
     slow = _ema_fir(c, spec.macd_slow, spec.kernel_len(spec.macd_slow))
     fast, slow = _align([fast, slow])
-    macd = (fast - slow)
+    macd = fast - slow
     signal = _ema_fir(macd, spec.macd_signal, spec.kernel_len(spec.macd_signal))
     macd, signal = _align([macd, signal])
-    macd_hist = (macd - signal) / c[..., c.shape[-1] - macd.shape[-1]:]
+    macd_hist = (macd - signal) / c[..., c.shape[-1] - macd.shape[-1] :]
 
     vol = _rolling(ret, spec.volatility).std(-1)
     vol_long = _rolling(ret, 2 * spec.volatility).std(-1)
@@ -197,35 +210,36 @@ def compute_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.
     lv = np.log1p(np.maximum(v, 0.0))
     win = _rolling(lv, spec.volume)
     sd = win.std(-1)
-    volume_z = np.where(sd > _EPS, (lv[..., spec.volume - 1:] - win.mean(-1)) / np.maximum(sd, _EPS), 0.0)
+    volume_z = np.where(sd > _EPS, (lv[..., spec.volume - 1 :] - win.mean(-1)) / np.maximum(sd, _EPS), 0.0)
 
     # Range-based variance of each bar (Garman-Klass, >= 0 since |log(c/o)| <= log(h/l)) plus the squared
     # overnight gap: ~5x more efficient than close-to-close returns as a volatility estimate, which is what
     # lets the regimes say more about the next bar's risk than a trailing standard deviation does.
     gk = garman_klass(lo, lh, ll, lc)
-    bar_var = gk[..., 1:] + (lo[..., 1:] - lc[..., :-1]) ** 2                 # bars 1..T-1
-    rvol = [0.5 * np.log(_halflife_fir(bar_var, h, spec.halflife_len(h)) + _TINY ** 2) for h in spec.risk_halflives]
+    bar_var = gk[..., 1:] + (lo[..., 1:] - lc[..., :-1]) ** 2  # bars 1..T-1
+    rvol = [0.5 * np.log(_halflife_fir(bar_var, h, spec.halflife_len(h)) + _TINY**2) for h in spec.risk_halflives]
     # Trend: exponentially weighted mean return over the same-horizon range volatility (a Sharpe-like ratio
     # per bar), so drift is measured in units of risk and is comparable across symbols and regimes.
     trend = []
     for h in spec.trend_halflives:
         n = spec.halflife_len(h)
         m, v2 = _align([_halflife_fir(ret, h, n), _halflife_fir(bar_var, h, n)])
-        trend.append(m / np.sqrt(v2 + _TINY ** 2))
+        trend.append(m / np.sqrt(v2 + _TINY**2))
 
     # Deliberately no raw volume level: on real feeds it drifts with the data vendor and the years (EURUSD
     # tick volume doubles mid-sample), and regimes built on it become calendar periods. Volume enters only
     # relative to its own recent history.
-    cols = _align([ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z, vol_ratio,
-                   *rvol, *trend])
+    cols = _align(
+        [ret, log_range, body, upper, lower, momentum, atr, rsi, macd_hist, log_vol, volume_z, vol_ratio, *rvol, *trend]
+    )
     n_out = t - spec.lookback + 1
-    return np.stack([col[..., col.shape[-1] - n_out:] for col in cols], axis=-1)
+    return np.stack([col[..., col.shape[-1] - n_out :] for col in cols], axis=-1)
 
 
 def latest_features(bars: np.ndarray, spec: FeatureSpec = FeatureSpec()) -> np.ndarray:
     """Features of the last bar only, from its trailing ``lookback`` bars: the worker's one-bar view."""
     bars = np.asarray(bars, dtype=np.float64)
-    return compute_features(bars[..., -spec.lookback:, :], spec)[..., -1, :]
+    return compute_features(bars[..., -spec.lookback :, :], spec)[..., -1, :]
 
 
 @dataclass(frozen=True)
@@ -237,7 +251,7 @@ class Scaler:
     clip: float = 8.0
 
     @classmethod
-    def fit(cls, x: np.ndarray, clip: float = 8.0) -> "Scaler":
+    def fit(cls, x: np.ndarray, clip: float = 8.0) -> Scaler:
         x = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
         sd = x.std(0)
         sd = np.where(sd > _EPS, sd, 1.0)
@@ -251,7 +265,7 @@ class Scaler:
         return {"mean": list(self.mean), "std": list(self.std), "clip": self.clip}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Scaler":
+    def from_dict(cls, d: dict) -> Scaler:
         return cls(tuple(d["mean"]), tuple(d["std"]), float(d.get("clip", 8.0)))
 
 
@@ -276,5 +290,5 @@ def scaled_windows(bars: np.ndarray, spec: FeatureSpec, scaler: Scaler, window_s
     float32, window j ending at bar ``j + history_needed - 1``. One feature pass covers all windows, since
     consecutive windows share all but one feature row.
     """
-    feats = scaler.transform(compute_features(bars, spec))                  # (..., rows, F)
+    feats = scaler.transform(compute_features(bars, spec))  # (..., rows, F)
     return np.ascontiguousarray(rolling_windows(feats, window_size), dtype=np.float32)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 
 def bar_message(symbol: str, time_s: int, values: Iterable[float]) -> bytes:
     o, h, l, c, v = (float(x) for x in values)
-    return json.dumps({"symbol": symbol, "time": int(time_s), "open": o, "high": h, "low": l, "close": c,
-                       "volume": v}, separators=(",", ":")).encode()
+    return json.dumps(
+        {"symbol": symbol, "time": int(time_s), "open": o, "high": h, "low": l, "close": c, "volume": v},
+        separators=(",", ":"),
+    ).encode()
 
 
 def series_messages(symbol: str, times: np.ndarray, values: np.ndarray) -> list[tuple[bytes, bytes]]:
@@ -69,8 +71,9 @@ class PacedFeed:
     """Sends messages from a background thread in chunks with a pause between them: a steady stream, so
     faults injected by a test land mid-flow. The pause paces the offered load; it is not a wait for a result."""
 
-    def __init__(self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], chunk: int = 16,
-                 pause: float = 0.02):
+    def __init__(
+        self, bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], chunk: int = 16, pause: float = 0.02
+    ):
         self._args = (bootstrap, topic, messages, chunk, pause)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="paced-feed")
@@ -82,14 +85,14 @@ class PacedFeed:
             for i in range(0, len(messages), chunk):
                 if self._stop.is_set():
                     break
-                for key, value in messages[i:i + chunk]:
+                for key, value in messages[i : i + chunk]:
                     prod.send(topic, key=key, value=value)
                 prod.flush()
                 self._stop.wait(pause)
         finally:
             prod.close()
 
-    def start(self) -> "PacedFeed":
+    def start(self) -> PacedFeed:
         self._thread.start()
         return self
 
@@ -112,12 +115,18 @@ class Collector:
     def __post_init__(self) -> None:
         from kafka import KafkaConsumer
 
-        self._consumer = KafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-                                       enable_auto_commit=False, group_id=None, consumer_timeout_ms=200)
+        self._consumer = KafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+            consumer_timeout_ms=200,
+        )
 
     def poll(self) -> int:
         got = 0
-        for tp, batch in self._consumer.poll(timeout_ms=200, max_records=10_000).items():
+        for batch in self._consumer.poll(timeout_ms=200, max_records=10_000).values():
             for r in batch:
                 self.records.append(r)
                 got += 1

@@ -53,17 +53,26 @@ def flat_bar_histories(values: np.ndarray, end_index: np.ndarray, history_bars: 
         raise ValueError(f"n_flat must be in [1, history_bars), got {n_flat} (history_bars={history_bars})")
     real = history_bars - n_flat
     if len(end_index) and (end_index.min() < real - 1 or end_index.max() >= len(values)):
-        raise ValueError(f"end_index must lie in [{real - 1}, {len(values) - 1}] ({real} real bars before "
-                         f"the flat one(s)), got [{end_index.min()}, {end_index.max()}]")
-    idx = end_index[:, None] + np.arange(1 - real, 1)[None, :]                   # (N, real), oldest first
-    last = values[end_index]                                                     # (N, 5)
-    flat = np.repeat(last[:, 3:4], 5, axis=1)                                    # o = h = l = c = close
-    flat[:, 4] = last[:, 4]                                                      # volume repeated
+        raise ValueError(
+            f"end_index must lie in [{real - 1}, {len(values) - 1}] ({real} real bars before "
+            f"the flat one(s)), got [{end_index.min()}, {end_index.max()}]"
+        )
+    idx = end_index[:, None] + np.arange(1 - real, 1)[None, :]  # (N, real), oldest first
+    last = values[end_index]  # (N, 5)
+    flat = np.repeat(last[:, 3:4], 5, axis=1)  # o = h = l = c = close
+    flat[:, 4] = last[:, 4]  # volume repeated
     return np.concatenate([values[idx], np.repeat(flat[:, None, :], n_flat, axis=1)], axis=1)
 
 
-def flat_next_windows(values: np.ndarray, end_index: np.ndarray, spec: FeatureSpec, scaler: Scaler,
-                      window_size: int, n_flat: int = 1, block: int = 1024) -> np.ndarray:
+def flat_next_windows(
+    values: np.ndarray,
+    end_index: np.ndarray,
+    spec: FeatureSpec,
+    scaler: Scaler,
+    window_size: int,
+    n_flat: int = 1,
+    block: int = 1024,
+) -> np.ndarray:
     """(N, window_size, F) float32 scaled feature windows, each ending at the flat bar(s) appended after
     end_index[n]: ready for the encoder (ONNX ``RegimeModel.embed`` or the Keras encoder). Built in blocks of
     ``block`` steps to bound memory."""
@@ -71,13 +80,19 @@ def flat_next_windows(values: np.ndarray, end_index: np.ndarray, spec: FeatureSp
     h = history_needed(spec, window_size)
     if len(end_index) == 0:
         return np.zeros((0, window_size, spec.n_features), np.float32)
-    return np.concatenate([
-        scaled_windows(flat_bar_histories(values, end_index[i:i + block], h, n_flat), spec, scaler, window_size)[:, 0]
-        for i in range(0, len(end_index), block)])
+    return np.concatenate(
+        [
+            scaled_windows(flat_bar_histories(values, end_index[i : i + block], h, n_flat), spec, scaler, window_size)[
+                :, 0
+            ]
+            for i in range(0, len(end_index), block)
+        ]
+    )
 
 
-def next_window_regimes(space: RegimeSpace, decoder: JumpDecoder, w_prev: np.ndarray, windows: np.ndarray,
-                        z: np.ndarray) -> np.ndarray:
+def next_window_regimes(
+    space: RegimeSpace, decoder: JumpDecoder, w_prev: np.ndarray, windows: np.ndarray, z: np.ndarray
+) -> np.ndarray:
     """The regime of the window one bar after bar t, labelled the way every window is labelled: the causal
     jump decoder (regimetry/regimes.py) stepped once from its values at t, on that window's own costs.
 

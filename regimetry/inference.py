@@ -31,16 +31,16 @@ def make_session(path: Path, threads: int = 1):
 class SeriesRegimes:
     """Per-bar outputs for the bars that have a full window (index into the series = offset + row)."""
 
-    offset: int                 # series index of the first bar with a full window
-    z: np.ndarray               # (N, D) standardised embeddings
-    proba: np.ndarray           # (N, K) current-regime probabilities (the decoder's max-marginals)
-    regime: np.ndarray          # (N,)
-    ood: np.ndarray             # (N,) distance to the nearest regime centre in the regime geometry
-    next_proba: np.ndarray      # (N, K), NaN rows where fewer than L embeddings exist
-    next_regime: np.ndarray     # (N,), -1 where no forecast
-    costs: np.ndarray | None = None   # (N, K) per-regime costs of each window
+    offset: int  # series index of the first bar with a full window
+    z: np.ndarray  # (N, D) standardised embeddings
+    proba: np.ndarray  # (N, K) current-regime probabilities (the decoder's max-marginals)
+    regime: np.ndarray  # (N,)
+    ood: np.ndarray  # (N,) distance to the nearest regime centre in the regime geometry
+    next_proba: np.ndarray  # (N, K), NaN rows where fewer than L embeddings exist
+    next_regime: np.ndarray  # (N,), -1 where no forecast
+    costs: np.ndarray | None = None  # (N, K) per-regime costs of each window
     values: np.ndarray | None = None  # (N, K) decoder values W (min 0 per row)
-    dwell: np.ndarray | None = None   # (N,) bars in the current regime, this bar included
+    dwell: np.ndarray | None = None  # (N,) bars in the current regime, this bar included
 
 
 class RegimeModel:
@@ -62,7 +62,7 @@ class RegimeModel:
     def windows(self, histories: np.ndarray) -> np.ndarray:
         """(B, >= history_bars, 5) bars -> (B, W, F) scaled feature windows ending at each history's last bar."""
         b = self.bundle
-        return scaled_windows(histories[:, -b.history_bars:, :], b.spec, b.scaler, b.window_size)[:, 0]
+        return scaled_windows(histories[:, -b.history_bars :, :], b.spec, b.scaler, b.window_size)[:, 0]
 
     # ONNX Runtime's per-window cost of the encoder grows with the batch once its attention tensors leave the
     # CPU cache: ~60 us per window in blocks of <= 64, ~90 us in one call of 256 (2-core test machine).
@@ -73,8 +73,9 @@ class RegimeModel:
         if len(windows) == 0:
             return np.zeros((0, self.bundle.manifest["embedding_dim"]), np.float32)
         x = np.ascontiguousarray(windows, np.float32)
-        raw = np.concatenate([self._encode_block(x[i:i + self.ENCODER_BLOCK])
-                              for i in range(0, len(x), self.ENCODER_BLOCK)])
+        raw = np.concatenate(
+            [self._encode_block(x[i : i + self.ENCODER_BLOCK]) for i in range(0, len(x), self.ENCODER_BLOCK)]
+        )
         return standardize(raw, self.bundle.emb_mean, self.bundle.emb_std)
 
     def _encode_block(self, x: np.ndarray) -> np.ndarray:
@@ -113,9 +114,11 @@ class RegimeModel:
         """Every bar of one symbol's history, as the worker would see them one at a time."""
         b = self.bundle
         h = b.history_bars
-        wins = scaled_windows(values, b.spec, b.scaler, b.window_size)    # (N, W, F)
-        z = np.concatenate([self.embed(wins[i:i + batch]) for i in range(0, len(wins), batch)] or
-                           [np.zeros((0, b.manifest["embedding_dim"]), np.float32)])
+        wins = scaled_windows(values, b.spec, b.scaler, b.window_size)  # (N, W, F)
+        z = np.concatenate(
+            [self.embed(wins[i : i + batch]) for i in range(0, len(wins), batch)]
+            or [np.zeros((0, b.manifest["embedding_dim"]), np.float32)]
+        )
         g = self.geometry(wins, z)
         costs = self.costs(g)
         w = self.decoder.decode_series(costs)
@@ -129,7 +132,7 @@ class RegimeModel:
         if n > span:
             idx = np.arange(span, n)[:, None] - s * np.arange(L - 1, -1, -1)[None, :]
             hist = z[idx]
-            pred = np.concatenate([self.forecast(hist[i:i + batch]) for i in range(0, len(hist), batch)])
+            pred = np.concatenate([self.forecast(hist[i : i + batch]) for i in range(0, len(hist), batch)])
             nw = self.next_values(w[span:], wins[span:], pred)
             next_proba[span:] = self.decoder.proba(nw)
             next_regime[span:] = nw.argmin(1)

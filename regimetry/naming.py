@@ -10,7 +10,8 @@ The rule (``regime_names``):
    ``n_bars`` is absent) are ranked by their profile ``window_volatility`` (the mean over their training
    windows of each window's own return volatility: the key the trainer numbers the ids by, so names follow
    the ids of a freshly trained bundle), or by ``volatility`` (the standard deviation of the one-bar log
-   returns of their training bars) in profiles without it, calmest first, ties broken by id. With M ranked regimes the names are
+   returns of their training bars) in profiles without it, calmest first, ties broken by id. With M ranked
+regimes the names are
 
    - M = 1: normal
    - M = 2: calm, turbulent
@@ -38,7 +39,7 @@ predecessor's ids (the manifest's warm_start says whether they are still ordered
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 T_THRESHOLD = 2.0  # |mean| / (vol / sqrt(n)) beyond this earns the " up"/" down" suffix
 UNSEEN = "unseen"
@@ -48,8 +49,12 @@ def volatility_ladder(m: int) -> list[str]:
     """Base names of m ranked regimes, calmest first (rule 1 of the module docstring)."""
     if m <= 0:
         return []
-    fixed = {1: ["normal"], 2: ["calm", "turbulent"], 3: ["calm", "normal", "turbulent"],
-             4: ["calm", "normal", "turbulent", "crisis"]}
+    fixed = {
+        1: ["normal"],
+        2: ["calm", "turbulent"],
+        3: ["calm", "normal", "turbulent"],
+        4: ["calm", "normal", "turbulent", "crisis"],
+    }
     if m in fixed:
         return fixed[m]
     middle = ["normal"] if m == 5 else [f"normal {i}" for i in range(1, m - 3)]
@@ -57,7 +62,7 @@ def volatility_ladder(m: int) -> list[str]:
 
 
 def drift_suffix(mean_return: float, volatility: float, n_bars: int | None) -> str:
-    """" up" / " down" where |mean| / (vol / sqrt(n)) > 2 (n >= 2), else "" (rule 2)."""
+    """ " up" / " down" where |mean| / (vol / sqrt(n)) > 2 (n >= 2), else "" (rule 2)."""
     if n_bars is None or n_bars < 2 or not math.isfinite(mean_return) or mean_return == 0.0:
         return ""
     se = max(float(volatility), 0.0) / math.sqrt(n_bars)
@@ -100,8 +105,9 @@ def regime_names(profiles: Iterable[dict]) -> list[str]:
             names.append(UNSEEN)
             continue
         n = p.get("n_bars")
-        names.append(base[i] + drift_suffix(float(p["mean_return"]), float(p["volatility"]),
-                                            None if n is None else int(n)))
+        names.append(
+            base[i] + drift_suffix(float(p["mean_return"]), float(p["volatility"]), None if n is None else int(n))
+        )
     return make_unique(names, [int(p["id"]) for p in ordered])
 
 
@@ -120,7 +126,7 @@ def manifest_names(manifest: dict) -> tuple[str, ...]:
 
 
 def label(regime: int, names: Sequence[str] | None) -> str:
-    """"<id> <name>" for figures and tables ("regime <id>" without names)."""
+    """ "<id> <name>" for figures and tables ("regime <id>" without names)."""
     if names is None or not 0 <= regime < len(names):
         return f"regime {regime}"
     return f"{regime} {names[regime]}"

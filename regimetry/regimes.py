@@ -72,13 +72,21 @@ class RegimeSpace:
         return 0.5 * sq_distances(g, self.centroids)
 
     def to_dict(self) -> dict:
-        return {"risk_columns": list(self.risk_columns), "risk_weights": list(self.risk_weights),
-                "embedding_weight": self.embedding_weight, "centroids": np.asarray(self.centroids).tolist()}
+        return {
+            "risk_columns": list(self.risk_columns),
+            "risk_weights": list(self.risk_weights),
+            "embedding_weight": self.embedding_weight,
+            "centroids": np.asarray(self.centroids).tolist(),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RegimeSpace":
-        return cls(tuple(int(c) for c in d["risk_columns"]), tuple(float(w) for w in d["risk_weights"]),
-                   float(d["embedding_weight"]), np.asarray(d["centroids"], dtype=np.float64))
+    def from_dict(cls, d: dict) -> RegimeSpace:
+        return cls(
+            tuple(int(c) for c in d["risk_columns"]),
+            tuple(float(w) for w in d["risk_weights"]),
+            float(d["embedding_weight"]),
+            np.asarray(d["centroids"], dtype=np.float64),
+        )
 
 
 def sq_distances(g: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -92,8 +100,8 @@ def sq_distances(g: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 class JumpDecoder:
     """The causal jump decoder with finite memory (module docstring)."""
 
-    penalty: float       # lam: cost of one switch, in the units of the costs
-    memory: int          # bars of costs behind each decision (the bar itself included)
+    penalty: float  # lam: cost of one switch, in the units of the costs
+    memory: int  # bars of costs behind each decision (the bar itself included)
     temperature: float = 1.0
 
     def values(self, cost_windows: np.ndarray) -> np.ndarray:
@@ -132,15 +140,18 @@ class JumpDecoder:
         out = np.empty((t, k))
         for i in range(0, t, block):
             j = min(t, i + block)
-            wins = np.lib.stride_tricks.sliding_window_view(padded[i:j + self.memory - 1], self.memory, axis=0)
+            wins = np.lib.stride_tricks.sliding_window_view(padded[i : j + self.memory - 1], self.memory, axis=0)
             out[i:j] = self.values(np.swapaxes(wins, 1, 2))
         return out
 
     def cost_windows(self, stored: np.ndarray, new: np.ndarray) -> np.ndarray:
         """The worker's view: (S, K) costs already stored for a symbol (oldest first, any number) and (n, K)
         costs of its new bars -> (n, M, K) windows, zero-padded like decode_series."""
-        stored = np.asarray(stored, dtype=np.float64).reshape(-1, new.shape[1])[-(self.memory - 1):] \
-            if self.memory > 1 else np.zeros((0, new.shape[1]))
+        stored = (
+            np.asarray(stored, dtype=np.float64).reshape(-1, new.shape[1])[-(self.memory - 1) :]
+            if self.memory > 1
+            else np.zeros((0, new.shape[1]))
+        )
         k = new.shape[1]
         pad = np.zeros((self.memory - 1 - len(stored), k))
         seq = np.concatenate([pad, stored, np.asarray(new, dtype=np.float64)])
@@ -151,7 +162,7 @@ class JumpDecoder:
         return {"kind": "jump", "penalty": self.penalty, "memory": self.memory, "temperature": self.temperature}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "JumpDecoder":
+    def from_dict(cls, d: dict) -> JumpDecoder:
         return cls(float(d["penalty"]), int(d["memory"]), float(d.get("temperature", 1.0)))
 
 

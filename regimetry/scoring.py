@@ -22,12 +22,14 @@ import numpy as np
 from regimetry import diagnostics
 
 BASELINES = ("persistence", "markov", "flat_next")
-TIE = 1e-9                      # |a - b| <= TIE counts as a tie in the verdict
-BUNDLE_DATA = "bundle"          # `regimetry evaluate --data bundle`: the bars named in the bundle's manifest
-DATA_REQUIRED = ("--data is required (there is no default): 'eurusd' (the hourly EURUSD sample), 'synthetic' "
-                 "(seeded planted regimes), a path to a CSV/parquet file of bars, or 'bundle' for the bars the "
-                 "bundle was trained on (as named in its manifest; in-sample unless --start is after its "
-                 "training end)")
+TIE = 1e-9  # |a - b| <= TIE counts as a tie in the verdict
+BUNDLE_DATA = "bundle"  # `regimetry evaluate --data bundle`: the bars named in the bundle's manifest
+DATA_REQUIRED = (
+    "--data is required (there is no default): 'eurusd' (the hourly EURUSD sample), 'synthetic' "
+    "(seeded planted regimes), a path to a CSV/parquet file of bars, or 'bundle' for the bars the "
+    "bundle was trained on (as named in its manifest; in-sample unless --start is after its "
+    "training end)"
+)
 
 
 def forecast_errors(pred: np.ndarray, target: np.ndarray) -> dict:
@@ -83,8 +85,14 @@ def classification_scores(pred: np.ndarray, true: np.ndarray, n_classes: int) ->
     true = np.asarray(true, dtype=np.int64).ravel()
     present, absent = present_regimes(true, n_classes)
     if len(true) == 0:
-        return {"n": 0, "accuracy": None, "macro_f1": None, "per_class_f1": [None] * n_classes,
-                "absent_regimes": absent, "confusion": None}
+        return {
+            "n": 0,
+            "accuracy": None,
+            "macro_f1": None,
+            "per_class_f1": [None] * n_classes,
+            "absent_regimes": absent,
+            "confusion": None,
+        }
     c = confusion_matrix(true, pred, n_classes)
     f1 = per_class_f1(c)
     return {
@@ -135,7 +143,7 @@ def change_detection(current: np.ndarray, actual_next: np.ndarray, pred: np.ndar
         "actual_changes": n_actual,
         "predicted_changes": n_called,
         "true_positives": tp,
-        "false_alarms": int((called & ~actual).sum()),         # change called where the regime stayed
+        "false_alarms": int((called & ~actual).sum()),  # change called where the regime stayed
         "wrong_regime": int((called & actual & (pred != actual_next)).sum()),  # change seen, wrong target
         "precision": float(precision),
         "recall": float(recall),
@@ -194,21 +202,28 @@ def _verdict(report: dict, baselines: list[str]) -> tuple[dict, bool, str]:
             elif outcome == "undefined":
                 shortfalls.append((2, f"cannot be compared with {b} on {label} (no steps)"))
     beats = not shortfalls
-    shortfalls = [text for _, text in sorted(shortfalls, key=lambda x: x[0])]   # losses first, then ties
+    shortfalls = [text for _, text in sorted(shortfalls, key=lambda x: x[0])]  # losses first, then ties
     skipped = "" if "flat_next" in baselines else " (flat_next baseline not computed)"
     if beats:
         best = {key: max(baselines, key=lambda b: comparisons[b][key]["baseline"]) for key, _ in MEASURES}
-        text = (f"forecaster beats every baseline ({', '.join(baselines)}){skipped}: "
-                + ", ".join(f"{label} {_fmt(_measure(report, 'forecaster', key))} vs best baseline "
-                            f"{_fmt(comparisons[best[key]][key]['baseline'])} ({best[key]})"
-                            for key, label in MEASURES))
+        text = f"forecaster beats every baseline ({', '.join(baselines)}){skipped}: " + ", ".join(
+            f"{label} {_fmt(_measure(report, 'forecaster', key))} vs best baseline "
+            f"{_fmt(comparisons[best[key]][key]['baseline'])} ({best[key]})"
+            for key, label in MEASURES
+        )
     else:
         text = f"forecaster does NOT beat the baselines{skipped}: " + "; ".join(shortfalls)
     return comparisons, beats, text
 
 
-def next_regime_report(current: np.ndarray, actual_next: np.ndarray, predicted_next: np.ndarray,
-                       markov: np.ndarray, n_classes: int, flat_next: np.ndarray | None = None) -> dict:
+def next_regime_report(
+    current: np.ndarray,
+    actual_next: np.ndarray,
+    predicted_next: np.ndarray,
+    markov: np.ndarray,
+    n_classes: int,
+    flat_next: np.ndarray | None = None,
+) -> dict:
     """The forecaster's next regime against persistence, a Markov chain and (when given) flat-next, on the
     same steps.
 
@@ -234,8 +249,7 @@ def next_regime_report(current: np.ndarray, actual_next: np.ndarray, predicted_n
     markov = np.asarray(markov, dtype=np.float64)
     if markov.shape != (n_classes, n_classes):
         raise ValueError(f"markov must be ({n_classes}, {n_classes}), got {markov.shape}")
-    candidates = {"forecaster": predicted_next, "persistence": current,
-                  "markov": markov_predictions(markov, current)}
+    candidates = {"forecaster": predicted_next, "persistence": current, "markov": markov_predictions(markov, current)}
     if flat_next is not None:
         candidates["flat_next"] = np.asarray(flat_next, dtype=np.int64).ravel()
     for name, pred in candidates.items():
@@ -244,21 +258,30 @@ def next_regime_report(current: np.ndarray, actual_next: np.ndarray, predicted_n
     if len(actual_next) != len(current):
         raise ValueError(f"actual_next: {len(actual_next)} labels for {len(current)} steps")
     changed = actual_next != current
-    out: dict = {"n_classes": int(n_classes), "candidates": list(candidates),
-                 "all_steps": {}, "change_steps": {}, "change_detection": {}}
+    out: dict = {
+        "n_classes": int(n_classes),
+        "candidates": list(candidates),
+        "all_steps": {},
+        "change_steps": {},
+        "change_detection": {},
+    }
     for name, pred in candidates.items():
         out["all_steps"][name] = classification_scores(pred, actual_next, n_classes)
         out["change_steps"][name] = classification_scores(pred[changed], actual_next[changed], n_classes)
         out["change_detection"][name] = change_detection(current, actual_next, pred)
-    out["absent_regimes"] = {"all_steps": present_regimes(actual_next, n_classes)[1],
-                             "change_steps": present_regimes(actual_next[changed], n_classes)[1]}
+    out["absent_regimes"] = {
+        "all_steps": present_regimes(actual_next, n_classes)[1],
+        "change_steps": present_regimes(actual_next[changed], n_classes)[1],
+    }
     out["markov_sticky"] = markov_is_sticky(markov)
     out["markov_equals_persistence"] = bool(np.array_equal(candidates["markov"], current))
     notes = []
     for subset, absent in out["absent_regimes"].items():
         if absent:
-            notes.append(f"regime(s) {', '.join(map(str, absent))} never occur as the true next regime on "
-                         f"{subset.replace('_', ' ')}: left out of macro-F1 there (not counted as 0)")
+            notes.append(
+                f"regime(s) {', '.join(map(str, absent))} never occur as the true next regime on "
+                f"{subset.replace('_', ' ')}: left out of macro-F1 there (not counted as 0)"
+            )
     if out["markov_equals_persistence"]:
         sticky = " (sticky transition matrix: each row's argmax is the diagonal)" if out["markov_sticky"] else ""
         notes.append(f"markov equals persistence on every step{sticky}")
@@ -297,8 +320,7 @@ def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if top == expected else float((index - expected) / (top - expected))
 
 
-def drift_scores(regimes: np.ndarray, confidence: np.ndarray, ood: np.ndarray, baseline: dict,
-                 n_classes: int) -> dict:
+def drift_scores(regimes: np.ndarray, confidence: np.ndarray, ood: np.ndarray, baseline: dict, n_classes: int) -> dict:
     """How far a regime sequence sits from the training baseline recorded in the manifest."""
     p = diagnostics.transition_matrix(regimes, n_classes)
     observed = diagnostics.shares(regimes, n_classes)
@@ -332,10 +354,12 @@ def parse_when(value: str | int | float | None, end: bool = False) -> int | None
     try:
         d = dt.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
     except ValueError:
-        raise BarDataError(f"{'--end' if end else '--start'} {value!r}: not an ISO date/time "
-                           "(e.g. 2017-10-01 or 2017-10-01T09:00Z) nor epoch seconds") from None
+        raise BarDataError(
+            f"{'--end' if end else '--start'} {value!r}: not an ISO date/time "
+            "(e.g. 2017-10-01 or 2017-10-01T09:00Z) nor epoch seconds"
+        ) from None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
+        d = d.replace(tzinfo=dt.UTC)
     if end and _DATE_ONLY.match(s):
         d += dt.timedelta(days=1, seconds=-1)
     return int(d.timestamp())
@@ -362,8 +386,9 @@ def load_scoring_bars(data: str | None, manifest: dict):
             series, planted = resolve_data(source), None
     except BarDataError as exc:
         if own:
-            raise BarDataError(f"--data bundle: the bundle was trained on {source!r}, which cannot be read "
-                               f"here: {exc}") from None
+            raise BarDataError(
+                f"--data bundle: the bundle was trained on {source!r}, which cannot be read here: {exc}"
+            ) from None
         raise
     if own and trained.get("symbol"):
         series = BarSeries(series.times, series.values, trained["symbol"])
@@ -379,9 +404,17 @@ def _iso(t) -> str | None:
 def training_period(manifest: dict) -> dict:
     """The bundle's training data as recorded in manifest["data"], with ISO times."""
     d = manifest.get("data") or {}
-    return {"source": d.get("source"), "symbol": d.get("symbol"), "n_bars": d.get("n_bars"),
-            "start": _iso(d.get("start")), "end": _iso(d.get("end")), "train_end": _iso(d.get("train_end")),
-            "start_epoch": d.get("start"), "end_epoch": d.get("end"), "train_end_epoch": d.get("train_end")}
+    return {
+        "source": d.get("source"),
+        "symbol": d.get("symbol"),
+        "n_bars": d.get("n_bars"),
+        "start": _iso(d.get("start")),
+        "end": _iso(d.get("end")),
+        "train_end": _iso(d.get("train_end")),
+        "start_epoch": d.get("start"),
+        "end_epoch": d.get("end"),
+        "train_end_epoch": d.get("train_end"),
+    }
 
 
 def training_overlap(window_end: np.ndarray, symbol: str, manifest: dict) -> dict:
@@ -399,19 +432,24 @@ def training_overlap(window_end: np.ndarray, symbol: str, manifest: dict) -> dic
     if n:
         span = f"{_iso(window_end[inside].min())} .. {_iso(window_end[inside].max())}"
         if same:
-            out["warning"] = (f"{n} of {len(window_end)} scored windows ({n / len(window_end):.0%}, ending "
-                              f"{span}) lie inside the bundle's training period ({_iso(t0)} .. {_iso(t1)}, "
-                              f"{d.get('symbol')}): those steps are IN-SAMPLE, not a test; score "
-                              f"--start after {_iso(t1)} for out-of-sample figures")
+            out["warning"] = (
+                f"{n} of {len(window_end)} scored windows ({n / len(window_end):.0%}, ending "
+                f"{span}) lie inside the bundle's training period ({_iso(t0)} .. {_iso(t1)}, "
+                f"{d.get('symbol')}): those steps are IN-SAMPLE, not a test; score "
+                f"--start after {_iso(t1)} for out-of-sample figures"
+            )
         else:
-            out["warning"] = (f"{n} of {len(window_end)} scored windows (ending {span}) fall in the bundle's "
-                              f"training period ({_iso(t0)} .. {_iso(t1)}) but on symbol {symbol}, not "
-                              f"{d.get('symbol')}: probably not the training bars, though the same period")
+            out["warning"] = (
+                f"{n} of {len(window_end)} scored windows (ending {span}) fall in the bundle's "
+                f"training period ({_iso(t0)} .. {_iso(t1)}) but on symbol {symbol}, not "
+                f"{d.get('symbol')}: probably not the training bars, though the same period"
+            )
     return out
 
 
-def score_bundle(bundle: str | Path, data: str | None, start: str | int | None = None,
-                 end: str | int | None = None) -> dict:
+def score_bundle(
+    bundle: str | Path, data: str | None, start: str | int | None = None, end: str | int | None = None
+) -> dict:
     """Re-score an exported bundle on any bars with ONNX Runtime only: what the worker would have emitted.
 
     ``data``: 'eurusd', 'synthetic', a CSV/parquet path, or 'bundle' (the source named in the manifest); no
@@ -439,13 +477,15 @@ def score_bundle(bundle: str | Path, data: str | None, start: str | int | None =
     warmup = h - 1 + model.decoder.memory - 1 + (b.input_length - 1) * s
     lo = max(0, first - warmup)
     sub = series.slice(lo, stop)
-    span_msg = (f"{source}: bars {_iso(times[0])} .. {_iso(times[-1])}" if len(series) else f"{source}: no bars")
+    span_msg = f"{source}: bars {_iso(times[0])} .. {_iso(times[-1])}" if len(series) else f"{source}: no bars"
     if len(sub) < h + s:
-        raise BarDataError(f"too few bars to score in the requested range ({len(sub)} read, need at least "
-                           f"{h + s}: {h} for a window plus {s} for the next step); {span_msg}")
+        raise BarDataError(
+            f"too few bars to score in the requested range ({len(sub)} read, need at least "
+            f"{h + s}: {h} for a window plus {s} for the next step); {span_msg}"
+        )
     r = model.run_series(sub.values)
     n = len(r.regime)
-    end_bar = r.offset + np.arange(n)                # index into sub of each window's last bar
+    end_bar = r.offset + np.arange(n)  # index into sub of each window's last bar
     window_end = sub.times[end_bar]
     rows = np.flatnonzero(window_end >= t_start) if t_start is not None else np.arange(n)
     if len(rows) == 0:
@@ -465,28 +505,50 @@ def score_bundle(bundle: str | Path, data: str | None, start: str | int | None =
     profiles = m.get("regime_profiles") or []
     out = {
         "model_version": m["model_version"],
-        "data": {"source": source, "requested": str(data), "bundle_own_data": own, "symbol": series.symbol,
-                 "n_bars": len(series), "n_bars_read": len(sub), "n_warmup_bars": int(end_bar[rows[0]]),
-                 "start": _iso(t_start), "end": _iso(t_end),
-                 "first_window_end": _iso(window_end[rows[0]]), "last_window_end": _iso(window_end[rows[-1]]),
-                 "n_events": int(len(rows)), "n_steps": int(len(steps))},
+        "data": {
+            "source": source,
+            "requested": str(data),
+            "bundle_own_data": own,
+            "symbol": series.symbol,
+            "n_bars": len(series),
+            "n_bars_read": len(sub),
+            "n_warmup_bars": int(end_bar[rows[0]]),
+            "start": _iso(t_start),
+            "end": _iso(t_end),
+            "first_window_end": _iso(window_end[rows[0]]),
+            "last_window_end": _iso(window_end[rows[-1]]),
+            "n_events": int(len(rows)),
+            "n_steps": int(len(steps)),
+        },
         "bundle_training": training_period(m),
         "training_overlap": training_overlap(window_end[rows], series.symbol, m),
         "regime_shares": diagnostics.shares(reg, k).tolist(),
         "regimes": {
             "unit": f"mean_duration in windows (steps of {s} bar{'s' if s > 1 else ''})",
             "scored": {"shares": diagnostics.shares(reg, k).tolist(), "mean_duration": scored_dur.tolist()},
-            "training": {"shares": list(m["baseline"]["cluster_distribution"]),
-                         "mean_duration": [p.get("mean_duration") for p in profiles]},
+            "training": {
+                "shares": list(m["baseline"]["cluster_distribution"]),
+                "mean_duration": [p.get("mean_duration") for p in profiles],
+            },
         },
-        "next_regime": next_regime_report(r.regime[steps], r.regime[steps + s], r.next_regime[steps],
-                                          np.asarray(m["baseline"]["transition_matrix"]), k, flat_next=flat_next),
+        "next_regime": next_regime_report(
+            r.regime[steps],
+            r.regime[steps + s],
+            r.next_regime[steps],
+            np.asarray(m["baseline"]["transition_matrix"]),
+            k,
+            flat_next=flat_next,
+        ),
         "drift": drift_scores(reg, r.proba[rows].max(1), r.ood[rows], m["baseline"], k),
-        "clustering": {**diagnostics.balance(reg, k),
-                       "stickiness": diagnostics.stickiness(diagnostics.transition_matrix(reg, k)),
-                       "mean_duration": diagnostics.mean_duration(reg)},
+        "clustering": {
+            **diagnostics.balance(reg, k),
+            "stickiness": diagnostics.stickiness(diagnostics.transition_matrix(reg, k)),
+            "mean_duration": diagnostics.mean_duration(reg),
+        },
     }
     if planted is not None:
-        out["planted_regimes"] = {"ari_regimetry": adjusted_rand_index(planted[lo + end_bar[rows]], reg),
-                                  "ari_hmm": None}
+        out["planted_regimes"] = {
+            "ari_regimetry": adjusted_rand_index(planted[lo + end_bar[rows]], reg),
+            "ari_hmm": None,
+        }
     return out

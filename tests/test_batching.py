@@ -83,6 +83,7 @@ def test_a_huge_fetched_chunk_is_fed_in_pieces_and_the_buffer_stays_bounded():
     """One fetch from many partitions can hand over tens of thousands of records at once; feed appends them
     a batch at a time behind the capacity, so the buffer stays below capacity + max_size (issue 14, defect 5),
     and every record arrives once, in order, prepared just before it is appended."""
+
     async def scenario():
         b = MicroBatcher(max_size=8, within=0.0, capacity=16)
         prepared, seen, peak = [], [], 0

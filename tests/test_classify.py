@@ -20,8 +20,12 @@ def test_vote_shares_equal_brute_force():
     rng = np.random.default_rng(7)
     reference = rng.standard_normal((700, 16)).astype(np.float32)
     labels = rng.integers(0, 5, len(reference))
-    z = np.concatenate([reference[:50] + 0.05 * rng.standard_normal((50, 16)),  # near a reference
-                        2.0 * rng.standard_normal((150, 16))]).astype(np.float32)  # anywhere
+    z = np.concatenate(
+        [
+            reference[:50] + 0.05 * rng.standard_normal((50, 16)),  # near a reference
+            2.0 * rng.standard_normal((150, 16)),
+        ]
+    ).astype(np.float32)  # anywhere
     clf = KNNClassifier(reference, labels, 5, k=9)
     got = clf.predict_proba(z)
     want = brute_force_shares(reference.astype(np.float64), labels, 5, 9, z.astype(np.float64))

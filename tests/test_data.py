@@ -77,6 +77,7 @@ def test_eurusd_sample_reads_from_installed_package():
 
 def test_parquet_bars(tmp_path):
     import pandas as pd
+
     syn = generate_bars(n_bars=300, seed=5)
     df = pd.DataFrame(syn.bars.values, columns=["Open", "High", "Low", "Close", "Volume"])
     df.insert(0, "timestamp", pd.to_datetime(syn.bars.times, unit="s", utc=True))

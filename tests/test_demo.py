@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_import_light import BLOCKER
 
 pytestmark = pytest.mark.slow
@@ -32,8 +31,13 @@ def demo_process(*args: str) -> subprocess.Popen:
         finally:
             assert "tensorflow" not in sys.modules
         """)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "120"})
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+    )
 
 
 def gone(pid: int) -> bool:
@@ -82,7 +86,9 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
     table = stdout.splitlines()
     assert all(any(f" {i} " in ln and f" {n} " in ln for ln in table) for i, n in enumerate(names)), stdout
     assert "regimetry demo: summary" in stdout and "dead letters by reason" in stdout
-    assert [r["event"] for r in s["audit_log"]] == ["model_loaded"] and s["audit_log"][0]["model_version"] == bundle.version
+    assert [r["event"] for r in s["audit_log"]] == ["model_loaded"] and s["audit_log"][0][
+        "model_version"
+    ] == bundle.version
     for name, pid in s["processes"].items():
         assert gone(pid), f"{name} (pid {pid}) still running after the demo"
 

@@ -19,10 +19,24 @@ from pathlib import Path
 
 import pytest
 import yaml
+from deploy_helpers import (
+    COMPOSE,
+    DASHBOARD,
+    GRAFANA_DIR,
+    PROM_DIR,
+    ROOT,
+    alert_rules,
+    compose,
+    dashboard,
+    dashboard_exprs,
+    embedded_prometheus_config,
+    interpolate,
+    load_yaml,
+    promtool,
+    queried_metrics,
+    service_env,
+)
 
-from deploy_helpers import (COMPOSE, DASHBOARD, GRAFANA_DIR, PROM_DIR, ROOT, alert_rules, compose, dashboard,
-                            dashboard_exprs, embedded_prometheus_config, interpolate, load_yaml, promtool,
-                            queried_metrics, service_env)
 from worker.settings import Settings, load_settings
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -64,9 +78,11 @@ def test_dashboard_panels_fit_the_grid_without_overlapping():
 
 
 def test_promtool_accepts_config_and_rules_and_alert_unit_tests_pass():
-    for args in (("check", "config", str(PROM_DIR / "prometheus.yml")),
-                 ("check", "rules", str(PROM_DIR / "alerts.yml")),
-                 ("test", "rules", str(PROM_DIR / "alerts.test.yml"))):
+    for args in (
+        ("check", "config", str(PROM_DIR / "prometheus.yml")),
+        ("check", "rules", str(PROM_DIR / "alerts.yml")),
+        ("test", "rules", str(PROM_DIR / "alerts.test.yml")),
+    ):
         r = promtool(*args)
         assert r.returncode == 0, f"promtool {' '.join(args)}:\n{r.stdout}\n{r.stderr}"
     assert "SUCCESS" in promtool("test", "rules", str(PROM_DIR / "alerts.test.yml")).stdout
@@ -74,7 +90,11 @@ def test_promtool_accepts_config_and_rules_and_alert_unit_tests_pass():
 
 def test_promtool_really_rejects_a_broken_rule(tmp_path):
     bad = tmp_path / "bad.yml"
-    bad.write_text(yaml.safe_dump({"groups": [{"name": "g", "rules": [{"alert": "X", "expr": "rate(regimetry_bars_consumed_total[5m]"}]}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"groups": [{"name": "g", "rules": [{"alert": "X", "expr": "rate(regimetry_bars_consumed_total[5m]"}]}]}
+        )
+    )
     assert promtool("check", "rules", str(bad)).returncode != 0
 
 
@@ -93,14 +113,21 @@ def test_worker_service_settings_load_and_point_at_the_other_services():
     env = service_env(services["worker"], {"REDIS_PASSWORD": "pw"})
     s = load_settings(env=env)  # parses every value with the worker's own types
     assert s.redis_password == "pw"
-    assert s.metrics_host == "0.0.0.0", "a metrics endpoint on 127.0.0.1 cannot be scraped from the Prometheus container"
+    assert s.metrics_host == "0.0.0.0", (
+        "a metrics endpoint on 127.0.0.1 cannot be scraped from the Prometheus container"
+    )
     broker_host, broker_port = s.broker_url.split("://")[1].split(":")
-    assert broker_host in services and f"INTERNAL://{broker_host}:{broker_port}" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert (
+        broker_host in services
+        and f"INTERNAL://{broker_host}:{broker_port}" in services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    )
     assert s.redis_url.split("//")[1].split(":")[0] in services
     assert "--requirepass" in services["redis"]["command"] and "--appendonly" in services["redis"]["command"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services["worker"]["volumes"]}
     assert s.bundle in mounts, "the bundle path must be the shared models volume"
-    assert mounts[s.bundle] in c["volumes"] and any(v.startswith(f"{mounts[s.bundle]}:") for v in services["trainer"]["volumes"])
+    assert mounts[s.bundle] in c["volumes"] and any(
+        v.startswith(f"{mounts[s.bundle]}:") for v in services["trainer"]["volumes"]
+    )
     assert Path(s.audit_log).parent.as_posix() in mounts, "the audit log must live on a volume"
     assert (s.bars_topic, s.events_topic, s.dlq_topic) == ("bars", "regime-events", "bars-dlq")
     assert services["trainer"]["profiles"] == ["train"]
@@ -117,8 +144,12 @@ def test_kafka_service_is_a_single_kraft_node_with_a_valid_cluster_id():
     assert node == str(env["KAFKA_NODE_ID"]) and voter.split(":")[1] in env["KAFKA_LISTENERS"]
     raw = base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")
     assert len(env["CLUSTER_ID"]) == 22 and len(raw) == 16
-    assert base64.urlsafe_b64encode(raw).decode().rstrip("=") == env["CLUSTER_ID"], "no stray bits in the last character"
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics come from the topics service, with their partition counts"
+    assert base64.urlsafe_b64encode(raw).decode().rstrip("=") == env["CLUSTER_ID"], (
+        "no stray bits in the last character"
+    )
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", (
+        "topics come from the topics service, with their partition counts"
+    )
 
 
 def test_topics_service_creates_what_the_worker_consumes():
@@ -136,7 +167,9 @@ def test_topics_service_creates_what_the_worker_consumes():
 def test_prometheus_scrapes_the_worker_service_on_its_metrics_port():
     services = compose()["services"]
     s = load_settings(env=service_env(services["worker"]))
-    job = next(j for j in load_yaml(PROM_DIR / "prometheus.yml")["scrape_configs"] if j["job_name"] == "regimetry-worker")
+    job = next(
+        j for j in load_yaml(PROM_DIR / "prometheus.yml")["scrape_configs"] if j["job_name"] == "regimetry-worker"
+    )
     sd = job["dns_sd_configs"][0]
     assert sd["names"] == ["worker"] and "worker" in services
     assert sd["port"] == s.metrics_port and str(s.metrics_port) in map(str, services["worker"]["expose"])
@@ -158,7 +191,10 @@ def test_grafana_provisioning_matches_mounts_and_dashboard():
     provider = load_yaml(GRAFANA_DIR / "provisioning" / "dashboards" / "regimetry.yml")["providers"][0]
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
-    assert graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{provider['options']['path']}/{DASHBOARD.name}"
+    assert (
+        graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        == f"{provider['options']['path']}/{DASHBOARD.name}"
+    )
     uids = {p["datasource"]["uid"] for p in dashboard()["panels"] if "datasource" in p}
     uids |= {t["datasource"]["uid"] for p in dashboard()["panels"] for t in p.get("targets", [])}
     assert uids == {ds["uid"]}
@@ -170,7 +206,9 @@ def test_dockerfiles_keep_tensorflow_out_of_the_worker_image():
     trainer = (ROOT / "docker" / "trainer.Dockerfile").read_text()
     assert 'pip install ".[worker]"' in worker
     instructions = "\n".join(ln for ln in worker.splitlines() if not ln.lstrip().startswith("#"))
-    assert not re.search(r"tensorflow|\.\[[^\]]*train", instructions), "the worker image must not install the train extra"
+    assert not re.search(r"tensorflow|\.\[[^\]]*train", instructions), (
+        "the worker image must not install the train extra"
+    )
     assert 'pip install ".[train]"' in trainer
     for text in (worker, trainer):
         for src in re.findall(r"^COPY (?:--\S+ )*(\S+(?: \S+)*) \S+$", text, re.M):
@@ -183,8 +221,11 @@ def test_dockerfiles_keep_tensorflow_out_of_the_worker_image():
 
 def test_every_dashboard_and_alert_query_is_valid_promql(tmp_path):
     exprs = [e.replace("$__rate_interval", "1m").replace("$symbol", ".*") for e in dashboard_exprs()]
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e}
-                                                       for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)]}
+        ]
+    }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))
     r = promtool("check", "rules", str(path))
@@ -197,19 +238,34 @@ def test_every_dashboard_and_alert_query_is_valid_promql(tmp_path):
 def fed_worker(stack, worker, model):
     """The session worker after events for two symbols and one dead letter of this module."""
     from fixtures_stack import series
+
     from regimetry.feed import interleave, produce, series_messages
     from regimetry.stack import metric_value, metrics_text, wait_until
 
     history = model.bundle.history_bars
     data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(["T20", "T21"])}
     before = metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") or 0.0
-    dead_before = metric_value(metrics_text(worker.port), "regimetry_bars_dead_lettered_total", {"reason": "malformed_json"})
-    produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
-            + [(b"T22", b"{not json")])
-    wait_until(lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + 2 * 31,
-               90, "events of T20/T21 emitted")
-    wait_until(lambda: metric_value(metrics_text(worker.port), "regimetry_bars_dead_lettered_total",
-                                    {"reason": "malformed_json"}) >= dead_before + 1, 30, "malformed message dead-lettered")
+    dead_before = metric_value(
+        metrics_text(worker.port), "regimetry_bars_dead_lettered_total", {"reason": "malformed_json"}
+    )
+    produce(
+        stack.bootstrap,
+        "bars",
+        interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]) + [(b"T22", b"{not json")],
+    )
+    wait_until(
+        lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + 2 * 31,
+        90,
+        "events of T20/T21 emitted",
+    )
+    wait_until(
+        lambda: (
+            metric_value(metrics_text(worker.port), "regimetry_bars_dead_lettered_total", {"reason": "malformed_json"})
+            >= dead_before + 1
+        ),
+        30,
+        "malformed message dead-lettered",
+    )
     return worker
 
 
@@ -222,8 +278,13 @@ def test_every_queried_metric_is_exported_by_a_running_worker(fed_worker):
     text = metrics_text(fed_worker.port)
     exported = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
     wanted = queried_metrics(dashboard_exprs() + [r["expr"] for r in alert_rules()])
-    assert {"regimetry_drift_psi", "regimetry_bars_consumed_total", "regimetry_end_to_end_latency_seconds_bucket",
-            "regimetry_current_regime", "regimetry_bars_dead_lettered_total"} <= wanted
+    assert {
+        "regimetry_drift_psi",
+        "regimetry_bars_consumed_total",
+        "regimetry_end_to_end_latency_seconds_bucket",
+        "regimetry_current_regime",
+        "regimetry_bars_dead_lettered_total",
+    } <= wanted
     missing = sorted(wanted - exported)
     assert not missing, f"queried but not exported by the worker: {missing}"
 
@@ -242,8 +303,9 @@ def test_worker_image_healthcheck_passes_against_a_ready_worker(fed_worker):
     assert ok.returncode == 0
     from regimetry.stack import free_port
 
-    down = subprocess.run([sys.executable, "-c", code.replace(f":{s.metrics_port}/", f":{free_port()}/")],
-                          capture_output=True, timeout=30)
+    down = subprocess.run(
+        [sys.executable, "-c", code.replace(f":{s.metrics_port}/", f":{free_port()}/")], capture_output=True, timeout=30
+    )
     assert down.returncode != 0, "the healthcheck must fail when nothing answers"
 
 
@@ -270,13 +332,25 @@ def prometheus(fed_worker, tmp_path_factory):
     port = free_port()
     log = work / "prometheus.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={work / 'data'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     p = Process("prometheus", proc, log, port)
     try:
-        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200,
-                   60, "prometheus ready")
+        wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2).status == 200,
+            60,
+            "prometheus ready",
+        )
         yield p
     finally:
         p.stop()

@@ -86,9 +86,9 @@ def test_regime_profiles_by_hand():
     prof = d.regime_profiles(SEQ, 3, ret)
     assert [p["id"] for p in prof] == [0, 1, 2]
     assert prof[0]["share"] == pytest.approx(3 / 8)
-    assert [p["n_bars"] for p in prof] == [3, 3, 2]                # the sample behind mean_return / volatility
-    assert prof[0]["mean_return"] == pytest.approx(3.0)            # bars 1, 3, 5
-    assert prof[0]["volatility"] == pytest.approx(sqrt(8 / 3))     # population std of (1, 3, 5)
+    assert [p["n_bars"] for p in prof] == [3, 3, 2]  # the sample behind mean_return / volatility
+    assert prof[0]["mean_return"] == pytest.approx(3.0)  # bars 1, 3, 5
+    assert prof[0]["volatility"] == pytest.approx(sqrt(8 / 3))  # population std of (1, 3, 5)
     assert prof[1]["volatility"] == 0.0
     assert prof[2]["stickiness"] == 1.0 and prof[2]["row_entropy"] == 0.0
     assert prof[1]["mean_duration"] == 3.0

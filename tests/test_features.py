@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from regimetry.data import load_sample
-from regimetry.features import FeatureSpec, Scaler, compute_features, history_needed, scaled_windows, latest_features
+from regimetry.features import FeatureSpec, Scaler, compute_features, history_needed, latest_features, scaled_windows
 from regimetry.synthetic import generate_bars
 
 
@@ -30,7 +30,7 @@ def test_stacked_histories_equal_batch(bars):
     spec = FeatureSpec()
     batch = compute_features(bars, spec)
     ends = np.arange(spec.lookback - 1, len(bars), 7)
-    stacked = np.stack([bars[e - spec.lookback + 1: e + 1] for e in ends])
+    stacked = np.stack([bars[e - spec.lookback + 1 : e + 1] for e in ends])
     got = latest_features(stacked, spec)
     assert np.abs(got - batch[ends - spec.lookback + 1]).max() <= 1e-9
 

@@ -7,8 +7,7 @@ import json
 
 from worker.validate import Bar, BarValidator, Reason, Rejection
 
-DOC = {"symbol": "EURUSD", "time": 1_700_000_000, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.15,
-       "volume": 10.0}
+DOC = {"symbol": "EURUSD", "time": 1_700_000_000, "open": 1.1, "high": 1.2, "low": 1.0, "close": 1.15, "volume": 10.0}
 
 
 def test_a_null_key_is_rejected_with_its_own_reason():

@@ -14,20 +14,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def prof(i: int, vol: float, mean: float = 0.0, n: int | None = 1000, share: float = 0.25) -> dict:
-    p = {"id": i, "share": share, "mean_duration": 10.0, "stickiness": 0.9, "row_entropy": 0.1,
-         "mean_return": mean, "volatility": vol}
+    p = {
+        "id": i,
+        "share": share,
+        "mean_duration": 10.0,
+        "stickiness": 0.9,
+        "row_entropy": 0.1,
+        "mean_return": mean,
+        "volatility": vol,
+    }
     if n is not None:
         p["n_bars"] = n
     return p
 
 
-@pytest.mark.parametrize("k, want", [
-    (2, ["calm", "turbulent"]),
-    (3, ["calm", "normal", "turbulent"]),
-    (4, ["calm", "normal", "turbulent", "crisis"]),
-    (5, ["calm", "quiet", "normal", "turbulent", "crisis"]),
-    (6, ["calm", "quiet", "normal 1", "normal 2", "turbulent", "crisis"]),
-])
+@pytest.mark.parametrize(
+    "k, want",
+    [
+        (2, ["calm", "turbulent"]),
+        (3, ["calm", "normal", "turbulent"]),
+        (4, ["calm", "normal", "turbulent", "crisis"]),
+        (5, ["calm", "quiet", "normal", "turbulent", "crisis"]),
+        (6, ["calm", "quiet", "normal 1", "normal 2", "turbulent", "crisis"]),
+    ],
+)
 def test_names_follow_the_volatility_rank_not_the_id(k, want):
     vols = [1.0 + (i + 1) % k for i in range(k)]  # rotated: the most volatile is id k - 2, the calmest id k - 1
     names = regime_names([prof(i, v) for i, v in enumerate(vols)])
@@ -47,9 +57,9 @@ def test_drift_suffix_only_where_the_mean_is_significant():
     assert drift_suffix(-1.2e-3, 0.01, 400) == " down"
     assert drift_suffix(0.9e-3, 0.01, 400) == ""
     assert drift_suffix(-0.9e-3, 0.01, 400) == ""
-    assert drift_suffix(1.2e-3, 0.01, 100) == ""       # same mean, fewer bars: not significant
-    assert drift_suffix(1.2e-3, 0.01, None) == ""      # no count (older bundle): never suffixed
-    assert drift_suffix(1e-9, 0.0, 10) == " up"        # constant returns: any non-zero mean is significant
+    assert drift_suffix(1.2e-3, 0.01, 100) == ""  # same mean, fewer bars: not significant
+    assert drift_suffix(1.2e-3, 0.01, None) == ""  # no count (older bundle): never suffixed
+    assert drift_suffix(1e-9, 0.0, 10) == " up"  # constant returns: any non-zero mean is significant
     assert drift_suffix(0.0, 0.0, 10) == "" and drift_suffix(5.0, 1.0, 1) == ""
     names = regime_names([prof(0, 0.01, 2e-3, 400), prof(1, 0.02, -5e-4, 400), prof(2, 0.03, -3.1e-3, 400)])
     assert names == ["calm up", "normal", "turbulent down"]
@@ -61,7 +71,7 @@ def test_unseen_regimes_and_collisions_get_the_id():
     # without n_bars, share tells seen from unseen
     assert regime_names([prof(0, 0.0, n=None, share=0.0), prof(1, 0.01, n=None)]) == ["unseen", "normal"]
     assert make_unique(["calm", "calm", "turbulent"], [0, 1, 2]) == ["calm 0", "calm 1", "turbulent"]
-    out = make_unique(["a", "a", "a 1"], [1, 2, 3])   # appending the id may collide again: still unique
+    out = make_unique(["a", "a", "a 1"], [1, 2, 3])  # appending the id may collide again: still unique
     assert len(set(out)) == 3 and out[1] == "a 2"
 
 

@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import UTC
 
 import numpy as np
 import pytest
@@ -26,8 +27,13 @@ TIMEOUT = 90
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, "-m", "regimetry.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "regimetry.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def hourly(symbol: str, start: int, n: int, seed: int = 0) -> BarSeries:
@@ -49,7 +55,7 @@ def test_pace_parsing():
 
 def test_replay_follows_the_schedule_and_interleaves_by_time():
     a = hourly("A", 0, 4)
-    b = hourly("B", 1800, 3)            # half an hour after each A bar
+    b = hourly("B", 1800, 3)  # half an hour after each A bar
     now = [0.0]
     sleeps: list[float] = []
 
@@ -58,8 +64,13 @@ def test_replay_follows_the_schedule_and_interleaves_by_time():
         now[0] += dt
 
     sent: list[tuple[float, str, int]] = []
-    stats = replay([a, b], lambda sym, msg: sent.append((now[0], sym, json.loads(msg)["time"])), Pace(speed=60.0),
-                   clock=lambda: now[0], sleep=sleep)
+    stats = replay(
+        [a, b],
+        lambda sym, msg: sent.append((now[0], sym, json.loads(msg)["time"])),
+        Pace(speed=60.0),
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
     assert [s for _, s, _ in sent] == ["A", "B", "A", "B", "A", "B", "A"]
     times = [t for _, _, t in sent]
     assert times == sorted(times)
@@ -82,18 +93,35 @@ def test_merge_keeps_each_symbol_in_order_on_equal_times():
 @pytest.mark.slow
 def test_replay_command_produces_interleaved_bars(stack, tmp_path):
     from regimetry.feed import Collector
-    from regimetry.stack import create_topics
-
     from regimetry.ops.events_view import iso
+    from regimetry.stack import create_topics
 
     create_topics(stack.bootstrap, {"ops-replay": 1})  # one partition: the global order is observable
     for name, start in (("a", 0), ("b", 1200)):
         s = hourly(name, 1_500_000_000 + start, 25, seed=len(name) + start)
-        rows = ["time,open,high,low,close,volume"] + [",".join(map(str, [iso(t), *v])) for t, v in zip(s.times, s.values)]
+        rows = ["time,open,high,low,close,volume"] + [
+            ",".join(map(str, [iso(t), *v])) for t, v in zip(s.times, s.values)
+        ]
         (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
-    r = run_cli("replay", "--csv", str(tmp_path / "a.csv"), "--csv", str(tmp_path / "b.csv"), "--symbol", "RA",
-                "--symbol", "RB", "--rate", "500/s", "--max", "20", "--topic", "ops-replay",
-                "--broker", f"kafka://{stack.bootstrap}")
+    r = run_cli(
+        "replay",
+        "--csv",
+        str(tmp_path / "a.csv"),
+        "--csv",
+        str(tmp_path / "b.csv"),
+        "--symbol",
+        "RA",
+        "--symbol",
+        "RB",
+        "--rate",
+        "500/s",
+        "--max",
+        "20",
+        "--topic",
+        "ops-replay",
+        "--broker",
+        f"kafka://{stack.bootstrap}",
+    )
     assert r.returncode == 0, r.stderr
     assert "sent 40 bars" in r.stderr
     col = Collector(stack.bootstrap, "ops-replay")
@@ -121,6 +149,7 @@ def test_replay_refuses_bad_arguments():
 def t23_events(stack, worker, model):
     """Events of symbol T23 (its bars sent twice: the second time the worker re-emits the same ids)."""
     from fixtures_stack import series
+
     from regimetry.feed import Collector, produce, series_messages
 
     history = model.bundle.history_bars
@@ -147,8 +176,18 @@ def t23_events(stack, worker, model):
 def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t23_events):
     want = [e for e in t23_events if e["regime_changed"]]
     assert want, "the series must contain regime changes for this test to mean anything"
-    r = run_cli("tail", "--from-beginning", "--json", "--symbol", "T23", "--transitions-only", "--idle-timeout", "3",
-                "--broker", stack.bootstrap)
+    r = run_cli(
+        "tail",
+        "--from-beginning",
+        "--json",
+        "--symbol",
+        "T23",
+        "--transitions-only",
+        "--idle-timeout",
+        "3",
+        "--broker",
+        stack.bootstrap,
+    )
     assert r.returncode == 0, r.stderr
     got = [json.loads(x) for x in r.stdout.splitlines()]
     assert [e["event_id"] for e in got] == [e["event_id"] for e in want]
@@ -172,14 +211,29 @@ def test_tail_table_stops_after_max(stack, t23_events, model):
 
 @pytest.mark.slow
 def test_report_events_writes_the_range_once_each(stack, t23_events, tmp_path):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     since, until = t23_events[10]["bar_time"], t23_events[50]["bar_time"]
     want = [e for e in t23_events if since <= e["bar_time"] < until]
-    since_iso = datetime.fromtimestamp(since, tz=timezone.utc).isoformat()
+    since_iso = datetime.fromtimestamp(since, tz=UTC).isoformat()
     out_csv, out_json = tmp_path / "ev.csv", tmp_path / "ev.json"
-    r = run_cli("report-events", "--since", since_iso, "--until", str(until), "--symbol", "T23",
-                "--csv", str(out_csv), "--json", str(out_json), "--idle", "1", "--broker", stack.bootstrap)
+    r = run_cli(
+        "report-events",
+        "--since",
+        since_iso,
+        "--until",
+        str(until),
+        "--symbol",
+        "T23",
+        "--csv",
+        str(out_csv),
+        "--json",
+        str(out_json),
+        "--idle",
+        "1",
+        "--broker",
+        stack.bootstrap,
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert [row["event_id"] for row in rows] == [e["event_id"] for e in want] and len(rows) == 40
@@ -193,9 +247,15 @@ def test_report_events_writes_the_range_once_each(stack, t23_events, tmp_path):
 def test_topics_command_creates_topics_with_partition_counts_from_env(stack):
     from kafka import KafkaAdminClient
 
-    env = {"REGIMETRY_BARS_TOPIC": "ops-bars", "REGIMETRY_EVENTS_TOPIC": "ops-events", "REGIMETRY_DLQ_TOPIC": "ops-dlq",
-           "REGIMETRY_BARS_PARTITIONS": "3", "REGIMETRY_EVENTS_PARTITIONS": "2", "REGIMETRY_DLQ_PARTITIONS": "1",
-           "REGIMETRY_BROKER_URL": f"kafka://{stack.bootstrap}"}
+    env = {
+        "REGIMETRY_BARS_TOPIC": "ops-bars",
+        "REGIMETRY_EVENTS_TOPIC": "ops-events",
+        "REGIMETRY_DLQ_TOPIC": "ops-dlq",
+        "REGIMETRY_BARS_PARTITIONS": "3",
+        "REGIMETRY_EVENTS_PARTITIONS": "2",
+        "REGIMETRY_DLQ_PARTITIONS": "1",
+        "REGIMETRY_BROKER_URL": f"kafka://{stack.bootstrap}",
+    }
     for _ in range(2):  # idempotent
         r = run_cli("topics", env=env)
         assert r.returncode == 0, r.stderr
@@ -212,12 +272,23 @@ def test_kafka_client_config_carries_sasl_and_tls():
     from worker.settings import load_settings
 
     assert bootstrap_servers("kafka://a:9092;kafka://b:9093") == ["a:9092", "b:9093"]
-    s = load_settings(env={"REGIMETRY_BROKER_URL": "kafka://k1:9094,k2:9094", "REGIMETRY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                           "REGIMETRY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "REGIMETRY_KAFKA_SASL_USERNAME": "u",
-                           "REGIMETRY_KAFKA_SASL_PASSWORD": "p", "REGIMETRY_KAFKA_SSL_CAFILE": "/ca.pem"})
+    s = load_settings(
+        env={
+            "REGIMETRY_BROKER_URL": "kafka://k1:9094,k2:9094",
+            "REGIMETRY_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "REGIMETRY_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "REGIMETRY_KAFKA_SASL_USERNAME": "u",
+            "REGIMETRY_KAFKA_SASL_PASSWORD": "p",
+            "REGIMETRY_KAFKA_SSL_CAFILE": "/ca.pem",
+        }
+    )
     cfg = client_config(s)
     assert cfg["bootstrap_servers"] == ["k1:9094", "k2:9094"] and cfg["security_protocol"] == "SASL_SSL"
-    assert (cfg["sasl_mechanism"], cfg["sasl_plain_username"], cfg["sasl_plain_password"]) == ("SCRAM-SHA-512", "u", "p")
+    assert (cfg["sasl_mechanism"], cfg["sasl_plain_username"], cfg["sasl_plain_password"]) == (
+        "SCRAM-SHA-512",
+        "u",
+        "p",
+    )
     assert cfg["ssl_cafile"] == "/ca.pem"
     assert "sasl_mechanism" not in client_config(load_settings(env={}))
 
@@ -232,10 +303,10 @@ def test_audit_log_records_loads_and_version_changes(tmp_path):
     record_model_load(log, m1, tmp_path / "v1", group_id="g")
     record_model_load(log, m1, tmp_path / "v1", group_id="g")
     with open(log, "a") as f:
-        f.write('{"torn": tr')          # a crash mid-line must not break the next record
+        f.write('{"torn": tr')  # a crash mid-line must not break the next record
     record_model_load(log, m2, tmp_path / "v2", group_id="g")
     lines = log.read_text().splitlines()
-    docs = [json.loads(x) for x in (lines[0], lines[1], lines[2][lines[2].index('{"bundle_dir"'):])]
+    docs = [json.loads(x) for x in (lines[0], lines[1], lines[2][lines[2].index('{"bundle_dir"') :])]
     assert [d["event"] for d in docs] == ["model_loaded", "model_loaded", "model_changed"]
     assert docs[2]["previous_version"] == "v1" and docs[2]["model_version"] == "v2"
     assert docs[2]["files"] == {"encoder.onnx": "bb"} and docs[2]["group_id"] == "g"
@@ -257,8 +328,13 @@ def test_strategy_subscriber_example_in_the_docs_runs(stack, t23_events, tmp_pat
     assert code.count("group_id=None") == 1 and "consumer.commit" not in code
     script = tmp_path / "strategy.py"
     script.write_text(code)
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "KAFKA_BOOTSTRAP": stack.bootstrap, "EXIT_AFTER_IDLE_MS": "3000"})
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KAFKA_BOOTSTRAP": stack.bootstrap, "EXIT_AFTER_IDLE_MS": "3000"},
+    )
     assert r.returncode == 0, r.stderr
     want = [e for e in t23_events if e["regime_changed"] and e["regime"]["confidence"] >= 0.6]
     got = [ln for ln in r.stdout.splitlines() if ln.startswith("T23:")]
@@ -275,13 +351,30 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
     import time
 
     from fixtures_stack import series
+
     from regimetry.feed import produce, series_messages
 
     history = model.bundle.history_bars
     bars = series("T24", history + 9, seed=24)
-    proc = subprocess.Popen([sys.executable, "-m", "regimetry.cli", "tail", "--json", "--symbol", "T24", "--max", "10", "--broker",
-                             stack.bootstrap], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "regimetry.cli",
+            "tail",
+            "--json",
+            "--symbol",
+            "T24",
+            "--max",
+            "10",
+            "--broker",
+            stack.bootstrap,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     try:
         deadline = time.monotonic() + TIMEOUT
         line = ""
@@ -296,4 +389,4 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
     assert proc.returncode == 0, err
     got = [json.loads(x) for x in out.splitlines()]
     assert [e["symbol"] for e in got] == ["T24"] * 10
-    assert sorted(e["bar_time"] for e in got) == bars.times[history - 1:].tolist()
+    assert sorted(e["bar_time"] for e in got) == bars.times[history - 1 :].tolist()

@@ -15,10 +15,10 @@ import textwrap
 import time
 
 import pytest
-
 from fixtures_stack import schema_validator, series
-from regimetry.feed import series_messages
 from test_worker_imports import run as run_blocked
+
+from regimetry.feed import series_messages
 from worker.events import encode
 
 SYMBOL = "PRED"
@@ -69,9 +69,12 @@ def bars_file(bars, tmp_path_factory):
     import pandas as pd
 
     path = tmp_path_factory.mktemp("bars") / "pred_bars.parquet"
-    pd.DataFrame({"time": pd.to_datetime(bars.times, unit="s", utc=True),
-                  **{c: bars.values[:, j] for j, c in enumerate(("open", "high", "low", "close", "volume"))}}
-                 ).to_parquet(path)
+    pd.DataFrame(
+        {
+            "time": pd.to_datetime(bars.times, unit="s", utc=True),
+            **{c: bars.values[:, j] for j, c in enumerate(("open", "high", "low", "close", "volume"))},
+        }
+    ).to_parquet(path)
     return path
 
 
@@ -89,7 +92,7 @@ def _worker_events(stack, bundle, prefix: str, bars, sizes) -> list[bytes]:
         await rt.connect()
         got, i, n = [], 0, 0
         while i < len(msgs):
-            part = msgs[i:i + sizes[n % len(sizes)]]
+            part = msgs[i : i + sizes[n % len(sizes)]]
             records = [Record(k, v, "bars", 0, i + j, time.time()) for j, (k, v) in enumerate(part)]
             got += [v for _, v in (await rt.processor.process(records)).events]
             i, n = i + len(part), n + 1
@@ -123,8 +126,18 @@ def _assert_close(a, b, path="event"):
 @pytest.mark.slow
 def test_predict_equals_the_workers_events(stack, tiny_bundle, bars, bars_file, tmp_path):
     out = tmp_path / "events.jsonl"
-    _invoke("--bundle", str(tiny_bundle), "--data", str(bars_file), "--symbol", SYMBOL, "--out", str(out),
-            "--chunk-size", "100")
+    _invoke(
+        "--bundle",
+        str(tiny_bundle),
+        "--data",
+        str(bars_file),
+        "--symbol",
+        SYMBOL,
+        "--out",
+        str(out),
+        "--chunk-size",
+        "100",
+    )
     predicted = out.read_bytes().splitlines()
     n = len(bars) - _serving(tiny_bundle).history + 1
     assert len(predicted) == n
@@ -148,7 +161,7 @@ def test_chunked_equals_one_pass_and_the_batch_reference(tiny_bundle, bars):
     serving = _serving(tiny_bundle)
     one = _predict(serving, bars, ONE_PASS)
     ref = serving.model.run_series(bars.values)
-    assert [d["bar_time"] for d in one] == bars.times[ref.offset:].tolist()
+    assert [d["bar_time"] for d in one] == bars.times[ref.offset :].tolist()
     assert [d["regime"]["id"] for d in one] == ref.regime.tolist()
     assert [d["regime"]["probabilities"] for d in one] == ref.proba.tolist()
     assert [d["bars_in_regime"] for d in one] == ref.dwell.tolist()
@@ -158,7 +171,7 @@ def test_chunked_equals_one_pass_and_the_batch_reference(tiny_bundle, bars):
     assert [d["predicted"]["probabilities"] for d in one if d["predicted"]] == ref.next_proba[has_fc].tolist()
     assert 0 < has_fc.sum() < len(one) and 0 < sum(d["regime_changed"] for d in one)
     expected = [encode(d) for d in one]
-    for chunk in (1, 64, 100, serving.model.decoder.memory + 1, 192):   # rounded up to multiples of 64
+    for chunk in (1, 64, 100, serving.model.decoder.memory + 1, 192):  # rounded up to multiples of 64
         assert [encode(d) for d in _predict(serving, bars, chunk)] == expected, f"chunk size {chunk}"
 
 
@@ -175,8 +188,18 @@ def test_files_are_written_and_read_back(tiny_bundle, bars, bars_file, tmp_path)
     assert cols[-2:] == ["ood_score", "ood"] and f"p_{k - 1}" in cols and f"q_{k - 1}" in cols
     paths = {ext: tmp_path / f"out.{ext}" for ext in ("csv", "jsonl", "json", "parquet")}
     for path in paths.values():
-        _invoke("--bundle", str(tiny_bundle), "--data", str(bars_file), "--symbol", SYMBOL, "-o", str(path),
-                "--chunk-size", "128")
+        _invoke(
+            "--bundle",
+            str(tiny_bundle),
+            "--data",
+            str(bars_file),
+            "--symbol",
+            SYMBOL,
+            "-o",
+            str(path),
+            "--chunk-size",
+            "128",
+        )
     assert not list(tmp_path.glob("*.part"))
 
     lines = paths["jsonl"].read_bytes().splitlines()
@@ -203,8 +226,9 @@ def test_files_are_written_and_read_back(tiny_bundle, bars, bars_file, tmp_path)
         assert r["previous_regime"] == ("" if d["previous_regime"] is None else str(d["previous_regime"]))
         pred = d["predicted"]
         assert r["predicted_regime"] == ("" if pred is None else str(pred["regime"]))
-        assert [r[f"q_{i}"] for i in range(k)] == ([""] * k if pred is None else [repr(q) for q in
-                                                                                 pred["probabilities"]])
+        assert [r[f"q_{i}"] for i in range(k)] == (
+            [""] * k if pred is None else [repr(q) for q in pred["probabilities"]]
+        )
 
     pf = pq.ParquetFile(paths["parquet"])
     assert pf.metadata.num_rows == n and pf.schema_arrow.names == cols

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from research_helpers import csv_of, json_lines, nested, permute_bundle, run_cli, shifted, write_yaml
+
 from trainer import alignment
 
-PERM = np.array([2, 0, 1])   # tiny bundles have 3 regimes
+PERM = np.array([2, 0, 1])  # tiny bundles have 3 regimes
 
 
 # -- alignment on plain arrays ------------------------------------------------------------------------------
+
 
 def test_permuted_labels_with_noise_are_recovered_exactly():
     rng = np.random.default_rng(0)
@@ -22,7 +23,7 @@ def test_permuted_labels_with_noise_are_recovered_exactly():
     perm = np.array([3, 1, 0, 2])
     previous = perm[truth]
     noisy = truth.copy()
-    flip = rng.random(len(truth)) < 0.2                     # 20% of the new labels are wrong
+    flip = rng.random(len(truth)) < 0.2  # 20% of the new labels are wrong
     noisy[flip] = rng.integers(0, 4, flip.sum())
     found, agreement = alignment.match_labels(noisy, previous, 4)
     np.testing.assert_array_equal(found, perm)
@@ -60,8 +61,10 @@ def test_centroid_matching_and_permuted_clustering():
 
 # -- locked profile -------------------------------------------------------------------------------------------
 
+
 def test_lock_round_trip_and_feature_mismatch(tmp_path):
     from fixtures_bundle import tiny_config
+
     from regimetry.synthetic import generate_bars
     from trainer import locked_profile
 
@@ -84,9 +87,11 @@ def test_lock_round_trip_and_feature_mismatch(tmp_path):
 
 # -- end to end: one refit on shifted data, one on the same data, both against a permuted previous bundle -----
 
+
 @pytest.fixture()
 def locked(tmp_path):
     from fixtures_bundle import TINY
+
     from regimetry.synthetic import generate_bars
     from trainer import locked_profile
     from trainer.config import from_dict
@@ -112,8 +117,9 @@ def test_refresh_on_shifted_bars_keeps_ids_and_publishes(tiny_bundle, locked, tm
     new = shifted(old, 300)
     data = csv_of(new, tmp_path / "new.csv")
     log = tmp_path / "transitions.jsonl"
-    res = run_cli(["refresh", "--profile", str(locked), "--data", str(data), "--models", str(models),
-                   "--transitions", str(log)])
+    res = run_cli(
+        ["refresh", "--profile", str(locked), "--data", str(data), "--models", str(models), "--transitions", str(log)]
+    )
     events = json_lines(res.stdout)
     assert res.exit_code == 0, res.stdout
     aligned = next(e for e in events if e["event"] == "aligned")
@@ -130,7 +136,7 @@ def test_refresh_on_shifted_bars_keeps_ids_and_publishes(tiny_bundle, locked, tm
 
     # independent check with ONNX Runtime: both bundles label the overlapping bars alike
     a, b = RegimeModel(prev).run_series(old.values), RegimeModel(models / version).run_series(new.values)
-    _, ia, ib = np.intersect1d(old.times[a.offset:], new.times[b.offset:], return_indices=True)
+    _, ia, ib = np.intersect1d(old.times[a.offset :], new.times[b.offset :], return_indices=True)
     assert len(ia) > 3000
     assert np.mean(a.regime[ia] == b.regime[ib]) >= 0.9
 
@@ -148,10 +154,11 @@ def test_permuted_previous_recovered_exactly_and_low_agreement_is_flagged(tiny_b
 
     models = tmp_path / "models"
     models.mkdir()
-    prev = permute_bundle(Path(tiny_bundle), models, PERM, cold=True)   # a cold refit: the tiny model again
-    data = csv_of(generate_bars().bars, tmp_path / "same.csv")   # the bars the tiny bundle was trained on
-    res = run_cli(["refresh", "--profile", str(locked), "--data", str(data), "--models", str(models),
-                   "--min-agreement", "1.01"])
+    prev = permute_bundle(Path(tiny_bundle), models, PERM, cold=True)  # a cold refit: the tiny model again
+    data = csv_of(generate_bars().bars, tmp_path / "same.csv")  # the bars the tiny bundle was trained on
+    res = run_cli(
+        ["refresh", "--profile", str(locked), "--data", str(data), "--models", str(models), "--min-agreement", "1.01"]
+    )
     assert res.exit_code == 3, res.stdout
     events = json_lines(res.stdout)
     aligned = next(e for e in events if e["event"] == "aligned")
@@ -161,7 +168,7 @@ def test_permuted_previous_recovered_exactly_and_low_agreement_is_flagged(tiny_b
     # windows sit on a near-tie of the decoder that rounding flips
     assert aligned["agreement"] >= 0.99 and aligned["flagged"]
     assert events[-1]["event"] == "flagged"
-    assert (models / "CURRENT").read_text().strip() == prev.name      # not published
+    assert (models / "CURRENT").read_text().strip() == prev.name  # not published
     assert not (models / "transitions.jsonl").exists()
 
 
@@ -169,8 +176,9 @@ def test_refresh_exit_codes_for_bad_inputs(tmp_path, locked):
     bad = write_yaml(tmp_path / "bad.yaml", {"kind": "something else"})
     res = run_cli(["refresh", "--profile", str(bad), "--data", "synthetic", "--models", str(tmp_path)])
     assert res.exit_code == 2 and json_lines(res.stdout)[-1]["event"] == "error"
-    missing = run_cli(["refresh", "--profile", str(locked), "--data", str(tmp_path / "nope.csv"),
-                       "--models", str(tmp_path)])
+    missing = run_cli(
+        ["refresh", "--profile", str(locked), "--data", str(tmp_path / "nope.csv"), "--models", str(tmp_path)]
+    )
     assert missing.exit_code == 2 and "no such file" in json_lines(missing.stdout)[-1]["message"]
 
 
@@ -182,18 +190,25 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
 
     rng = np.random.default_rng(2)
     n = 600
-    new_ids = np.repeat([0, 1, 2], n // 3)                       # the refit's own ids, by block of bars
+    new_ids = np.repeat([0, 1, 2], n // 3)  # the refit's own ids, by block of bars
     vol = np.array([0.001, 0.004, 0.012])[new_ids]
     drift = np.array([0.0005, 0.0, -0.0005])[new_ids]
     close = 100 * np.exp(np.cumsum(drift + vol * rng.standard_normal(n)))
     series = BarSeries(3600 * np.arange(n), np.stack([close] * 4 + [np.ones(n)], 1))
-    z = np.eye(3, dtype=np.float32)[new_ids] * 10               # embeddings that the classifier maps to new_ids
+    z = np.eye(3, dtype=np.float32)[new_ids] * 10  # embeddings that the classifier maps to new_ids
     cl = Clustering(np.zeros(3), np.ones(3), new_ids, np.eye(3) * 10, KNNClassifier(z, new_ids, 3, 1))
     # the previous bundle called the calm regime 2, the middle one 0, the wild one 1 (PERM)
-    profiles = [{"id": int(PERM[i]), "mean_return": [0.0005, 0.0, -0.0005][i], "volatility": [0.001, 0.004, 0.012][i]}
-                for i in range(3)]
-    prev = Previous(Path("prev"), {"model_version": "old", "regime_profiles": profiles, "data": {}}, None, None,
-                    "feature code version 1 is gone")
+    profiles = [
+        {"id": int(PERM[i]), "mean_return": [0.0005, 0.0, -0.0005][i], "volatility": [0.001, 0.004, 0.012][i]}
+        for i in range(3)
+    ]
+    prev = Previous(
+        Path("prev"),
+        {"model_version": "old", "regime_profiles": profiles, "data": {}},
+        None,
+        None,
+        "feature code version 1 is gone",
+    )
     aligned, rec = Aligner(prev, series, 0.9, 50)(cl, new_ids, series.times)  # the refit's decoded regimes
     assert rec["method"] == "profile_centroids" and rec["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
     assert rec["agreement"] is None and rec["flagged"] and "gone" in rec["reason"]
@@ -209,7 +224,7 @@ def test_overlapping_refreshes_are_refused(tmp_path, locked):
                 pass
         res = run_cli(["refresh", "--profile", str(locked), "--data", "synthetic", "--models", str(tmp_path)])
         assert res.exit_code == 6 and json_lines(res.stdout)[-1]["event"] == "error"
-    with exclusive(tmp_path):      # released on exit
+    with exclusive(tmp_path):  # released on exit
         pass
 
 
@@ -226,7 +241,7 @@ def test_permuted_bundle_helper_renames_every_id(tiny_bundle, tmp_path):
     assert tied.mean() < 0.05
     np.testing.assert_array_equal(b.regime[~tied], PERM[a.regime[~tied]])
     np.testing.assert_allclose(b.proba[:, PERM], a.proba)
-    np.testing.assert_allclose(b.ood, a.ood)                  # centroids moved with their ids
+    np.testing.assert_allclose(b.ood, a.ood)  # centroids moved with their ids
     ma = json.loads((Path(tiny_bundle) / "manifest.json").read_text())
     mb = json.loads((copy / "manifest.json").read_text())
     for i in range(3):

@@ -18,7 +18,7 @@ TRUE = blocks((0, 30), (1, 25), (2, 40), (0, 20), (1, 35), (2, 30))
 
 
 def test_permuted_labelling_is_perfect():
-    found = np.array([7, 3, 5])[TRUE]              # same partition, other names
+    found = np.array([7, 3, 5])[TRUE]  # same partition, other names
     assert rs.ari(found, TRUE) == pytest.approx(1.0)
     assert rs.balanced_accuracy(found, TRUE) == pytest.approx(1.0)
     assert rs.refit_agreement(found, TRUE) == pytest.approx(1.0)
@@ -48,7 +48,7 @@ def test_delayed_copy_has_the_delay_it_was_shifted_by():
     assert d["delays"] == [shift] * 5 and d["median_delay"] == shift and d["share_detected"] == 1.0
     # a switch that is never followed before the next true switch is not detected
     missed = TRUE.copy()
-    missed[30:55] = 0                                   # the first 1-block is never labelled 1
+    missed[30:55] = 0  # the first 1-block is never labelled 1
     assert rs.detection_delays(missed, TRUE)["share_detected"] == pytest.approx(4 / 5)
 
 
@@ -56,7 +56,7 @@ def test_switch_count_and_dwell():
     a = blocks((0, 3), (1, 2), (0, 5))
     assert rs.switch_count(a) == 2
     assert rs.run_lengths(a).tolist() == [3, 2, 5]
-    assert rs.mean_dwell(a) == pytest.approx(10 / 3)   # runs cut at the ends count in full
+    assert rs.mean_dwell(a) == pytest.approx(10 / 3)  # runs cut at the ends count in full
     assert rs.mean_dwell(np.zeros(7, dtype=int)) == 7.0
     assert rs.switch_ratio(blocks((0, 5), (1, 5), (0, 5), (1, 5)), blocks((0, 10), (1, 10))) == 3.0
 
@@ -64,13 +64,13 @@ def test_switch_count_and_dwell():
 def test_eta_squared_and_vol_ratio():
     rng = np.random.default_rng(0)
     n = 4000
-    state = (np.arange(n) // 200) % 2                          # two volatility levels, 200-bar blocks
+    state = (np.arange(n) // 200) % 2  # two volatility levels, 200-bar blocks
     r = rng.standard_normal(n) * np.where(state == 1, 0.01, 0.001)
     bars = np.arange(n - 1)
-    nxt = rs.next_returns(r, bars)                            # r_{t+1}
+    nxt = rs.next_returns(r, bars)  # r_{t+1}
     assert np.array_equal(nxt, r[1:])
     assert np.isnan(rs.next_returns(r, [n - 1])[0])
-    good = rs.next_abs_return_eta2(state[1:], nxt)            # the label of bar t that knows bar t+1's level
+    good = rs.next_abs_return_eta2(state[1:], nxt)  # the label of bar t that knows bar t+1's level
     noise = rs.next_abs_return_eta2(rng.integers(0, 2, n - 1), nxt)
     assert good > 0.3 and abs(noise) < 0.01
     assert rs.vol_ratio(state[1:], nxt) == pytest.approx(10.0, rel=0.1)

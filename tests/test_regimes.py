@@ -28,12 +28,14 @@ def brute_force(costs: np.ndarray, lam: float, memory: int) -> np.ndarray:
     out = []
     for t in range(len(costs)):
         v = None
-        for row in costs[max(0, t - memory + 1):t + 1]:
+        for row in costs[max(0, t - memory + 1) : t + 1]:
             if v is None:
                 v = [float(c) for c in row]
             else:
-                v = [float(row[k]) + min(v[j] + (lam if j != k else 0.0) for j in range(len(row)))
-                     for k in range(len(row))]
+                v = [
+                    float(row[k]) + min(v[j] + (lam if j != k else 0.0) for j in range(len(row)))
+                    for k in range(len(row))
+                ]
         out.append(int(np.argmin(v)))
     return np.asarray(out)
 
@@ -82,9 +84,9 @@ def test_bar_by_bar_from_stored_costs_equals_the_batch_pass():
     got, stored, i = [], np.zeros((0, costs.shape[1])), 0
     while i < len(costs):
         n = int(rng.integers(1, 150))
-        new = costs[i:i + n]
+        new = costs[i : i + n]
         got.append(dec.values(dec.cost_windows(stored, new)))
-        stored = np.concatenate([stored, new])[-(dec.memory - 1):]
+        stored = np.concatenate([stored, new])[-(dec.memory - 1) :]
         i += n
     np.testing.assert_array_equal(np.concatenate(got), whole)
 
@@ -99,8 +101,9 @@ def test_probabilities_favour_the_decoded_regime_and_sum_to_one():
 
 def test_a_larger_penalty_switches_less():
     costs = planted_costs(3000, seed=11)
-    switches = [np.count_nonzero(np.diff(JumpDecoder(lam, 128).decode_series(costs).argmin(1)))
-                for lam in (0.0, 4.0, 32.0)]
+    switches = [
+        np.count_nonzero(np.diff(JumpDecoder(lam, 128).decode_series(costs).argmin(1))) for lam in (0.0, 4.0, 32.0)
+    ]
     assert switches[0] > switches[1] > switches[2]
 
 

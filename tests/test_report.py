@@ -27,18 +27,24 @@ def test_plots_from_arrays(tmp_path):
     times = 1_700_000_000 + 3600 * np.arange(len(reg))
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, len(reg))))
     p = np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.3, 0.0, 0.7]])
-    made = [plots.price_bands(times, close, reg, 3, tmp_path / "price.png"),
-            plots.transition_heatmap(p, tmp_path / "tm.png"),
-            plots.share_bars(np.array([0.4, 0.2, 0.4]), np.array([40.0, 40.0, 40.0]), tmp_path / "shares.png"),
-            plots.embedding_map(rng.normal(size=(len(reg), 2)), reg, 3, "t-SNE", tmp_path / "map.png"),
-            plots.transition_heatmap(p, tmp_path / "tm_named.png", ("calm", "normal up", "turbulent")),
-            plots.share_bars(np.array([0.4, 0.2, 0.4]), np.array([40.0, 40.0, 40.0]), tmp_path / "shares_named.png",
-                             ("calm", "normal up", "turbulent"))]
+    made = [
+        plots.price_bands(times, close, reg, 3, tmp_path / "price.png"),
+        plots.transition_heatmap(p, tmp_path / "tm.png"),
+        plots.share_bars(np.array([0.4, 0.2, 0.4]), np.array([40.0, 40.0, 40.0]), tmp_path / "shares.png"),
+        plots.embedding_map(rng.normal(size=(len(reg), 2)), reg, 3, "t-SNE", tmp_path / "map.png"),
+        plots.transition_heatmap(p, tmp_path / "tm_named.png", ("calm", "normal up", "turbulent")),
+        plots.share_bars(
+            np.array([0.4, 0.2, 0.4]),
+            np.array([40.0, 40.0, 40.0]),
+            tmp_path / "shares_named.png",
+            ("calm", "normal up", "turbulent"),
+        ),
+    ]
     assert plots.regime_label(1, ("calm", "normal up")) == "1 normal up" and plots.regime_label(1) == "regime 1"
     for path in made:
         w, h = png_size(path)
         assert 250 <= w <= 1400 and 200 <= h <= 700, (path.name, w, h)
-        assert path.stat().st_size > 5_000        # something was drawn, not an empty canvas
+        assert path.stat().st_size > 5_000  # something was drawn, not an empty canvas
     np.testing.assert_array_equal(plots.evenly(10, 4), [0, 3, 6, 9])
     np.testing.assert_array_equal(plots.evenly(3, 4), [0, 1, 2])
 
@@ -53,7 +59,7 @@ def test_report_of_a_bundle(tiny_bundle, tmp_path):
     files = report.write_report(view, tmp_path / "rep", max_points=300, umap=False)
     assert set(files.figures) == {"embedding_tsne", "price_regimes", "transition_matrix", "regime_shares"}
     text = files.report.read_text()
-    for name, path in files.figures.items():
+    for path in files.figures.values():
         png_size(path)
         assert f"]({path.name})" in text
     assert "| silhouette |" in text and "| min_share |" in text and text.count("\n| 2 |") == 1

@@ -11,8 +11,16 @@ import pytest
 from regimetry.features import FeatureSpec, Scaler, compute_features, history_needed, scaled_windows
 from regimetry.flat_next import flat_bar_histories, flat_next_windows, next_window_regimes
 from regimetry.regimes import JumpDecoder, RegimeSpace
-from regimetry.scoring import (adjusted_rand_index, change_detection, classification_scores, confusion_matrix,
-                               macro_f1, next_regime_report, parse_when, per_class_f1)
+from regimetry.scoring import (
+    adjusted_rand_index,
+    change_detection,
+    classification_scores,
+    confusion_matrix,
+    macro_f1,
+    next_regime_report,
+    parse_when,
+    per_class_f1,
+)
 from regimetry.synthetic import generate_bars
 
 STICKY = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]])
@@ -23,7 +31,7 @@ def test_confusion_and_f1_by_hand():
     true = np.array([0, 0, 1, 1, 2, 2, 2])
     pred = np.array([0, 1, 1, 1, 2, 0, 2])
     c = confusion_matrix(true, pred, 3)
-    assert c.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]          # rows true, columns predicted
+    assert c.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 2]]  # rows true, columns predicted
     # F1_k = 2 TP / (row sum + column sum): 2/4, 4/5, 4/5
     assert np.allclose(per_class_f1(c), [0.5, 0.8, 0.8])
     s = classification_scores(pred, true, 3)
@@ -42,7 +50,7 @@ def test_f1_matches_scikit_learn_when_every_regime_occurs():
 
 def test_absent_regime_is_named_and_left_out_of_macro_f1():
     true = np.array([0, 0, 1, 1])
-    pred = np.array([0, 3, 1, 1])          # regime 3 is predicted but never true; regime 2 never appears
+    pred = np.array([0, 3, 1, 1])  # regime 3 is predicted but never true; regime 2 never appears
     s = classification_scores(pred, true, 4)
     assert s["absent_regimes"] == [2, 3]
     assert s["per_class_f1"][2] is None and s["per_class_f1"][3] is None
@@ -62,21 +70,21 @@ def test_empty_split():
 # -- change detection --------------------------------------------------------------------------------------
 def test_change_detection_precision_recall():
     current = np.array([0, 0, 0, 1, 1, 2, 2, 2])
-    actual = np.array([0, 1, 0, 1, 2, 2, 0, 2])   # changes at steps 1, 4, 6
-    pred = np.array([1, 1, 0, 1, 0, 2, 0, 1])     # calls changes at 0, 1, 4, 6, 7; right at 1 and 6
+    actual = np.array([0, 1, 0, 1, 2, 2, 0, 2])  # changes at steps 1, 4, 6
+    pred = np.array([1, 1, 0, 1, 0, 2, 0, 1])  # calls changes at 0, 1, 4, 6, 7; right at 1 and 6
     cd = change_detection(current, actual, pred)
     assert (cd["actual_changes"], cd["predicted_changes"], cd["true_positives"]) == (3, 5, 2)
-    assert (cd["false_alarms"], cd["wrong_regime"]) == (2, 1)     # steps 0, 7; step 4 (said 0, was 2)
+    assert (cd["false_alarms"], cd["wrong_regime"]) == (2, 1)  # steps 0, 7; step 4 (said 0, was 2)
     assert cd["precision"] == pytest.approx(2 / 5) and cd["recall"] == pytest.approx(2 / 3)
     assert cd["f1"] == pytest.approx(2 * 0.4 * (2 / 3) / (0.4 + 2 / 3)) and cd["notes"] == []
 
 
 def test_change_detection_undefined_is_zero_with_a_note():
     current = np.array([0, 0, 1])
-    cd = change_detection(current, np.array([1, 0, 1]), current)      # persistence never calls a change
+    cd = change_detection(current, np.array([1, 0, 1]), current)  # persistence never calls a change
     assert cd["precision"] == cd["recall"] == cd["f1"] == 0.0 and cd["recall"] == 0.0
     assert any("precision undefined" in n for n in cd["notes"])
-    cd = change_detection(current, current, np.array([1, 0, 1]))      # no actual change at all
+    cd = change_detection(current, current, np.array([1, 0, 1]))  # no actual change at all
     assert cd["recall"] == 0.0 and any("recall undefined" in n for n in cd["notes"])
 
 
@@ -104,9 +112,9 @@ def test_forecaster_loses_to_flat_next_on_change_f1():
 
 def test_forecaster_loses_on_macro_f1_only():
     cur, nxt = _sequence()
-    pred = nxt.copy()                      # every change called right ...
+    pred = nxt.copy()  # every change called right ...
     alarms = np.flatnonzero(cur == nxt)[::3]
-    pred[alarms] = (cur[alarms] + 1) % 3   # ... but many false alarms
+    pred[alarms] = (cur[alarms] + 1) % 3  # ... but many false alarms
     rep = next_regime_report(cur, nxt, pred, STICKY, 3)
     cd = rep["change_detection"]["forecaster"]
     assert cd["recall"] == 1.0 and 0 < cd["precision"] < 1
@@ -116,7 +124,7 @@ def test_forecaster_loses_on_macro_f1_only():
     assert "loses to persistence on macro-F1" in rep["verdict"] and "loses to markov on macro-F1" in rep["verdict"]
     assert "change-step F1" not in rep["verdict"].split(":", 1)[1]
     assert "flat_next baseline not computed" in rep["verdict"]
-    assert set(rep["all_steps"]) == {"forecaster", "persistence", "markov"}   # no flat_next given, none reported
+    assert set(rep["all_steps"]) == {"forecaster", "persistence", "markov"}  # no flat_next given, none reported
 
 
 def test_forecaster_beating_every_baseline():
@@ -124,8 +132,16 @@ def test_forecaster_beating_every_baseline():
     rep = next_regime_report(cur, nxt, nxt.copy(), STICKY, 3, flat_next=cur.copy())
     assert rep["forecaster_beats_baselines"] is True
     assert rep["verdict"].startswith("forecaster beats every baseline (persistence, markov, flat_next)")
-    for key in ("all_steps", "change_steps", "change_detection", "n_classes", "markov_equals_persistence",
-                "verdict", "comparisons", "notes"):
+    for key in (
+        "all_steps",
+        "change_steps",
+        "change_detection",
+        "n_classes",
+        "markov_equals_persistence",
+        "verdict",
+        "comparisons",
+        "notes",
+    ):
         assert key in rep
     a = rep["all_steps"]["forecaster"]
     assert {"n", "accuracy", "macro_f1", "confusion"} <= set(a) and a["accuracy"] == 1.0
@@ -138,19 +154,20 @@ def test_markov_equal_to_persistence_is_flagged():
     assert any("markov equals persistence" in n for n in rep["notes"])
     assert rep["all_steps"]["markov"] == rep["all_steps"]["persistence"]
     loose = STICKY.copy()
-    loose[1] = [0.1, 0.3, 0.6]            # from regime 1 the chain expects 2
+    loose[1] = [0.1, 0.3, 0.6]  # from regime 1 the chain expects 2
     rep = next_regime_report(cur, nxt, nxt, loose, 3)
     assert not rep["markov_sticky"] and not rep["markov_equals_persistence"]
 
 
 # -- adjusted Rand index, times ----------------------------------------------------------------------------
 def test_adjusted_rand_index():
-    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 3, 3]) == 1.0          # a relabelling
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 3, 3]) == 1.0  # a relabelling
     # contingency [[2, 0], [1, 1]]: index 1, expected (2 * 3) / 6 = 1, max 2.5 -> (1 - 1) / (2.5 - 1) = 0
     assert adjusted_rand_index([0, 0, 1, 1], [0, 0, 0, 1]) == pytest.approx(0.0)
     # [[2, 1, 0], [0, 1, 2]]: index 2, sums C(3) + C(3) = 6 and 1 + 1 + 1 = 3, C(6) = 15
     assert adjusted_rand_index([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]) == pytest.approx(
-        (2 - (6 * 3 / 15)) / ((6 + 3) / 2 - 6 * 3 / 15))
+        (2 - (6 * 3 / 15)) / ((6 + 3) / 2 - 6 * 3 / 15)
+    )
     metrics = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, 3, 400), rng.integers(0, 4, 400)
@@ -160,7 +177,7 @@ def test_adjusted_rand_index():
 
 def test_parse_when():
     assert parse_when("2017-10-01") == 1506816000
-    assert parse_when("2017-10-01", end=True) == 1506816000 + 86399       # a bare end date covers its day
+    assert parse_when("2017-10-01", end=True) == 1506816000 + 86399  # a bare end date covers its day
     assert parse_when("2017-10-01T09:00Z") == parse_when("2017-10-01T10:00+01:00") == 1506848400
     assert parse_when("1506848400") == parse_when(1506848400) == 1506848400
     assert parse_when(None) is None
@@ -180,7 +197,7 @@ def test_flat_bar_histories_layout(bars):
     hist = flat_bar_histories(bars, ends, h)
     assert hist.shape == (3, h, 5)
     for row, e in zip(hist, ends):
-        assert np.array_equal(row[:-1], bars[e - h + 2: e + 1])
+        assert np.array_equal(row[:-1], bars[e - h + 2 : e + 1])
         c, v = bars[e, 3], bars[e, 4]
         assert np.array_equal(row[-1], [c, c, c, c, v])
     two = flat_bar_histories(bars, ends, h, n_flat=2)
@@ -193,13 +210,13 @@ def test_flat_next_windows_equal_a_hand_extended_history(bars):
     spec, w = FeatureSpec(), 12
     scaler = Scaler.fit(compute_features(bars[:300], spec))
     h = history_needed(spec, w)
-    ends = np.array([h - 2, 150, 222, 399])               # the first needs exactly h - 1 real bars
+    ends = np.array([h - 2, 150, 222, 399])  # the first needs exactly h - 1 real bars
     got = flat_next_windows(bars, ends, spec, scaler, w, block=3)
     assert got.shape == (4, w, spec.n_features) and got.dtype == np.float32
     for g, e in zip(got, ends):
         c, v = bars[e, 3], bars[e, 4]
-        extended = np.vstack([bars[: e + 1], [[c, c, c, c, v]]])      # the whole history plus one flat bar
-        want = scaled_windows(extended, spec, scaler, w)[-1]          # the window ending at the flat bar
+        extended = np.vstack([bars[: e + 1], [[c, c, c, c, v]]])  # the whole history plus one flat bar
+        want = scaled_windows(extended, spec, scaler, w)[-1]  # the window ending at the flat bar
         np.testing.assert_allclose(g, want, atol=1e-5)
     # and the window one step later on real bars differs from the flat one only in what the new bar brings
     real_next = scaled_windows(bars[: 151 + 1], spec, scaler, w)[-1]
@@ -213,7 +230,7 @@ def test_next_window_regimes_is_the_decoder_one_bar_ahead():
     dec = JumpDecoder(penalty=2.0, memory=1000)
     rows, z = rng.normal(size=(n + 1, f)), rng.normal(size=(n + 1, d))
     costs = space.costs(space.geometry(rows, z))
-    w = dec.decode_series(costs)                        # memory > n: no restart, exact recursion
+    w = dec.decode_series(costs)  # memory > n: no restart, exact recursion
     windows = np.zeros((n, 5, f))
     windows[:, -1] = rows[1:]
     got = next_window_regimes(space, dec, w[:-1], windows, z[1:])
@@ -235,7 +252,8 @@ def test_core_scoring_imports_without_scikit_learn_or_tensorflow():
         r = s.next_regime_report(cur, nxt, nxt, np.eye(3), 3, flat_next=cur)
         assert r["forecaster_beats_baselines"] and s.adjusted_rand_index(cur, nxt) < 1
         print("ok")
-        """)
+        """
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
@@ -285,8 +303,12 @@ def test_train_name_from_data_and_validation(monkeypatch, tmp_path):
     monkeypatch.setattr(trainer.pipeline, "train", fake_train)
     runner = CliRunner()
     bars = str(tmp_path / "gbpusd_h1.csv")
-    for args, want in ((["--data", bars], "gbpusd_h1"), (["--data", "synthetic"], "synthetic"),
-                       (["--data", bars, "--name", "mine"], "mine"), ([], "eurusd")):
+    for args, want in (
+        (["--data", bars], "gbpusd_h1"),
+        (["--data", "synthetic"], "synthetic"),
+        (["--data", bars, "--name", "mine"], "mine"),
+        ([], "eurusd"),
+    ):
         seen.clear()
         result = runner.invoke(_app(), ["train", "--output", str(tmp_path), *args])
         assert result.exit_code == 0, _text(result)

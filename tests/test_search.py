@@ -8,8 +8,8 @@ import math
 
 import pytest
 import yaml
-
 from research_helpers import csv_of, nested, run_cli, write_yaml
+
 from trainer import scorecard
 from trainer.search_spec import expand, load_search
 
@@ -22,17 +22,32 @@ def spec_file(tmp_path, grid: dict, base: dict | None = None, **extra):
 
 
 def test_expand_collapses_unused_styles_and_reports_invalid(tmp_path):
-    path = spec_file(tmp_path, {"encoding_method": ["learnable", "sinusoidal"],
-                                "encoding_style": ["interleaved", "stacked"], "n_clusters": [1, 3]})
+    path = spec_file(
+        tmp_path,
+        {
+            "encoding_method": ["learnable", "sinusoidal"],
+            "encoding_style": ["interleaved", "stacked"],
+            "n_clusters": [1, 3],
+        },
+    )
     cands, invalid = expand(load_search(path))
     # learnable x {interleaved, stacked} is one model; n_clusters=1 is refused by the config validation
     assert [(c.params["encoding_method"], c.params["encoding_style"]) for c in cands] == [
-        ("learnable", "-"), ("sinusoidal", "interleaved"), ("sinusoidal", "stacked")]
+        ("learnable", "-"),
+        ("sinusoidal", "interleaved"),
+        ("sinusoidal", "stacked"),
+    ]
     assert len(invalid) == 4 and all("n_clusters" in bad["error"] for bad in invalid)
     assert all(c.config["clustering"]["n_clusters"] == 3 and c.config["encoder"]["d_model"] == 16 for c in cands)
     # ids depend on the resolved config only: a reordered grid finds the same candidates
-    again = spec_file(tmp_path, {"n_clusters": [3], "encoding_style": ["stacked", "interleaved"],
-                                 "encoding_method": ["sinusoidal", "learnable"]})
+    again = spec_file(
+        tmp_path,
+        {
+            "n_clusters": [3],
+            "encoding_style": ["stacked", "interleaved"],
+            "encoding_method": ["sinusoidal", "learnable"],
+        },
+    )
     assert {c.id for c in expand(load_search(again))[0]} == {c.id for c in cands}
 
 
@@ -46,23 +61,32 @@ def test_search_file_errors(tmp_path):
 
 
 def test_composite_score_by_hand():
-    m = {"n_clusters": 4, "silhouette": 0.3, "davies_bouldin": 1.0, "share_entropy": 0.9, "min_share": 0.2,
-         "mean_duration_bars": 24.0, "validation_eta2": 0.05, "validation_dwell_ratio": 2.0,
-         "validation_refit_stability": 0.625}
+    m = {
+        "n_clusters": 4,
+        "silhouette": 0.3,
+        "davies_bouldin": 1.0,
+        "share_entropy": 0.9,
+        "min_share": 0.2,
+        "mean_duration_bars": 24.0,
+        "validation_eta2": 0.05,
+        "validation_dwell_ratio": 2.0,
+        "validation_refit_stability": 0.625,
+    }
     s = scorecard.score(m)
     assert s["separation"] == pytest.approx(0.5 * 0.3 + 0.5 / 2)
     assert s["balance"] == pytest.approx(0.5 * 0.9 + 0.5 * 0.8)
     assert s["persistence"] == pytest.approx(1 - math.exp(-1))
     assert s["informative"] == pytest.approx(1 - math.exp(-1))
-    assert s["steadiness"] == pytest.approx(0.0)                  # dwell doubled out of the fit span
-    assert s["stability"] == pytest.approx(0.5)                   # (0.625 - 1/4) / (3/4)
+    assert s["steadiness"] == pytest.approx(0.0)  # dwell doubled out of the fit span
+    assert s["stability"] == pytest.approx(0.5)  # (0.625 - 1/4) / (3/4)
     assert scorecard.score({**m, "validation_dwell_ratio": 1.0})["steadiness"] == pytest.approx(1.0)
     w = scorecard.DEFAULT_WEIGHTS
     assert s["composite"] == pytest.approx(sum(w[c] * s[c] for c in w) / sum(w.values()))
     # negative silhouette and NaN Davies-Bouldin count as no separation; weights renormalise
-    worse = scorecard.score({**m, "silhouette": -0.2, "davies_bouldin": float("nan")},
-                            scorecard.ScoreSpec.from_dict({"weights": {c: (1 if c == "separation" else 0)
-                                                                       for c in w}}))
+    worse = scorecard.score(
+        {**m, "silhouette": -0.2, "davies_bouldin": float("nan")},
+        scorecard.ScoreSpec.from_dict({"weights": {c: (1 if c == "separation" else 0) for c in w}}),
+    )
     assert worse["separation"] == 0.0 and worse["composite"] == 0.0
     assert scorecard.score({**m, "min_share": 0.01})["balance"] < s["balance"]
 
@@ -70,11 +94,19 @@ def test_composite_score_by_hand():
 def test_rank_orders_by_composite_and_puts_failures_last():
     from trainer.search import rank
 
-    base = {"n_clusters": 3, "silhouette": 0.2, "davies_bouldin": 1.5, "share_entropy": 0.9, "min_share": 0.2,
-            "mean_duration_bars": 10.0}
-    recs = [{"id": "a", "status": "ok", "metrics": base},
-            {"id": "b", "status": "failed", "metrics": None},
-            {"id": "c", "status": "ok", "metrics": {**base, "silhouette": 0.5}}]
+    base = {
+        "n_clusters": 3,
+        "silhouette": 0.2,
+        "davies_bouldin": 1.5,
+        "share_entropy": 0.9,
+        "min_share": 0.2,
+        "mean_duration_bars": 10.0,
+    }
+    recs = [
+        {"id": "a", "status": "ok", "metrics": base},
+        {"id": "b", "status": "failed", "metrics": None},
+        {"id": "c", "status": "ok", "metrics": {**base, "silhouette": 0.5}},
+    ]
     ranked = rank(recs, scorecard.ScoreSpec())
     assert [r["id"] for r in ranked] == ["c", "a", "b"] and [r["rank"] for r in ranked] == [1, 2, 3]
     assert ranked[-1]["score"] is None
@@ -104,7 +136,7 @@ def test_tiny_grid_search_ranks_writes_best_config_and_resumes(tmp_path):
     assert len(records) == 2
     rerun = run_cli(["search", "--config", str(path)])
     assert rerun.exit_code == 0 and "trained 0, resumed 2" in rerun.output
-    assert {p.name: p.read_text() for p in (out / "candidates").glob("*.json")} == records   # untouched
+    assert {p.name: p.read_text() for p in (out / "candidates").glob("*.json")} == records  # untouched
 
     # an interrupted search: one record missing -> only that candidate is trained again
     lost = out / "candidates" / f"{rows[1]['id']}.json"
@@ -112,5 +144,4 @@ def test_tiny_grid_search_ranks_writes_best_config_and_resumes(tmp_path):
     third = run_cli(["search", "--config", str(path), "--workers", "1"])
     assert third.exit_code == 0 and "trained 1, resumed 1" in third.output
     # seeded: the same numbers again (up to float rounding: the first run used one TF thread per process)
-    assert json.loads(lost.read_text())["metrics"] == pytest.approx(json.loads(records[lost.name])["metrics"],
-                                                                    rel=1e-5)
+    assert json.loads(lost.read_text())["metrics"] == pytest.approx(json.loads(records[lost.name])["metrics"], rel=1e-5)

@@ -47,17 +47,28 @@ def test_sinusoidal_styles():
     assert np.allclose(stacked[:, :4], np.sin(pos * freq)) and np.allclose(stacked[:, 4:], np.cos(pos * freq))
 
 
-@pytest.mark.parametrize("method, style, contrast", [("learnable", "interleaved", 0.0),
-                                                     ("sinusoidal", "interleaved", 0.5),
-                                                     ("sinusoidal", "stacked", 0.0)])
+@pytest.mark.parametrize(
+    "method, style, contrast",
+    [("learnable", "interleaved", 0.0), ("sinusoidal", "interleaved", 0.5), ("sinusoidal", "stacked", 0.0)],
+)
 def test_encoder_options_pretrain_and_export(tmp_path, method, style, contrast):
     from trainer import encoder as enc
     from trainer.export import check_parity, to_onnx
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 12, 5)).astype(np.float32)
-    cfg = EncoderConfig(d_model=16, heads=2, depth=1, ff_dim=16, embedding_dim=6, encoding_method=method,
-                        encoding_style=style, epochs=2, batch_size=32, contrast_weight=contrast)
+    cfg = EncoderConfig(
+        d_model=16,
+        heads=2,
+        depth=1,
+        ff_dim=16,
+        embedding_dim=6,
+        encoding_method=method,
+        encoding_style=style,
+        epochs=2,
+        batch_size=32,
+        contrast_weight=contrast,
+    )
     model = enc.build_encoder(12, 5, cfg)
     before = enc.embed(model, x[:8])
     hist = enc.pretrain(model, x[:80], x[70:], cfg, seed=1, positive_offset=12)
@@ -102,8 +113,14 @@ def test_parity_failure_is_loud(tmp_path):
 def test_bundle_is_complete_and_verified(tiny_training):
     b = tiny_training.bundle_dir
     manifest = verify_bundle(b)
-    names = {"encoder.onnx", "forecaster.onnx", "classifier.npz", "training_summary.json",
-             "training_profile_used.yaml", "regimes.csv"}
+    names = {
+        "encoder.onnx",
+        "forecaster.onnx",
+        "classifier.npz",
+        "training_summary.json",
+        "training_profile_used.yaml",
+        "regimes.csv",
+    }
     assert names <= set(manifest["files"])
     for name, digest in manifest["files"].items():
         assert sha256_file(b / name) == digest
@@ -248,6 +265,7 @@ def test_committed_bundle_regimes_recur_over_time():
 
 def test_train_config_reads_a_locked_profile(tmp_path):
     from fixtures_bundle import tiny_config
+
     from trainer import locked_profile
 
     cfg = tiny_config(tmp_path, seed=99)

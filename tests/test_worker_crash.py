@@ -9,17 +9,24 @@ and Redis key prefix, so the session worker used by the other tests is not distu
 from __future__ import annotations
 
 import pytest
-
 from fixtures_stack import series
+
 from regimetry.feed import Collector, PacedFeed, interleave, series_messages
 from regimetry.stack import create_topics, start_worker
 
 pytestmark = pytest.mark.slow
 
 TOPICS = {"bars-crash": 4, "regime-events-crash": 4, "bars-dlq-crash": 1}
-SETTINGS = {"bars_topic": "bars-crash", "events_topic": "regime-events-crash", "dlq_topic": "bars-dlq-crash",
-            "group_id": "regimetry-crash", "key_prefix": "crash", "batch_size": 16, "batch_within": 0.02,
-            "commit_interval": 2.0}
+SETTINGS = {
+    "bars_topic": "bars-crash",
+    "events_topic": "regime-events-crash",
+    "dlq_topic": "bars-dlq-crash",
+    "group_id": "regimetry-crash",
+    "key_prefix": "crash",
+    "batch_size": 16,
+    "batch_within": 0.02,
+    "commit_interval": 2.0,
+}
 
 
 def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_client, tmp_path):
@@ -37,7 +44,7 @@ def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_clie
     crashes = 0
     try:
         for k, threshold in enumerate((n_expected // 8, n_expected // 3, n_expected // 2)):
-            events.wait_for(lambda v: len(v) >= threshold, 120, f"{threshold} events before crash {k + 1}")
+            events.wait_for(lambda v, n=threshold: len(v) >= n, 120, f"{threshold} events before crash {k + 1}")
             worker.kill()
             crashes += 1
             worker = start_worker(stack, tmp_path, name=f"crash-worker-{k + 1}", **settings)
@@ -56,5 +63,7 @@ def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_clie
         stored = redis_client.zrange(f"crash:{{{s}}}:bars", 0, -1, withscores=True)
         assert [int(score) for _, score in stored] == b.times.tolist(), f"{s}: each bar stored exactly once"
     duplicates = len(events.records) - n_expected
-    print(f"crash recovery: bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
-          f"duplicates {duplicates}, losses 0, crashes {crashes}")
+    print(
+        f"crash recovery: bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
+        f"duplicates {duplicates}, losses 0, crashes {crashes}"
+    )

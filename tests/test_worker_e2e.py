@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
-
 from fixtures_stack import schema_validator, series
+
 from regimetry.feed import bar_message, interleave, produce, series_messages
 from worker.events import event_id
 
@@ -28,7 +28,7 @@ def assert_matches_reference(model, bars, got: list[dict]) -> None:
     (the decoder's) and OOD scores to float noise (ONNX Runtime's embeddings vary in the last bits with the
     batch they are computed in)."""
     ref = model.run_series(bars.values)
-    times = bars.times[ref.offset:]
+    times = bars.times[ref.offset :]
     assert [e["bar_time"] for e in got] == times.tolist(), "exactly one event per bar with a complete window"
     np.testing.assert_array_equal([e["regime"]["id"] for e in got], ref.regime)
     np.testing.assert_allclose([e["regime"]["probabilities"] for e in got], ref.proba, atol=1e-5)
@@ -37,8 +37,9 @@ def assert_matches_reference(model, bars, got: list[dict]) -> None:
     np.testing.assert_allclose([e["ood_score"] for e in got], ref.ood, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal([e["predicted"]["regime"] if e["predicted"] else -1 for e in got], ref.next_regime)
     has_fc = ref.next_regime >= 0
-    np.testing.assert_allclose([e["predicted"]["probabilities"] for e, f in zip(got, has_fc) if f],
-                               ref.next_proba[has_fc], atol=1e-5)
+    np.testing.assert_allclose(
+        [e["predicted"]["probabilities"] for e, f in zip(got, has_fc) if f], ref.next_proba[has_fc], atol=1e-5
+    )
     version = model.bundle.version
     for prev, e in zip([None] + got[:-1], got):
         assert e["event_id"] == event_id(e["symbol"], e["bar_time"], version)
@@ -54,8 +55,9 @@ def test_events_equal_batch_reference(stack, worker, model, events):
     produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]))
     expected = {s: len(b) - model.bundle.history_bars + 1 for s, b in data.items()}
 
-    vals = events.wait_for(lambda v: all(len(by_symbol(v, s)) >= n for s, n in expected.items()), TIMEOUT,
-                           "one event per complete window")
+    vals = events.wait_for(
+        lambda v: all(len(by_symbol(v, s)) >= n for s, n in expected.items()), TIMEOUT, "one event per complete window"
+    )
     validate = schema_validator("regime_event.schema.json")
     for s, b in data.items():
         got = by_symbol(vals, s)
@@ -117,9 +119,17 @@ BAD = [
     (b"BAD", b'{"symbol":"BAD","time":"yesterday","open":1,"high":1,"low":1,"close":1,"volume":1}', "schema_violation"),
     (b"BAD", b'{"symbol":"BAD","time":1700000000,"open":NaN,"high":1,"low":1,"close":1,"volume":1}', "non_finite"),
     (b"BAD", b'{"symbol":"BAD","time":1700000000,"open":1,"high":Infinity,"low":1,"close":1,"volume":1}', "non_finite"),
-    (b"BAD", b'{"symbol":"BAD","time":1700000000,"open":0,"high":1,"low":1,"close":1,"volume":1}', "non_positive_price"),
+    (
+        b"BAD",
+        b'{"symbol":"BAD","time":1700000000,"open":0,"high":1,"low":1,"close":1,"volume":1}',
+        "non_positive_price",
+    ),
     (b"BAD", b'{"symbol":"BAD","time":1700000000,"open":1,"high":1,"low":2,"close":1,"volume":1}', "high_below_low"),
-    (b"BAD", b'{"symbol":"BAD","time":1700000000,"open":3,"high":2,"low":1,"close":1.5,"volume":1}', "ohlc_out_of_range"),
+    (
+        b"BAD",
+        b'{"symbol":"BAD","time":1700000000,"open":3,"high":2,"low":1,"close":1.5,"volume":1}',
+        "ohlc_out_of_range",
+    ),
     (b"BAD", b'{"symbol":"BAD","time":4000000000,"open":1,"high":1,"low":1,"close":1,"volume":1}', "time_in_future"),
     (b"BAD", b'{"symbol":"NOPE","time":1700000000,"open":1,"high":1,"low":1,"close":1,"volume":1}', "key_mismatch"),
     (b"NOPE", b'{"symbol":"NOPE","time":1700000000,"open":1,"high":1,"low":1,"close":1,"volume":1}', "unknown_symbol"),
@@ -133,8 +143,8 @@ def test_bad_input_is_dead_lettered_and_good_bars_flow(stack, worker, model, eve
     # bad messages sprinkled between good bars, plus an out-of-order bar (an older time, not stored)
     mixed = list(good[:50])
     for i, bad in enumerate(BAD):
-        mixed += [(bad[0], bad[1])] + list(good[50 + 2 * i:52 + 2 * i])
-    mixed += good[50 + 2 * len(BAD):]
+        mixed += [(bad[0], bad[1])] + list(good[50 + 2 * i : 52 + 2 * i])
+    mixed += good[50 + 2 * len(BAD) :]
     old = bar_message("BAD", int(b.times[0]) - 3600, b.values[0])
     mixed.insert(len(mixed) - 5, (b"BAD", old))
     produce(stack.bootstrap, "bars", mixed)

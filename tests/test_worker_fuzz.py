@@ -11,11 +11,11 @@ import json
 import random
 
 import pytest
-
 from fixtures_stack import series
+from test_worker_e2e import assert_matches_reference, by_symbol
+
 from regimetry.feed import interleave, produce, series_messages
 from regimetry.stack import metric_value, metrics_text
-from test_worker_e2e import assert_matches_reference, by_symbol
 
 pytestmark = pytest.mark.slow
 N_BAD = 10_000
@@ -45,7 +45,9 @@ def adversarial(rng: random.Random, symbol: str, t: int) -> tuple[bytes, bytes, 
     if kind == 4:
         return key, json.dumps(rng.choice([[d], "bar", 42, None])).encode(), "schema_violation"
     if kind == 5:
-        d[rng.choice(["open", "high", "low", "close", "volume"])] = rng.choice([float("nan"), float("inf"), -float("inf")])
+        d[rng.choice(["open", "high", "low", "close", "volume"])] = rng.choice(
+            [float("nan"), float("inf"), -float("inf")]
+        )
         return key, json.dumps(d).encode(), "non_finite"
     if kind == 6:
         d[rng.choice(["open", "high", "low", "close"])] = rng.choice([0, -1, -1e9, 0.0])
@@ -54,10 +56,10 @@ def adversarial(rng: random.Random, symbol: str, t: int) -> tuple[bytes, bytes, 
         d["high"], d["low"] = 1.0, 1.2
         return key, json.dumps(d).encode(), "high_below_low"
     if kind == 8:
-        d["open"] = rng.choice([1e300, 10 ** 30])
+        d["open"] = rng.choice([1e300, 10**30])
         return key, json.dumps(d).encode(), "schema_violation"
     if kind == 9:
-        d["time"] = rng.choice([-1, -10 ** 12, 10 ** 12, 5_000_000_000])
+        d["time"] = rng.choice([-1, -(10**12), 10**12, 5_000_000_000])
         return key, json.dumps(d).encode(), "schema_violation"
     if kind == 10:
         d["time"] = 4_000_000_000  # year 2096: within the schema, far beyond the worker's clock
@@ -116,15 +118,21 @@ def test_ten_thousand_hostile_messages(stack, worker, model, events, dead_letter
 
     n_events = sum(len(b) - history + 1 for b in data.values())
     n_dupe_events = sum(1 for k, v in dupes if json.loads(v)["time"] >= int(data[k.decode()].times[history - 1]))
-    vals = events.wait_for(lambda v: sum(len(by_symbol(v, s)) for s in SYMBOLS) >= n_events + n_dupe_events,
-                           300, "events of every good bar")
+    vals = events.wait_for(
+        lambda v: sum(len(by_symbol(v, s)) for s in SYMBOLS) >= n_events + n_dupe_events,
+        300,
+        "events of every good bar",
+    )
     for s, b in data.items():
         mine_events = by_symbol(vals, s)
         unique = {e["event_id"]: e for e in mine_events}
-        assert len(mine_events) - len(unique) == sum(1 for k, v in dupes if k.decode() == s
-                                                     and json.loads(v)["time"] >= int(b.times[history - 1]))
+        assert len(mine_events) - len(unique) == sum(
+            1 for k, v in dupes if k.decode() == s and json.loads(v)["time"] >= int(b.times[history - 1])
+        )
         assert_matches_reference(model, b, sorted(unique.values(), key=lambda e: e["bar_time"]))
     assert worker.alive()
     assert metric_value(metrics_text(worker.port), "regimetry_worker_ready") == 1.0
-    print(f"hostile input: {len(stream)} messages ({N_BAD} bad, {len(good)} good, {len(dupes)} duplicates); "
-          f"dead letters by reason {dict(sorted(got.items()))}")
+    print(
+        f"hostile input: {len(stream)} messages ({N_BAD} bad, {len(good)} good, {len(dupes)} duplicates); "
+        f"dead letters by reason {dict(sorted(got.items()))}"
+    )

@@ -15,10 +15,10 @@ import time
 
 import numpy as np
 import pytest
-
 from fixtures_stack import schema_validator, series
-from regimetry.regimes import JumpDecoder, dwell
 from test_worker_e2e import assert_matches_reference
+
+from regimetry.regimes import JumpDecoder, dwell
 
 
 def test_decoder_fed_in_chunks_equals_decode_series():
@@ -43,17 +43,17 @@ def test_decoder_fed_in_chunks_equals_decode_series():
         windows, owners = [], []
         for s in (0, 1):
             n = chunkings[s][step % len(chunkings[s])]  # cycled until the series is used up
-            new = series_costs[s][pos[s]:pos[s] + n]
+            new = series_costs[s][pos[s] : pos[s] + n]
             pos[s] += len(new)
             if not len(new):
                 continue
             windows.append(dec.cost_windows(stored[s], new))
             owners.append((s, len(new)))
-            stored[s] = np.concatenate([stored[s], new])[-(memory - 1):]  # what Redis keeps
+            stored[s] = np.concatenate([stored[s], new])[-(memory - 1) :]  # what Redis keeps
         w = dec.values(np.concatenate(windows))  # one call for every symbol's new bars
         at = 0
         for s, n in owners:
-            ws = w[at:at + n]
+            ws = w[at : at + n]
             at += n
             labels = ws.argmin(1)
             d = dwell(labels, *last[s])
@@ -92,8 +92,9 @@ class InProcess:
         from worker.app import Runtime
         from worker.settings import load_settings
 
-        self.rt = Runtime(load_settings({}, bundle=str(bundle), redis_url=redis_url, key_prefix=prefix,
-                                        reload_interval=0, **settings))
+        self.rt = Runtime(
+            load_settings({}, bundle=str(bundle), redis_url=redis_url, key_prefix=prefix, reload_interval=0, **settings)
+        )
         self.offset = 0
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self.rt.connect())
@@ -109,8 +110,10 @@ class InProcess:
         from regimetry.stack import metric_value
 
         text = generate_latest(self.rt.metrics.registry).decode()
-        return {r: metric_value(text, "regimetry_state_rebuilds_total", {"result": r}) or 0.0
-                for r in ("exact", "short", "dwell_bound")}
+        return {
+            r: metric_value(text, "regimetry_state_rebuilds_total", {"result": r}) or 0.0
+            for r in ("exact", "short", "dwell_bound")
+        }
 
     def close(self) -> None:
         self.loop.close()
@@ -121,7 +124,7 @@ def _chunked(msgs: list, sizes: list[int]):
     for n in sizes * (len(msgs) // max(sum(sizes), 1) + 1):
         if i >= len(msgs):
             return
-        yield msgs[i:i + n]
+        yield msgs[i : i + n]
         i += n
 
 
@@ -159,7 +162,7 @@ def _corrupt(client, prefix: str, symbol: str, how: str, dim: int = 0) -> None:
         members = client.zrange(base + "emb", 0, -1, withscores=True)
         client.delete(base + "emb")
         for m, score in members:
-            client.zadd(base + "emb", {m[:8 + 4 * dim]: score})
+            client.zadd(base + "emb", {m[: 8 + 4 * dim]: score})
     else:
         raise ValueError(how)
 
@@ -180,7 +183,7 @@ def test_state_in_doubt_is_rebuilt_from_the_stored_bars(tiny_bundle, model, redi
     msgs = series_messages(symbol, b.times, b.values)
     prefix = f"rebuild-{how}"
     w = InProcess(tiny_bundle, redis_url, prefix)
-    cut = h + memory + 40   # enough bars stored for an exact rebuild (history + memory - 1)
+    cut = h + memory + 40  # enough bars stored for an exact rebuild (history + memory - 1)
     before = []
     for chunk in _chunked(msgs[:cut], [50, 7]):
         before += w.feed(chunk)
@@ -226,8 +229,9 @@ def test_rebuild_from_fewer_bars_follows_their_batch_reference(tiny_bundle, mode
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dedupe_window, expect", [(8, "dwell_bound"), (400, "exact")])
-def test_rebuild_after_trimmed_bars_keeps_regimes_and_probabilities(tiny_bundle, model, redis_url, dedupe_window,
-                                                                    expect):
+def test_rebuild_after_trimmed_bars_keeps_regimes_and_probabilities(
+    tiny_bundle, model, redis_url, dedupe_window, expect
+):
     """Bars trimmed (to history + memory - 1 by a small dedupe window, or to 400): the rebuilt costs are the
     whole history's (finite memory), so regimes and probabilities equal the reference of the whole series; the
     dwell too, unless the rebuild says its regime began before the stored bars decode exactly (dwell_bound:
@@ -264,7 +268,7 @@ def test_rebuild_after_trimmed_bars_keeps_regimes_and_probabilities(tiny_bundle,
     if rebuilt["exact"]:
         np.testing.assert_array_equal([e["bars_in_regime"] for e in after], ref.dwell[rows])
     else:  # the dwell follows the stored bars' reference until the first change
-        stored_ref = model.run_series(b.values[cut - keep:])
-        np.testing.assert_array_equal([e["bars_in_regime"] for e in after], stored_ref.dwell[-len(after):])
+        stored_ref = model.run_series(b.values[cut - keep :])
+        np.testing.assert_array_equal([e["bars_in_regime"] for e in after], stored_ref.dwell[-len(after) :])
     if rebuilt["exact"]:
         assert_matches_reference(model, b, got + after)

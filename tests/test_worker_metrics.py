@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from fixtures_stack import WORKER_SETTINGS, series
+
 from regimetry.feed import interleave, produce, series_messages
 from regimetry.stack import metric_value, metrics_text, wait_until
 from regimetry.synthetic import Regime
@@ -13,8 +13,10 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 90
 
 # Ten times the volatility and volume of anything in training: the encoder has never seen such windows.
-WILD = (Regime("crash", drift=-3e-3, volatility=0.08, volume=40_000.0),
-        Regime("melt_up", drift=3e-3, volatility=0.06, volume=30_000.0))
+WILD = (
+    Regime("crash", drift=-3e-3, volatility=0.08, volume=40_000.0),
+    Regime("melt_up", drift=3e-3, volatility=0.06, volume=30_000.0),
+)
 
 
 def drift(port: int) -> dict[str, float]:
@@ -28,18 +30,31 @@ def feed_and_wait(stack, worker, bars: dict, history: int) -> dict[str, float]:
     before = metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") or 0.0
     produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in bars.items()]))
     n_events = sum(len(b) - history + 1 for b in bars.values())
-    wait_until(lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + n_events,
-               TIMEOUT, f"{n_events} events emitted")
+    wait_until(
+        lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + n_events,
+        TIMEOUT,
+        f"{n_events} events emitted",
+    )
     return drift(worker.port)
 
 
 def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model):
     history = model.bundle.history_bars
     text = metrics_text(worker.port)
-    for name in ["regimetry_bars_consumed_total", "regimetry_events_emitted_total", "regimetry_batch_size_count",
-                 "regimetry_end_to_end_latency_seconds_count", "regimetry_inference_latency_seconds_count",
-                 "regimetry_redis_errors_total", "regimetry_buffered_bars", "regimetry_drift_psi", "regimetry_drift_js",
-                 "regimetry_drift_transition_shift", "regimetry_drift_ood_share", "regimetry_drift_mean_confidence"]:
+    for name in [
+        "regimetry_bars_consumed_total",
+        "regimetry_events_emitted_total",
+        "regimetry_batch_size_count",
+        "regimetry_end_to_end_latency_seconds_count",
+        "regimetry_inference_latency_seconds_count",
+        "regimetry_redis_errors_total",
+        "regimetry_buffered_bars",
+        "regimetry_drift_psi",
+        "regimetry_drift_js",
+        "regimetry_drift_transition_shift",
+        "regimetry_drift_ood_share",
+        "regimetry_drift_mean_confidence",
+    ]:
         assert metric_value(text, name) is not None, f"{name} missing from /metrics"
     assert metric_value(text, "regimetry_model_info", {"model_version": model.bundle.version}) == 1.0
     baseline = model.bundle.manifest["baseline"]["cluster_distribution"]

@@ -11,17 +11,24 @@ import time
 
 import numpy as np
 import pytest
-
 from fixtures_stack import series
+from test_worker_e2e import assert_matches_reference
+
 from regimetry.feed import Collector, PacedFeed, interleave, series_messages
 from regimetry.stack import create_topics, metric_value, metrics_text, start_redis, start_worker, wait_until
-from test_worker_e2e import assert_matches_reference
 
 pytestmark = pytest.mark.slow
 
 TOPICS = {"bars-outage": 2, "regime-events-outage": 2, "bars-dlq-outage": 1}
-SETTINGS = {"bars_topic": "bars-outage", "events_topic": "regime-events-outage", "dlq_topic": "bars-dlq-outage",
-            "group_id": "regimetry-outage", "batch_size": 16, "batch_within": 0.02, "redis_retry_max_seconds": 1}
+SETTINGS = {
+    "bars_topic": "bars-outage",
+    "events_topic": "regime-events-outage",
+    "dlq_topic": "bars-dlq-outage",
+    "group_id": "regimetry-outage",
+    "batch_size": 16,
+    "batch_within": 0.02,
+    "redis_retry_max_seconds": 1,
+}
 
 
 def redis_errors(worker) -> float:
@@ -38,8 +45,14 @@ def test_redis_stop_and_restart_loses_nothing(stack, model, tiny_bundle, tmp_pat
     data = {s: series(s, history + 150, seed=800 + i) for i, s in enumerate(["T37", "T38", "T39"])}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
     n_expected = sum(len(b) - history + 1 for b in data.values())
-    worker = start_worker(stack, tmp_path, name="outage-worker", bundle=str(tiny_bundle),
-                          redis_url=f"redis://127.0.0.1:{store.port}/0", **SETTINGS)
+    worker = start_worker(
+        stack,
+        tmp_path,
+        name="outage-worker",
+        bundle=str(tiny_bundle),
+        redis_url=f"redis://127.0.0.1:{store.port}/0",
+        **SETTINGS,
+    )
     events = Collector(stack.bootstrap, "regime-events-outage")
     feed = PacedFeed(stack.bootstrap, "bars-outage", msgs).start()
     try:
@@ -68,8 +81,10 @@ def test_redis_stop_and_restart_loses_nothing(stack, model, tiny_bundle, tmp_pat
     finally:
         client.close()
         store.stop()
-    print(f"redis outage: bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
-          f"redis errors counted {errors:.0f}, losses 0")
+    print(
+        f"redis outage: bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
+        f"redis errors counted {errors:.0f}, losses 0"
+    )
 
 
 def test_redis_back_empty_refills_windows_without_partial_events(stack, model, tiny_bundle, tmp_path):
@@ -88,10 +103,21 @@ def test_redis_back_empty_refills_windows_without_partial_events(stack, model, t
     # a good number of events remain to compare (bars_in_regime included)
     data = {s: series(s, history + 250, seed=850 + i) for i, s in enumerate(["T34", "T35", "T36"])}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
-    settings = {**SETTINGS, "bars_topic": "bars-wipe", "events_topic": "regime-events-wipe",
-                "dlq_topic": "bars-dlq-wipe", "group_id": "regimetry-wipe"}
-    worker = start_worker(stack, tmp_path, name="wipe-worker", bundle=str(tiny_bundle),
-                          redis_url=f"redis://127.0.0.1:{store.port}/0", **settings)
+    settings = {
+        **SETTINGS,
+        "bars_topic": "bars-wipe",
+        "events_topic": "regime-events-wipe",
+        "dlq_topic": "bars-dlq-wipe",
+        "group_id": "regimetry-wipe",
+    }
+    worker = start_worker(
+        stack,
+        tmp_path,
+        name="wipe-worker",
+        bundle=str(tiny_bundle),
+        redis_url=f"redis://127.0.0.1:{store.port}/0",
+        **settings,
+    )
     events = Collector(stack.bootstrap, "regime-events-wipe")
     feed = PacedFeed(stack.bootstrap, "bars-wipe", msgs, chunk=6, pause=0.05).start()  # still flowing at the wipe
     try:
@@ -107,8 +133,11 @@ def test_redis_back_empty_refills_windows_without_partial_events(stack, model, t
         refilled = {s: client.zrange(f"regimetry:{{{s}}}:bars", 0, 0, withscores=True) for s in data}
         first = {s: int(np.searchsorted(b.times, int(refilled[s][0][1]))) for s, b in data.items()}
         n_after = sum(max(len(b) - first[s] - history + 1, 0) for s, b in data.items())
-        events.wait_for(lambda v: sum(r.timestamp / 1000 > t_wipe for r in events.records) >= n_after, 120,
-                        "every event after the wipe")
+        events.wait_for(
+            lambda v: sum(r.timestamp / 1000 > t_wipe for r in events.records) >= n_after,
+            120,
+            "every event after the wipe",
+        )
         assert worker.alive()
         text = metrics_text(worker.port)
         lost = metric_value(text, "regimetry_redis_state_lost_total")
@@ -116,8 +145,11 @@ def test_redis_back_empty_refills_windows_without_partial_events(stack, model, t
     finally:
         feed.stop()
         code = worker.stop()
-    after = list({e["event_id"]: e for e in (json.loads(r.value) for r in events.records
-                                             if r.timestamp / 1000 > t_wipe)}.values())
+    after = list(
+        {
+            e["event_id"]: e for e in (json.loads(r.value) for r in events.records if r.timestamp / 1000 > t_wipe)
+        }.values()
+    )
     events.close()
     client.close()
     store.stop()
@@ -127,5 +159,7 @@ def test_redis_back_empty_refills_windows_without_partial_events(stack, model, t
         assert 0 < first[s] < len(b) - history, f"{s}: the wipe landed mid-stream"
         mine = sorted((e for e in after if e["symbol"] == s), key=lambda e: e["bar_time"])
         assert_matches_reference(model, b.slice(first[s]), mine)
-    print(f"redis back empty: bars {len(msgs)}, events {len(after)} after the wipe, bars refilled before events "
-          f"{warming - len(data) * (history - 1):.0f}, symbols with lost state {lost:.0f}")
+    print(
+        f"redis back empty: bars {len(msgs)}, events {len(after)} after the wipe, bars refilled before events "
+        f"{warming - len(data) * (history - 1):.0f}, symbols with lost state {lost:.0f}"
+    )

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fixtures_stack import series
+
 from regimetry.bundle import resolve_bundle_dir
 from regimetry.feed import series_messages
 from regimetry.inference import RegimeModel

@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from fixtures_stack import series
+from test_worker_e2e import assert_matches_reference
+
 from regimetry.feed import Collector, PacedFeed, interleave, series_messages
 from regimetry.stack import create_topics, metric_value, metrics_text, start_worker, wait_until
-from test_worker_e2e import assert_matches_reference
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,15 @@ pytestmark = pytest.mark.slow
 def scale_settings(tag: str, partitions: int) -> tuple[dict, dict]:
     """Topics and worker settings of one scale-out scenario, isolated from every other test by `tag`."""
     topics = {f"bars-{tag}": partitions, f"regime-events-{tag}": partitions, f"bars-dlq-{tag}": 1}
-    settings = {"bars_topic": f"bars-{tag}", "events_topic": f"regime-events-{tag}", "dlq_topic": f"bars-dlq-{tag}",
-                "group_id": f"regimetry-{tag}", "key_prefix": tag, "batch_size": 16, "batch_within": 0.02}
+    settings = {
+        "bars_topic": f"bars-{tag}",
+        "events_topic": f"regime-events-{tag}",
+        "dlq_topic": f"bars-dlq-{tag}",
+        "group_id": f"regimetry-{tag}",
+        "key_prefix": tag,
+        "batch_size": 16,
+        "batch_within": 0.02,
+    }
     return topics, settings
 
 
@@ -90,8 +97,10 @@ def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tin
         a.stop()
     duplicates = assert_complete_and_consistent(events, data, model, n_expected)
     events.close()
-    print(f"scale-out (2 workers, SIGTERM): bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
-          f"duplicates {duplicates}, losses 0")
+    print(
+        f"scale-out (2 workers, SIGTERM): bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
+        f"duplicates {duplicates}, losses 0"
+    )
 
 
 def current_symbols(worker) -> set[str]:
@@ -123,15 +132,29 @@ def test_three_workers_one_killed_mid_stream(stack, model, tiny_bundle, tmp_path
         t_kill = time.time()
         # the broker timestamps every record when it is produced: anything of an orphan after the kill was
         # sent by a survivor (a dead process sends nothing)
-        first = wait_until(lambda: events.poll() >= 0 and min(
-            (r.timestamp / 1000 for r in events.records if r.key.decode() in orphans and r.timestamp / 1000 > t_kill),
-            default=None), 60, "a new event of a symbol the killed worker served")
+        first = wait_until(
+            lambda: (
+                events.poll() >= 0
+                and min(
+                    (
+                        r.timestamp / 1000
+                        for r in events.records
+                        if r.key.decode() in orphans and r.timestamp / 1000 > t_kill
+                    ),
+                    default=None,
+                )
+            ),
+            60,
+            "a new event of a symbol the killed worker served",
+        )
         rebalance = first - t_kill
         feed.join(120)
         events.wait_for_bars(n_expected, 180, "every event after the rebalance")
         reported = [current_symbols(w) for w in survivors]
-        owned = [{s for s in data if bar_partition(s, partitions) in last_assignment(w.log, settings["bars_topic"])}
-                 for w in survivors]
+        owned = [
+            {s for s in data if bar_partition(s, partitions) in last_assignment(w.log, settings["bars_topic"])}
+            for w in survivors
+        ]
     finally:
         feed.stop()
         for w in workers:
@@ -140,6 +163,8 @@ def test_three_workers_one_killed_mid_stream(stack, model, tiny_bundle, tmp_path
     events.close()
     for got, mine in zip(reported, owned):
         assert got <= mine, f"current_regime reports symbols of partitions moved away: {sorted(got - mine)}"
-    print(f"scale-out (3 workers, SIGKILL): bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
-          f"duplicates {duplicates}, losses 0, rebalance {rebalance:.1f} s (session timeout "
-          f"{settings.get('session_timeout', 10)} s), orphaned symbols {len(orphans)}")
+    print(
+        f"scale-out (3 workers, SIGKILL): bars {len(msgs)}, events {len(events.records)} ({n_expected} distinct), "
+        f"duplicates {duplicates}, losses 0, rebalance {rebalance:.1f} s (session timeout "
+        f"{settings.get('session_timeout', 10)} s), orphaned symbols {len(orphans)}"
+    )

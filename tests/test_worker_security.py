@@ -11,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from fixtures_stack import series
+
 from regimetry.feed import Collector, produce, series_messages
 from regimetry.stack import create_topics, metrics_text, start_redis, start_worker
 
@@ -31,8 +31,14 @@ def auth_redis(tmp_path):
 def test_redis_password_is_used_and_never_shown(stack, tiny_bundle, model, auth_redis, tmp_path):
     create_topics(stack.bootstrap, TOPICS)
     url = f"redis://127.0.0.1:{auth_redis.port}/0"
-    settings = {"bundle": str(tiny_bundle), "redis_url": url, "bars_topic": "bars-auth",
-                "events_topic": "regime-events-auth", "dlq_topic": "bars-dlq-auth", "group_id": "regimetry-auth"}
+    settings = {
+        "bundle": str(tiny_bundle),
+        "redis_url": url,
+        "bars_topic": "bars-auth",
+        "events_topic": "regime-events-auth",
+        "dlq_topic": "bars-dlq-auth",
+        "group_id": "regimetry-auth",
+    }
 
     # a wrong password is said to be one, at the first attempt (not retried for the start-up timeout)
     env = {**os.environ, **stack.env(**settings, redis_password="n0t-the-Pa55", startup_timeout=60, metrics_port=0)}

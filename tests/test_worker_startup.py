@@ -15,8 +15,13 @@ from worker.app import EXIT_BAD_BUNDLE
 
 
 def start(bundle: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "REGIMETRY_BUNDLE": str(bundle), "REGIMETRY_METRICS_PORT": "0",
-           "REGIMETRY_BROKER_URL": "kafka://127.0.0.1:1", "REGIMETRY_REDIS_URL": "redis://127.0.0.1:1/0"}
+    env = {
+        **os.environ,
+        "REGIMETRY_BUNDLE": str(bundle),
+        "REGIMETRY_METRICS_PORT": "0",
+        "REGIMETRY_BROKER_URL": "kafka://127.0.0.1:1",
+        "REGIMETRY_REDIS_URL": "redis://127.0.0.1:1/0",
+    }
     return subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -63,9 +68,14 @@ def test_unreachable_broker_gives_clear_error_and_exit_code(tiny_bundle):
     line for the supervisor; the Redis password in the URL never reaches the output."""
     from worker.preflight import EXIT_BROKER_UNREACHABLE
 
-    env = {**os.environ, "REGIMETRY_BUNDLE": str(tiny_bundle), "REGIMETRY_METRICS_PORT": "0",
-           "REGIMETRY_STARTUP_TIMEOUT": "2", "REGIMETRY_BROKER_URL": "kafka://127.0.0.1:1",
-           "REGIMETRY_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0"}
+    env = {
+        **os.environ,
+        "REGIMETRY_BUNDLE": str(tiny_bundle),
+        "REGIMETRY_METRICS_PORT": "0",
+        "REGIMETRY_STARTUP_TIMEOUT": "2",
+        "REGIMETRY_BROKER_URL": "kafka://127.0.0.1:1",
+        "REGIMETRY_REDIS_URL": "redis://:hunter2@127.0.0.1:1/0",
+    }
     r = subprocess.run([sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == EXIT_BROKER_UNREACHABLE, r.stderr[-2000:]
     assert "Kafka broker kafka://127.0.0.1:1 unreachable after" in r.stderr

@@ -7,18 +7,25 @@ disturbed.
 from __future__ import annotations
 
 import pytest
-
 from fixtures_stack import series
+from test_worker_e2e import assert_matches_reference, by_symbol
+
 from regimetry.feed import Collector, interleave, produce, series_messages
 from regimetry.stack import create_topics, start_worker
-from test_worker_e2e import assert_matches_reference, by_symbol
 
 pytestmark = pytest.mark.slow
 
 TOPICS = {"bars-stream": 2, "regime-events-stream": 2, "bars-dlq-stream": 1}
-SETTINGS = {"bars_topic": "bars-stream", "events_topic": "regime-events-stream", "dlq_topic": "bars-dlq-stream",
-            "group_id": "regimetry-stream-path", "key_prefix": "stream", "batch_size": 32, "batch_within": 0.02,
-            "direct_records": "false"}
+SETTINGS = {
+    "bars_topic": "bars-stream",
+    "events_topic": "regime-events-stream",
+    "dlq_topic": "bars-dlq-stream",
+    "group_id": "regimetry-stream-path",
+    "key_prefix": "stream",
+    "batch_size": 32,
+    "batch_within": 0.02,
+    "direct_records": "false",
+}
 
 
 def test_stream_path_gives_the_batch_reference_and_reemits_duplicates(stack, model, tiny_bundle, tmp_path):

@@ -78,9 +78,16 @@ def permute_clustering(cl: Clustering, perm: np.ndarray) -> Clustering:
         from regimetry.regimes import RegimeSpace
 
         space = RegimeSpace(cl.space.risk_columns, cl.space.risk_weights, cl.space.embedding_weight, centroids)
-    return Clustering(cl.emb_mean, cl.emb_std, perm[cl.train_labels], centroids,
-                      KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k), space, cl.decoder,
-                      cl.selection)
+    return Clustering(
+        cl.emb_mean,
+        cl.emb_std,
+        perm[cl.train_labels],
+        centroids,
+        KNNClassifier(clf.reference, perm[clf.labels], clf.n_classes, clf.k),
+        space,
+        cl.decoder,
+        cl.selection,
+    )
 
 
 def is_permutation(perm: np.ndarray, n: int) -> bool:

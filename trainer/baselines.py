@@ -19,22 +19,24 @@ import numpy as np
 
 JUMP_PENALTIES = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 JUMP_HALFLIVES = (5, 20, 60)
-JUMP_CV_FIT_SHARE = 0.7    # fit on the first 70 % of the training bars, validate on the last 30 %
-JUMP_CV_TOLERANCE = 0.05   # the largest penalty whose validation score is within 5 % of the best
-FEATURE_CLIP = 3.0         # standardised jump-model features are clipped to +-3 training deviations
+JUMP_CV_FIT_SHARE = 0.7  # fit on the first 70 % of the training bars, validate on the last 30 %
+JUMP_CV_TOLERANCE = 0.05  # the largest penalty whose validation score is within 5 % of the best
+FEATURE_CLIP = 3.0  # standardised jump-model features are clipped to +-3 training deviations
 UNLABELLED = -1
-JUMP_PENALTY_RULE = (f"time-series CV on the training bars only: for each penalty fit on the first "
-                     f"{JUMP_CV_FIT_SHARE:.0%} of the training bars, label all training bars with predict_online, "
-                     f"score the last {1 - JUMP_CV_FIT_SHARE:.0%} by eta^2 of next-bar |log return| (label at t vs "
-                     f"|r_(t+1)|, t+1 a training bar); take the LARGEST penalty whose score is within "
-                     f"{JUMP_CV_TOLERANCE:.0%} of the best (>= best - {JUMP_CV_TOLERANCE} |best|); refit on all "
-                     f"training bars")
-HMM_RESTARTS = 5           # EM starts of the Gaussian HMM; the best training log-likelihood wins
+JUMP_PENALTY_RULE = (
+    f"time-series CV on the training bars only: for each penalty fit on the first "
+    f"{JUMP_CV_FIT_SHARE:.0%} of the training bars, label all training bars with predict_online, "
+    f"score the last {1 - JUMP_CV_FIT_SHARE:.0%} by eta^2 of next-bar |log return| (label at t vs "
+    f"|r_(t+1)|, t+1 a training bar); take the LARGEST penalty whose score is within "
+    f"{JUMP_CV_TOLERANCE:.0%} of the best (>= best - {JUMP_CV_TOLERANCE} |best|); refit on all "
+    f"training bars"
+)
+HMM_RESTARTS = 5  # EM starts of the Gaussian HMM; the best training log-likelihood wins
 
 
 @dataclass
 class BaselineLabels:
-    labels: np.ndarray                 # (T,) int64, causal label of every bar, -1 during warm-up
+    labels: np.ndarray  # (T,) int64, causal label of every bar, -1 during warm-up
     info: dict = field(default_factory=dict)
 
 
@@ -45,6 +47,7 @@ def log_returns(values: np.ndarray) -> np.ndarray:
 
 
 # -- Gaussian HMM, forward-filtered ---------------------------------------------------------------------------
+
 
 def hmm_features(values: np.ndarray, use_volume: bool, fit_start: int = 1, fit_end: int | None = None) -> np.ndarray:
     """(T, 2 or 3) per bar: log return, log of the log(high/low) range, and log1p(volume) if use_volume.
@@ -63,8 +66,16 @@ def hmm_features(values: np.ndarray, use_volume: bool, fit_start: int = 1, fit_e
     return np.stack(cols, 1)
 
 
-def hmm_filtered(values: np.ndarray, fit_end: int, n_states: int, seed: int, use_volume: bool,
-                 fit_start: int = 1, n_iter: int = 100, n_init: int = HMM_RESTARTS) -> BaselineLabels:
+def hmm_filtered(
+    values: np.ndarray,
+    fit_end: int,
+    n_states: int,
+    seed: int,
+    use_volume: bool,
+    fit_start: int = 1,
+    n_iter: int = 100,
+    n_init: int = HMM_RESTARTS,
+) -> BaselineLabels:
     """GaussianHMM(n_states, 'full' covariance, falling back to 'diag' if no full fit works) fitted by EM on bars
     [fit_start, fit_end); label of bar t = argmax_k P(state_t = k | x_1..x_t) (forward filter), bars >= 1.
 
@@ -99,14 +110,31 @@ def hmm_filtered(values: np.ndarray, fit_end: int, n_states: int, seed: int, use
         if best is None:
             continue
         labels[1:] = forward_filter(best, x[1:])
-        return BaselineLabels(labels, {"covariance": cov, "converged": bool(best.monitor_.converged),
-                                       "n_iter": int(best.monitor_.iter), "use_volume": bool(use_volume),
-                                       "restarts": n_init, "train_log_likelihoods": lls, "failures": failures})
-    return BaselineLabels(labels, {"covariance": None, "use_volume": bool(use_volume), "failures": failures,
-                                   "error": "GaussianHMM failed to fit: " + "; ".join(failures[-2:])})
+        return BaselineLabels(
+            labels,
+            {
+                "covariance": cov,
+                "converged": bool(best.monitor_.converged),
+                "n_iter": int(best.monitor_.iter),
+                "use_volume": bool(use_volume),
+                "restarts": n_init,
+                "train_log_likelihoods": lls,
+                "failures": failures,
+            },
+        )
+    return BaselineLabels(
+        labels,
+        {
+            "covariance": None,
+            "use_volume": bool(use_volume),
+            "failures": failures,
+            "error": "GaussianHMM failed to fit: " + "; ".join(failures[-2:]),
+        },
+    )
 
 
 # -- statistical jump model, online -------------------------------------------------------------------------
+
 
 def _ewm_mean(x: np.ndarray, halflife: float) -> np.ndarray:
     """Causal exponentially weighted mean with weights decay^i, decay = 0.5^(1/halflife), normalised by the
@@ -115,7 +143,7 @@ def _ewm_mean(x: np.ndarray, halflife: float) -> np.ndarray:
 
     a = 0.5 ** (1.0 / halflife)
     x = np.asarray(x, dtype=np.float64)
-    num = lfilter([1.0], [1.0, -a], x)                # num_t = a num_{t-1} + x_t
+    num = lfilter([1.0], [1.0, -a], x)  # num_t = a num_{t-1} + x_t
     den = lfilter([1.0], [1.0, -a], np.ones_like(x))  # den_t = a den_{t-1} + 1
     return num / den
 
@@ -151,9 +179,15 @@ def _jump_fit(x_fit: np.ndarray, n_states: int, penalty: float, seed: int):
     return JumpModel(n_components=n_states, jump_penalty=float(penalty), random_state=seed).fit(x_fit)
 
 
-def jump_model_online(values: np.ndarray, fit_end: int, n_states: int, seed: int,
-                      penalties: tuple[float, ...] = JUMP_PENALTIES, fit_start: int | None = None,
-                      halflives: tuple[int, ...] = JUMP_HALFLIVES) -> BaselineLabels:
+def jump_model_online(
+    values: np.ndarray,
+    fit_end: int,
+    n_states: int,
+    seed: int,
+    penalties: tuple[float, ...] = JUMP_PENALTIES,
+    fit_start: int | None = None,
+    halflives: tuple[int, ...] = JUMP_HALFLIVES,
+) -> BaselineLabels:
     """Statistical jump model (jumpmodels.jump.JumpModel) on jump_features, online labels from bar fit_start on.
 
     Training bars: [fit_start, fit_end), fit_start defaulting to max(halflives) (the features' warm-up).
@@ -176,7 +210,7 @@ def jump_model_online(values: np.ndarray, fit_end: int, n_states: int, seed: int
         raise ValueError(f"jump model: only {n_fit} training bars for {n_states} states")
     r = log_returns(values)
     n_cv = int(round(n_fit * JUMP_CV_FIT_SHARE))
-    val_bars = np.arange(fit_start + n_cv, fit_end - 1)        # t with t+1 < fit_end
+    val_bars = np.arange(fit_start + n_cv, fit_end - 1)  # t with t+1 < fit_end
     scores = {}
     for lam in penalties:
         jm = _jump_fit(x[:n_cv], n_states, lam, seed)
@@ -191,14 +225,21 @@ def jump_model_online(values: np.ndarray, fit_end: int, n_states: int, seed: int
     jm = _jump_fit(x[:n_fit], n_states, chosen, seed)
     labels = np.full(len(values), UNLABELLED, dtype=np.int64)
     labels[fit_start:] = np.asarray(jm.predict_online(x))
-    return BaselineLabels(labels, {
-        "jump_penalty": chosen, "cv_scores": {str(k): v for k, v in scores.items()},
-        "rule": JUMP_PENALTY_RULE,
-        "features": [f"{name}_hl{h}" for h in halflives for name in ("log_downside_dev", "sortino", "ewm_return")],
-        "scaling": scale_info, "fit_start": int(fit_start)})
+    return BaselineLabels(
+        labels,
+        {
+            "jump_penalty": chosen,
+            "cv_scores": {str(k): v for k, v in scores.items()},
+            "rule": JUMP_PENALTY_RULE,
+            "features": [f"{name}_hl{h}" for h in halflives for name in ("log_downside_dev", "sortino", "ewm_return")],
+            "scaling": scale_info,
+            "fit_start": int(fit_start),
+        },
+    )
 
 
 # -- trailing-volatility yardstick ----------------------------------------------------------------------------
+
 
 def trailing_sd(values: np.ndarray, window_size: int) -> np.ndarray:
     """(T,) standard deviation of the log returns of bars t-window_size+1..t (causal); nan for t < window_size."""
@@ -210,8 +251,9 @@ def trailing_sd(values: np.ndarray, window_size: int) -> np.ndarray:
     return sd
 
 
-def trailing_vol(values: np.ndarray, fit_end: int, window_size: int, shares, fit_start: int | None = None
-                 ) -> BaselineLabels:
+def trailing_vol(
+    values: np.ndarray, fit_end: int, window_size: int, shares, fit_start: int | None = None
+) -> BaselineLabels:
     """Rolling standard deviation of the last ``window_size`` log returns (bars t-window_size+1..t), cut into
     len(shares) bins at training quantiles so that the training bars [fit_start, fit_end) fall into the bins, from
     calmest (label 0) to most volatile, in the proportions ``shares`` (same order; normalised to sum 1).

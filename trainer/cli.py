@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -39,12 +38,15 @@ def name_from_data(data: str) -> str:
 
 
 def train_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML training profile; defaults fill the rest."),
-    data: Optional[str] = typer.Option(None, help="'eurusd', 'synthetic' or a CSV/parquet path."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Models root (default exported_models)."),
-    seed: Optional[int] = typer.Option(None, help="Random seed."),
-    name: Optional[str] = typer.Option(None, help="Bundle name prefix (NAME-<hash>); default: from the data "
-                                                  "when --data is given (file stem, 'synthetic'), else the profile's."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML training profile; defaults fill the rest."),
+    data: str | None = typer.Option(None, help="'eurusd', 'synthetic' or a CSV/parquet path."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Models root (default exported_models)."),
+    seed: int | None = typer.Option(None, help="Random seed."),
+    name: str | None = typer.Option(
+        None,
+        help="Bundle name prefix (NAME-<hash>); default: from the data "
+        "when --data is given (file stem, 'synthetic'), else the profile's.",
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override one option, e.g. --set forecaster.name=stratum_attn"),
 ) -> None:
     """Train encoder, regimes and forecaster on historical bars and export an ONNX bundle."""
@@ -67,13 +69,17 @@ def train_cmd(
         # the default name says 'eurusd'; a bundle trained on other bars must not be called that
         cfg.name = name_from_data(cfg.data)
     if not NAME_RE.match(str(cfg.name)):
-        fail(f"bundle name {cfg.name!r} must be 1-100 characters of letters, digits, '.', '_' or '-', starting "
-             "with a letter or digit (it becomes the bundle's folder name)")
-    console.print(f"[bold]regimetry train[/] name={cfg.name} data={cfg.data} seed={cfg.seed} window={cfg.window_size} "
-                  f"k={cfg.clustering.n_clusters} forecaster={cfg.forecaster.name}")
+        fail(
+            f"bundle name {cfg.name!r} must be 1-100 characters of letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (it becomes the bundle's folder name)"
+        )
+    console.print(
+        f"[bold]regimetry train[/] name={cfg.name} data={cfg.data} seed={cfg.seed} window={cfg.window_size} "
+        f"k={cfg.clustering.n_clusters} forecaster={cfg.forecaster.name}"
+    )
     with stage_progress() as progress:
-        from trainer.pipeline import train
         from regimetry.data import BarDataError
+        from trainer.pipeline import train
 
         try:
             result = train(cfg, progress=progress)
@@ -95,24 +101,36 @@ def print_next_regime(nr: dict) -> None:
     t.add_column("model")
     for col in ("accuracy", "macro-F1", "change prec.", "change recall", "change F1", "acc. on changes"):
         t.add_column(col, justify="right")
-    names = nr.get("candidates") or [n for n in ("forecaster", "persistence", "markov", "flat_next")
-                                     if n in nr["all_steps"]]
+    names = nr.get("candidates") or [
+        n for n in ("forecaster", "persistence", "markov", "flat_next") if n in nr["all_steps"]
+    ]
     for name in names:
         a, c = nr["all_steps"][name], nr["change_steps"][name]
         cd = (nr.get("change_detection") or {}).get(name) or {}
-        t.add_row(name, _f3(a["accuracy"]), _f3(a["macro_f1"]), _f3(cd.get("precision")), _f3(cd.get("recall")),
-                  _f3(cd.get("f1")), _f3(c["accuracy"]))
+        t.add_row(
+            name,
+            _f3(a["accuracy"]),
+            _f3(a["macro_f1"]),
+            _f3(cd.get("precision")),
+            _f3(cd.get("recall")),
+            _f3(cd.get("f1")),
+            _f3(c["accuracy"]),
+        )
     console.print(t)
     if "change_detection" in nr:
         cd = nr["change_detection"]["forecaster"]
-        console.print(f"{nr['all_steps']['forecaster']['n']} steps, {cd['actual_changes']} regime changes; the "
-                      f"forecaster called {cd['predicted_changes']} changes ({cd['true_positives']} right, "
-                      f"{cd['false_alarms']} false alarms, {cd['wrong_regime']} to the wrong regime)")
+        console.print(
+            f"{nr['all_steps']['forecaster']['n']} steps, {cd['actual_changes']} regime changes; the "
+            f"forecaster called {cd['predicted_changes']} changes ({cd['true_positives']} right, "
+            f"{cd['false_alarms']} false alarms, {cd['wrong_regime']} to the wrong regime)"
+        )
     absent = nr.get("absent_regimes") or {}
     for subset, regs in absent.items():
         if regs:
-            console.print(f"absent regime(s) on {subset.replace('_', ' ')}: {', '.join(map(str, regs))} "
-                          "(never the true next regime there; left out of macro-F1)")
+            console.print(
+                f"absent regime(s) on {subset.replace('_', ' ')}: {', '.join(map(str, regs))} "
+                "(never the true next regime there; left out of macro-F1)"
+            )
     if nr.get("markov_equals_persistence"):
         sticky = " (sticky transition matrix: every row's argmax is the diagonal)" if nr.get("markov_sticky") else ""
         console.print(f"markov equals persistence on every step{sticky}")
@@ -126,15 +144,19 @@ def print_summary(summary: dict, bundle_dir: Path | None = None) -> None:
         print_next_regime(nr)
     if "forecaster" in summary:
         fe = summary["forecaster"]
-        console.print(f"embedding forecast held out: MSE {fe['held_out']['mse']:.4f} (persistence "
-                      f"{fe['persistence_held_out']['mse']:.4f}), cosine {fe['held_out']['cosine']:.3f}")
+        console.print(
+            f"embedding forecast held out: MSE {fe['held_out']['mse']:.4f} (persistence "
+            f"{fe['persistence_held_out']['mse']:.4f}), cosine {fe['held_out']['cosine']:.3f}"
+        )
     cl = summary.get("clustering")
     if cl:
         console.print("regimes: " + ", ".join(f"{k} {v:.3f}" for k, v in cl.items() if isinstance(v, float)))
     if "planted_regimes" in summary:
         pr = summary["planted_regimes"]
-        console.print(f"planted-regime recovery (ARI): regimetry {pr['ari_regimetry']:.3f}, Gaussian HMM "
-                      f"{pr['ari_hmm'] if pr['ari_hmm'] is None else round(pr['ari_hmm'], 3)}")
+        console.print(
+            f"planted-regime recovery (ARI): regimetry {pr['ari_regimetry']:.3f}, Gaussian HMM "
+            f"{pr['ari_hmm'] if pr['ari_hmm'] is None else round(pr['ari_hmm'], 3)}"
+        )
     if bundle_dir:
         console.print(f"[bold green]bundle written:[/] {bundle_dir}")
 
@@ -146,16 +168,23 @@ def print_evaluation_header(scores: dict) -> None:
 
     d, tr = scores["data"], scores["bundle_training"]
     if d.get("bundle_own_data"):
-        console.print(f"[bold magenta]--data bundle: scoring on the bundle's OWN data, {d['source']!r} "
-                      f"({d['symbol']}), the bars it was trained on[/]")
-    console.print(f"[bold]data[/] {d['source']} ({d['symbol']}, {d['n_bars']} bars): scored windows ending "
-                  f"{d['first_window_end']} .. {d['last_window_end']} ({d['n_events']} windows, {d['n_steps']} "
-                  f"steps; {d['n_warmup_bars']} warm-up bars before"
-                  + (f"; --start {d['start']}" if d.get("start") else "")
-                  + (f" --end {d['end']}" if d.get("end") else "") + ")")
-    console.print(f"[bold]bundle[/] {scores['model_version']} trained on {tr.get('source')} ({tr.get('symbol')}): "
-                  f"bars {tr.get('start')} .. {tr.get('end')}, training windows up to {tr.get('train_end')}, "
-                  f"held out after")
+        console.print(
+            f"[bold magenta]--data bundle: scoring on the bundle's OWN data, {d['source']!r} "
+            f"({d['symbol']}), the bars it was trained on[/]"
+        )
+    console.print(
+        f"[bold]data[/] {d['source']} ({d['symbol']}, {d['n_bars']} bars): scored windows ending "
+        f"{d['first_window_end']} .. {d['last_window_end']} ({d['n_events']} windows, {d['n_steps']} "
+        f"steps; {d['n_warmup_bars']} warm-up bars before"
+        + (f"; --start {d['start']}" if d.get("start") else "")
+        + (f" --end {d['end']}" if d.get("end") else "")
+        + ")"
+    )
+    console.print(
+        f"[bold]bundle[/] {scores['model_version']} trained on {tr.get('source')} ({tr.get('symbol')}): "
+        f"bars {tr.get('start')} .. {tr.get('end')}, training windows up to {tr.get('train_end')}, "
+        f"held out after"
+    )
     warn = (scores.get("training_overlap") or {}).get("warning")
     if warn:
         console.print(f"[bold yellow]warning:[/] {warn}")
@@ -166,23 +195,37 @@ def print_evaluation_header(scores: dict) -> None:
             t.add_column(col, justify="right")
         sc, trn = rg["scored"], rg["training"]
         for i, share in enumerate(sc["shares"]):
-            t.add_row(str(i), _f3(share), _f3(trn["shares"][i] if i < len(trn["shares"]) else None),
-                      f"{sc['mean_duration'][i]:.1f}" if share > 0 else "-",
-                      "-" if i >= len(trn["mean_duration"]) or trn["mean_duration"][i] is None
-                      else f"{trn['mean_duration'][i]:.1f}")
+            t.add_row(
+                str(i),
+                _f3(share),
+                _f3(trn["shares"][i] if i < len(trn["shares"]) else None),
+                f"{sc['mean_duration'][i]:.1f}" if share > 0 else "-",
+                "-"
+                if i >= len(trn["mean_duration"]) or trn["mean_duration"][i] is None
+                else f"{trn['mean_duration'][i]:.1f}",
+            )
         console.print(t)
 
 
 def evaluate_cmd(
     bundle: Path = typer.Option(Path("exported_models"), help="Bundle folder or models root with CURRENT."),
-    data: Optional[str] = typer.Option(None, help="Required: 'eurusd', 'synthetic', a CSV/parquet path, or "
-                                                  "'bundle' = the bars the bundle was trained on (in-sample)."),
-    start: Optional[str] = typer.Option(None, help="Score windows ending at or after this time: ISO date/time "
-                                                   "(UTC unless an offset is given) or epoch seconds. Warm-up "
-                                                   "bars before it are read, not scored."),
-    end: Optional[str] = typer.Option(None, help="Score windows ending at or before this time (a bare date "
-                                                 "means the end of that day); no bar after it is read."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
+    data: str | None = typer.Option(
+        None,
+        help="Required: 'eurusd', 'synthetic', a CSV/parquet path, or "
+        "'bundle' = the bars the bundle was trained on (in-sample).",
+    ),
+    start: str | None = typer.Option(
+        None,
+        help="Score windows ending at or after this time: ISO date/time "
+        "(UTC unless an offset is given) or epoch seconds. Warm-up "
+        "bars before it are read, not scored.",
+    ),
+    end: str | None = typer.Option(
+        None,
+        help="Score windows ending at or before this time (a bare date "
+        "means the end of that day); no bar after it is read.",
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the scores as JSON here."),
 ) -> None:
     """Re-score a bundle on bars with ONNX Runtime only (no TensorFlow): regimes, forecast vs baselines
     (persistence, Markov, flat-next), drift."""

@@ -27,10 +27,10 @@ from trainer.config import ClusterConfig
 
 @dataclass
 class Clustering:
-    emb_mean: np.ndarray       # embedding standardisation fitted on training embeddings
+    emb_mean: np.ndarray  # embedding standardisation fitted on training embeddings
     emb_std: np.ndarray
-    train_labels: np.ndarray   # spectral labels of the training windows (renumbered)
-    centroids: np.ndarray      # (K, P) in the regime geometry
+    train_labels: np.ndarray  # spectral labels of the training windows (renumbered)
+    centroids: np.ndarray  # (K, P) in the regime geometry
     classifier: KNNClassifier
     space: RegimeSpace | None = None
     decoder: JumpDecoder | None = None
@@ -46,9 +46,13 @@ def fit_geometry(raw_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def spectral_labels(z: np.ndarray, cfg: ClusterConfig, seed: int) -> np.ndarray:
     from sklearn.cluster import SpectralClustering
 
-    model = SpectralClustering(n_clusters=cfg.n_clusters, affinity="nearest_neighbors",
-                               n_neighbors=min(cfg.n_neighbors, len(z) - 1), assign_labels="cluster_qr",
-                               random_state=seed)
+    model = SpectralClustering(
+        n_clusters=cfg.n_clusters,
+        affinity="nearest_neighbors",
+        n_neighbors=min(cfg.n_neighbors, len(z) - 1),
+        assign_labels="cluster_qr",
+        random_state=seed,
+    )
     return model.fit_predict(z.astype(np.float64)).astype(np.int64)
 
 
@@ -85,8 +89,14 @@ def risk_columns(names: tuple[str, ...], cfg: ClusterConfig) -> tuple[tuple[int,
     return tuple(cols), tuple(weights)
 
 
-def refine(g: np.ndarray, labels: np.ndarray | None, n: int, penalty: float, max_iter: int = 20,
-           init_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def refine(
+    g: np.ndarray,
+    labels: np.ndarray | None,
+    n: int,
+    penalty: float,
+    max_iter: int = 20,
+    init_centroids: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Statistical jump model fit started from a partition: alternate centres (means) and the penalised
     Viterbi path (jumpmodels.jump.dp) until the labels stop changing. Returns (centroids (K, P), labels (N,)).
     A regime left empty keeps its previous centre, so ids never vanish mid-fit."""
@@ -114,11 +124,12 @@ def bar_volatility(values: np.ndarray) -> np.ndarray:
     o, h, l, c = (np.log(values[:, i]) for i in range(4))
     gk = garman_klass(o, h, l, c)
     gap = np.concatenate([[0.0], o[1:] - c[:-1]])
-    return np.sqrt(np.maximum(gk, 0.0) + gap ** 2)
+    return np.sqrt(np.maximum(gk, 0.0) + gap**2)
 
 
-def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig,
-                   seed: int) -> tuple[float, dict]:
+def choose_penalty(
+    g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig, seed: int
+) -> tuple[float, dict]:
     """The switch penalty, chosen on training windows only.
 
     Fit (spectral start + jump refinement) on the first ``1 - cfg.validation`` share of the training windows,
@@ -131,8 +142,10 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
     cut = int(round(n * (1.0 - cfg.validation)))
     k = cfg.n_clusters
     if not np.isfinite(next_risk[cut:]).any():
-        raise ValueError(f"cannot choose the switch penalty: none of the {n - cut} validation windows has a "
-                         f"known coming risk (too few training bars); set clustering.penalty explicitly")
+        raise ValueError(
+            f"cannot choose the switch penalty: none of the {n - cut} validation windows has a "
+            f"known coming risk (too few training bars); set clustering.penalty explicitly"
+        )
     start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
     from trainer.regime_scores import eta_squared
 
@@ -144,20 +157,41 @@ def choose_penalty(g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, 
         val = lab[cut:]
         labels_of[float(lam)] = val
         eta2 = eta_squared(val, next_risk[cut:])  # NaN (no variance to explain) counts as 0
-        rows.append({"penalty": float(lam), "eta2": 0.0 if np.isnan(eta2) else eta2,
-                     "dwell_fit": mean_duration(lab[:cut]), "dwell_validation": mean_duration(val)})
+        rows.append(
+            {
+                "penalty": float(lam),
+                "eta2": 0.0 if np.isnan(eta2) else eta2,
+                "dwell_fit": mean_duration(lab[:cut]),
+                "dwell_validation": mean_duration(val),
+            }
+        )
     best = max(r["eta2"] for r in rows)
     good = [r for r in rows if r["eta2"] >= best * (1.0 - cfg.penalty_tolerance)]
     chosen = max(good, key=lambda r: r["penalty"])
-    rule = (f"largest penalty whose validation eta^2 of the coming bars' range-based volatility is within {cfg.penalty_tolerance:.0%} of "
-            f"the best; fitted on the first {1 - cfg.validation:.0%} of the training windows, validated on the rest")
-    return chosen["penalty"], {"rule": rule, "validation_windows": int(n - cut), "candidates": rows,
-                               "chosen": chosen["penalty"], "_validation_labels": labels_of[chosen["penalty"]],
-                               "_cut": cut}
+    rule = (
+        "largest penalty whose validation eta^2 of the coming bars' range-based volatility is within "
+        f"{cfg.penalty_tolerance:.0%} of the best; fitted on the first {1 - cfg.validation:.0%} of the training "
+        "windows, validated on the rest"
+    )
+    return chosen["penalty"], {
+        "rule": rule,
+        "validation_windows": int(n - cut),
+        "candidates": rows,
+        "chosen": chosen["penalty"],
+        "_validation_labels": labels_of[chosen["penalty"]],
+        "_cut": cut,
+    }
 
 
-def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple[str, ...],
-                order_key: np.ndarray, next_risk: np.ndarray, cfg: ClusterConfig, seed: int) -> Clustering:
+def fit_regimes(
+    raw_train: np.ndarray,
+    last_rows_train: np.ndarray,
+    names: tuple[str, ...],
+    order_key: np.ndarray,
+    next_risk: np.ndarray,
+    cfg: ClusterConfig,
+    seed: int,
+) -> Clustering:
     """Standardise the embeddings, build the regime geometry, choose the penalty, fit the jump model on every
     training window (spectral start), renumber by ``order_key`` (calmest first), fit the kNN diagnostic.
 
@@ -191,18 +225,22 @@ def fit_regimes(raw_train: np.ndarray, last_rows_train: np.ndarray, names: tuple
         final = rank[decoded][cut:]
         row = next(r for r in selection["candidates"] if r["penalty"] == penalty)
         selection["validation"] = {
-            "eta2_coming_risk": row["eta2"], "dwell_fit": row["dwell_fit"], "dwell_validation": row["dwell_validation"],
+            "eta2_coming_risk": row["eta2"],
+            "dwell_fit": row["dwell_fit"],
+            "dwell_validation": row["dwell_validation"],
             "dwell_ratio": row["dwell_validation"] / row["dwell_fit"] if row["dwell_fit"] else None,
             # the regimes of a fit that never saw the validation windows vs the final fit's, Hungarian-matched:
             # a refit's stability, measured inside the training bars
-            "refit_stability": refit_agreement(val, final)}
+            "refit_stability": refit_agreement(val, final),
+        }
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
     return Clustering(mean, std, labels, cent, clf, space, JumpDecoder(penalty, cfg.memory), selection)
 
 
-def fit_anchored(raw_train: np.ndarray, last_rows_train: np.ndarray, order_key: np.ndarray, warm,
-                 cfg: ClusterConfig) -> Clustering:
+def fit_anchored(
+    raw_train: np.ndarray, last_rows_train: np.ndarray, order_key: np.ndarray, warm, cfg: ClusterConfig
+) -> Clustering:
     """A warm-started refit's regimes (trainer/warm_start.py): the previous embedding standardisation and
     geometry, the jump model refined from the previous centres with the previous penalty, ids kept. Records
     in ``selection`` whether the ids are still ordered by ``order_key`` (volatility)."""
@@ -216,8 +254,13 @@ def fit_anchored(raw_train: np.ndarray, last_rows_train: np.ndarray, order_key: 
     space = RegimeSpace(warm.space.risk_columns, warm.space.risk_weights, warm.space.embedding_weight, cent)
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
-    selection = {"rule": f"anchored refit: penalty and regime ids of {warm.source}", "chosen": warm.penalty,
-                 "warm_start": warm.source, "ids_ordered_by_volatility": ordered,
-                 "volatility_by_id": [None if not np.isfinite(v) else float(v) for v in means]}
-    return Clustering(warm.emb_mean, warm.emb_std, labels, cent, clf, space, JumpDecoder(warm.penalty, cfg.memory),
-                      selection)
+    selection = {
+        "rule": f"anchored refit: penalty and regime ids of {warm.source}",
+        "chosen": warm.penalty,
+        "warm_start": warm.source,
+        "ids_ordered_by_volatility": ordered,
+        "volatility_by_id": [None if not np.isfinite(v) else float(v) for v in means],
+    }
+    return Clustering(
+        warm.emb_mean, warm.emb_std, labels, cent, clf, space, JumpDecoder(warm.penalty, cfg.memory), selection
+    )

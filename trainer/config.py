@@ -26,13 +26,13 @@ class EncoderConfig:
     ff_dim: int = 64
     dropout: float = 0.1
     embedding_dim: int = 16
-    encoding_method: str = "sinusoidal"   # learnable | sinusoidal
-    encoding_style: str = "interleaved"   # interleaved | stacked (sinusoidal only)
-    mask_ratio: float = 0.15              # share of time steps hidden during masked-window pretraining
-    contrast_weight: float = 0.0          # weight of the temporal contrastive loss (0 = reconstruction only)
-    temperature: float = 0.5              # InfoNCE temperature
+    encoding_method: str = "sinusoidal"  # learnable | sinusoidal
+    encoding_style: str = "interleaved"  # interleaved | stacked (sinusoidal only)
+    mask_ratio: float = 0.15  # share of time steps hidden during masked-window pretraining
+    contrast_weight: float = 0.0  # weight of the temporal contrastive loss (0 = reconstruction only)
+    temperature: float = 0.5  # InfoNCE temperature
     epochs: int = 20
-    warm_epochs: int = 4                  # fine-tuning epochs of a warm-started refit (trainer/warm_start.py)
+    warm_epochs: int = 4  # fine-tuning epochs of a warm-started refit (trainer/warm_start.py)
     batch_size: int = 128
     learning_rate: float = 1e-3
 
@@ -40,27 +40,27 @@ class EncoderConfig:
 @dataclass
 class ClusterConfig:
     n_clusters: int = 4
-    n_neighbors: int = 15                 # affinity graph of the spectral clustering
-    knn_k: int = 9                        # neighbours voting in the kNN diagnostic
-    max_reference: int = 2000             # reference embeddings kept in the bundle (kNN diagnostic only)
+    n_neighbors: int = 15  # affinity graph of the spectral clustering
+    knn_k: int = 9  # neighbours voting in the kNN diagnostic
+    max_reference: int = 2000  # reference embeddings kept in the bundle (kNN diagnostic only)
     # the regime geometry and the causal jump decoder (regimetry/regimes.py)
-    risk_weight: float = 1.0              # weight of each log_rvol_hl* column
-    trend_weight: float = 0.5             # weight of each trend_hl* column
-    range_weight: float = 0.0             # weight of the bar's own log range (0 = left out; see README)
-    embedding_weight: float = 1.0         # weight of the whole standardised embedding (as one column)
-    penalty: float | None = None          # switch penalty; None = chosen on the training windows
+    risk_weight: float = 1.0  # weight of each log_rvol_hl* column
+    trend_weight: float = 0.5  # weight of each trend_hl* column
+    range_weight: float = 0.0  # weight of the bar's own log range (0 = left out; see README)
+    embedding_weight: float = 1.0  # weight of the whole standardised embedding (as one column)
+    penalty: float | None = None  # switch penalty; None = chosen on the training windows
     penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # its candidates
-    penalty_tolerance: float = 0.05       # relative eta^2 loss accepted for a larger penalty
-    validation: float = 0.3               # share of the training windows the penalty is validated on
-    memory: int = 128                     # bars of costs behind each decoded regime
+    penalty_tolerance: float = 0.05  # relative eta^2 loss accepted for a larger penalty
+    validation: float = 0.3  # share of the training windows the penalty is validated on
+    memory: int = 128  # bars of costs behind each decoded regime
 
 
 @dataclass
 class ForecasterConfig:
-    name: str = "stratum"                 # stratum | stratum_attn | stratum_hydra
-    input_length: int = 8                 # L: embeddings fed to the forecaster
+    name: str = "stratum"  # stratum | stratum_attn | stratum_hydra
+    input_length: int = 8  # L: embeddings fed to the forecaster
     units: int = 64
-    loss: str = "mse"                     # mse | cosine
+    loss: str = "mse"  # mse | cosine
     epochs: int = 15
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -69,20 +69,20 @@ class ForecasterConfig:
 @dataclass
 class TrainConfig:
     name: str = "eurusd"
-    data: str = "eurusd"                  # 'eurusd', 'synthetic' or a CSV/parquet path
+    data: str = "eurusd"  # 'eurusd', 'synthetic' or a CSV/parquet path
     symbol: str | None = None
     seed: int = 42
     window_size: int = 30
     stride: int = 1
-    holdout: float = 0.2                  # last share of windows held out, chronologically
+    holdout: float = 0.2  # last share of windows held out, chronologically
     output_dir: str = "exported_models"
     opset: int = 17
-    set_current: bool = True              # point exported_models/CURRENT at the new bundle
+    set_current: bool = True  # point exported_models/CURRENT at the new bundle
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     clustering: ClusterConfig = field(default_factory=ClusterConfig)
     forecaster: ForecasterConfig = field(default_factory=ForecasterConfig)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         errs = []
         if self.encoder.encoding_method not in ENCODING_METHODS:
             errs.append(f"encoder.encoding_method must be one of {ENCODING_METHODS}")
@@ -166,7 +166,7 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def recipe(cfg: "TrainConfig", exclude: tuple[str, ...] = ("output_dir", "set_current")) -> dict:
+def recipe(cfg: TrainConfig, exclude: tuple[str, ...] = ("output_dir", "set_current")) -> dict:
     """Everything that decides what training produces: the config without `exclude` (where it is written),
     the feature code's hash and the trainer version. The one input of both recipe hashes (the model version
     and the search's resume key), so a change of features or trainer invalidates both alike."""

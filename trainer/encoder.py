@@ -9,11 +9,10 @@ persists across windows, which is what a regime is.
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
+from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from trainer.config import EncoderConfig
@@ -50,12 +49,16 @@ class PositionalEncoding(layers.Layer):
 
     def build(self, input_shape):
         if self.method == "learnable":
-            self.table = self.add_weight(name="position", shape=(self.length, self.d_model),
-                                         initializer=keras.initializers.RandomNormal(stddev=0.02))
+            self.table = self.add_weight(
+                name="position",
+                shape=(self.length, self.d_model),
+                initializer=keras.initializers.RandomNormal(stddev=0.02),
+            )
         elif self.method == "sinusoidal":
             table = sinusoidal_table(self.length, self.d_model, self.style)
-            self.table = self.add_weight(name="position", shape=table.shape, trainable=False,
-                                         initializer=keras.initializers.Constant(table))
+            self.table = self.add_weight(
+                name="position", shape=table.shape, trainable=False, initializer=keras.initializers.Constant(table)
+            )
         else:
             raise ValueError(f"unknown encoding method {self.method!r}")
 
@@ -63,8 +66,13 @@ class PositionalEncoding(layers.Layer):
         return x + self.table[None, :, :]
 
     def get_config(self):
-        return {**super().get_config(), "length": self.length, "d_model": self.d_model,
-                "method": self.method, "style": self.style}
+        return {
+            **super().get_config(),
+            "length": self.length,
+            "d_model": self.d_model,
+            "method": self.method,
+            "style": self.style,
+        }
 
 
 def _block(x, cfg: EncoderConfig, i: int):
@@ -111,8 +119,15 @@ def mask_windows(x: np.ndarray, ratio: float, rng: np.random.Generator) -> tuple
     return masked, np.where(hidden, 3.0, 1.0).astype(np.float32)
 
 
-def pretrain(encoder: keras.Model, train: np.ndarray, val: np.ndarray, cfg: EncoderConfig, seed: int,
-             positive_offset: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+def pretrain(
+    encoder: keras.Model,
+    train: np.ndarray,
+    val: np.ndarray,
+    cfg: EncoderConfig,
+    seed: int,
+    positive_offset: int,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
     """Masked reconstruction + temporal contrast, fresh masks and batch order every epoch from seeded draws.
 
     Reconstruction alone makes the embedding describe the window's fast detail (trend wiggles, single bars);
@@ -142,8 +157,10 @@ def pretrain(encoder: keras.Model, train: np.ndarray, val: np.ndarray, cfg: Enco
         logits = tf.matmul(pa, pb, transpose_b=True) / tau
         labels = tf.range(tf.shape(logits)[0])
         ce = keras.losses.sparse_categorical_crossentropy
-        nce = 0.5 * (tf.reduce_mean(ce(labels, logits, from_logits=True)) +
-                     tf.reduce_mean(ce(labels, tf.transpose(logits), from_logits=True)))
+        nce = 0.5 * (
+            tf.reduce_mean(ce(labels, logits, from_logits=True))
+            + tf.reduce_mean(ce(labels, tf.transpose(logits), from_logits=True))
+        )
         return rec_loss, nce
 
     @tf.function(reduce_retracing=True)
@@ -158,8 +175,10 @@ def pretrain(encoder: keras.Model, train: np.ndarray, val: np.ndarray, cfg: Enco
         return max(0, len(x) - positive_offset)
 
     if pairs(train) < cfg.batch_size or pairs(val) < 2:
-        raise ValueError(f"too few windows for pretraining: {len(train)} train / {len(val)} validation windows with "
-                         f"positive offset {positive_offset}; use more data or a smaller window")
+        raise ValueError(
+            f"too few windows for pretraining: {len(train)} train / {len(val)} validation windows with "
+            f"positive offset {positive_offset}; use more data or a smaller window"
+        )
     rng = np.random.default_rng(seed)
     val_masked, val_weight = mask_windows(val[: pairs(val)], cfg.mask_ratio, np.random.default_rng(seed + 1))
     history = []
@@ -169,13 +188,19 @@ def pretrain(encoder: keras.Model, train: np.ndarray, val: np.ndarray, cfg: Enco
         tot = np.zeros(2)
         n_batches = 0
         for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):  # full batches: same negatives count
-            idx = order[i: i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size]
             r, c = step(masked[idx], train[idx], weight[idx], train[idx + positive_offset])
             tot += (float(r), float(c))
             n_batches += 1
         vr, vc = losses(val_masked, val[: pairs(val)], val_weight, val[positive_offset:], False)
-        row = {"epoch": epoch + 1, "loss": float(tot.sum() / n_batches), "reconstruction": float(tot[0] / n_batches),
-               "contrast": float(tot[1] / n_batches), "val_reconstruction": float(vr), "val_contrast": float(vc)}
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(tot.sum() / n_batches),
+            "reconstruction": float(tot[0] / n_batches),
+            "contrast": float(tot[1] / n_batches),
+            "val_reconstruction": float(vr),
+            "val_contrast": float(vc),
+        }
         row["val_loss"] = row["val_reconstruction"] + lam * row["val_contrast"]
         history.append(row)
         if on_epoch:

@@ -26,8 +26,14 @@ def forward_filter(hmm, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def planted_recovery(found: np.ndarray, planted: np.ndarray, hmm_features: np.ndarray, n_states: int,
-                     seed: int, fit_rows: int | None = None) -> dict:
+def planted_recovery(
+    found: np.ndarray,
+    planted: np.ndarray,
+    hmm_features: np.ndarray,
+    n_states: int,
+    seed: int,
+    fit_rows: int | None = None,
+) -> dict:
     """Adjusted Rand index of the regimes found vs the planted ones, beside a Gaussian HMM on the same bars.
 
     The HMM is fitted on the first ``fit_rows`` rows (the training part) and decoded on all of them.
@@ -53,7 +59,9 @@ def planted_recovery(found: np.ndarray, planted: np.ndarray, hmm_features: np.nd
     out["hmm_covariance"] = hmm.covariance_type
     out["ari_hmm"] = float(adjusted_rand_score(planted, viterbi))
     out["ari_hmm_filtered"] = float(adjusted_rand_score(planted, forward_filter(hmm, hmm_features)))
-    out["hmm_note"] = ("GaussianHMM (hmmlearn) on each bar's log return, log range and log volume, fitted on the "
-                       "training bars; ari_hmm = Viterbi path (uses future bars), ari_hmm_filtered = forward "
-                       "filter (causal, like regimetry)")
+    out["hmm_note"] = (
+        "GaussianHMM (hmmlearn) on each bar's log return, log range and log volume, fitted on the "
+        "training bars; ari_hmm = Viterbi path (uses future bars), ari_hmm_filtered = forward "
+        "filter (causal, like regimetry)"
+    )
     return out

@@ -17,8 +17,9 @@ class ExportError(RuntimeError):
     pass
 
 
-def to_onnx(model, input_shape: tuple[int, ...], input_name: str, output_name: str, path: Path,
-            opset: int = 17) -> dict:
+def to_onnx(
+    model, input_shape: tuple[int, ...], input_name: str, output_name: str, path: Path, opset: int = 17
+) -> dict:
     """Convert with a dynamic batch axis; returns {file, input, output, opset}."""
     import tensorflow as tf
     import tf2onnx
@@ -53,6 +54,8 @@ def check_parity(model, info: dict, path: Path, samples: np.ndarray, batch_sizes
         diff = float(np.abs(ref - got).max())
         worst = max(worst, diff)
         if not diff <= PARITY_TOLERANCE:
-            raise ExportError(f"ONNX parity check failed for {path.name} at batch {bs}: max abs diff {diff:.3g} > "
-                              f"{PARITY_TOLERANCE}; the exported graph does not compute what Keras computes")
+            raise ExportError(
+                f"ONNX parity check failed for {path.name} at batch {bs}: max abs diff {diff:.3g} > "
+                f"{PARITY_TOLERANCE}; the exported graph does not compute what Keras computes"
+            )
     return worst

@@ -9,11 +9,10 @@ training can only earn its way past it; whether it does is what the evaluation r
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
+from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from trainer.config import ForecasterConfig
@@ -62,15 +61,26 @@ def _loss(name: str):
     return keras.losses.MeanSquaredError() if name == "mse" else keras.losses.CosineSimilarity()
 
 
-def train_forecaster(x: np.ndarray, y: np.ndarray, cfg: ForecasterConfig,
-                     on_epoch: Callable[[int, dict], None] | None = None) -> tuple[keras.Model, list[dict]]:
+def train_forecaster(
+    x: np.ndarray, y: np.ndarray, cfg: ForecasterConfig, on_epoch: Callable[[int, dict], None] | None = None
+) -> tuple[keras.Model, list[dict]]:
     """Fit on chronologically ordered sequences; the last 10% are the validation tail (no shuffling across it)."""
     model = build_forecaster(x.shape[1], x.shape[2], cfg)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_loss(cfg.loss))
     n_val = max(1, len(x) // 10)
     cb = [keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch and on_epoch(e, logs))]
-    h = model.fit(x[:-n_val], y[:-n_val], validation_data=(x[-n_val:], y[-n_val:]), epochs=cfg.epochs,
-                  batch_size=cfg.batch_size, shuffle=True, verbose=0, callbacks=cb)
-    hist = [{"epoch": i + 1, "loss": float(a), "val_loss": float(b)}
-            for i, (a, b) in enumerate(zip(h.history["loss"], h.history["val_loss"]))]
+    h = model.fit(
+        x[:-n_val],
+        y[:-n_val],
+        validation_data=(x[-n_val:], y[-n_val:]),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=cb,
+    )
+    hist = [
+        {"epoch": i + 1, "loss": float(a), "val_loss": float(b)}
+        for i, (a, b) in enumerate(zip(h.history["loss"], h.history["val_loss"]))
+    ]
     return model, hist

@@ -32,7 +32,7 @@ class ProfileMismatch(ProfileError):
 @dataclass(frozen=True)
 class LockedProfile:
     config: TrainConfig
-    meta: dict          # everything else in the file: seed, data range, feature spec and hash, locked_at
+    meta: dict  # everything else in the file: seed, data range, feature spec and hash, locked_at
 
 
 def data_fingerprint(series: BarSeries) -> dict:
@@ -52,7 +52,7 @@ def lock(cfg: TrainConfig, series: BarSeries, source: str | None = None) -> dict
     return {
         "kind": KIND,
         "format_version": FORMAT_VERSION,
-        "locked_at": iso_utc(dt.datetime.now(dt.timezone.utc).timestamp()),
+        "locked_at": iso_utc(dt.datetime.now(dt.UTC).timestamp()),
         "seed": cfg.seed,
         "data": {"source": source or cfg.data, **data_fingerprint(series)},
         "feature_spec": spec.to_dict(),
@@ -77,8 +77,10 @@ def load(path: str | Path, check_features: bool = True) -> LockedProfile:
         raise ProfileError(f"{path}: format_version {doc.get('format_version')} is not {FORMAT_VERSION}")
     ours = FeatureSpec().hash()
     if check_features and doc.get("feature_spec_hash") != ours:
-        raise ProfileMismatch(f"{path} was locked with feature spec {str(doc.get('feature_spec_hash'))[:12]}..., this "
-                           f"code computes {ours[:12]}...: re-run the search (or lock again) on the current features")
+        raise ProfileMismatch(
+            f"{path} was locked with feature spec {str(doc.get('feature_spec_hash'))[:12]}..., this "
+            f"code computes {ours[:12]}...: re-run the search (or lock again) on the current features"
+        )
     values = dict(doc["config"])
     values["seed"] = doc["seed"]
     try:

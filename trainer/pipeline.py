@@ -10,9 +10,9 @@ import datetime as dt
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -22,7 +22,6 @@ from regimetry.bundle import MANIFEST, POINTER, manifest_digest, sha256_file, sh
 from regimetry.data import BarSeries, iso_utc, resolve_data
 from regimetry.features import FeatureSpec, history_needed
 from trainer.config import TrainConfig, dump_config, recipe
-
 
 Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
 # Refresh hook: (clustering, standardised embeddings of every window, their end times) -> (the clustering with
@@ -36,12 +35,12 @@ def _quiet(stage: str, step: int, total: int, msg: str = "") -> None:
 
 @dataclass
 class TrainResult:
-    bundle_dir: Path | None                      # None when trained with write_bundle=False
+    bundle_dir: Path | None  # None when trained with write_bundle=False
     manifest: dict
     summary: dict
-    regimes: np.ndarray = field(repr=False)      # decoded (served) regime of every window (train + held out)
+    regimes: np.ndarray = field(repr=False)  # decoded (served) regime of every window (train + held out)
     end_time: np.ndarray = field(repr=False)
-    z: np.ndarray = field(repr=False)            # standardised embeddings of every window
+    z: np.ndarray = field(repr=False)  # standardised embeddings of every window
     warm: object = field(default=None, repr=False)  # trainer.warm_start.WarmStart of this model (for a refit)
 
 
@@ -89,7 +88,7 @@ def model_version(cfg: TrainConfig, series: BarSeries, warm_from: str | None = N
     """Deterministic: the same config on the same bars (warm-started from the same model) gives the same
     version (and the same event ids)."""
     data_hash = series.digest()
-    blob: dict = {'cfg': recipe(cfg), 'data': data_hash}
+    blob: dict = {"cfg": recipe(cfg), "data": data_hash}
     if warm_from is not None:
         blob["warm_from"] = warm_from
     return f"{cfg.name}-{sha256_json(blob)[:10]}"
@@ -103,9 +102,15 @@ def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confide
             f.write(f"{iso_utc(t)},{t},{r},{c:.4f},{'train' if i < n_train else 'held_out'}\n")
 
 
-def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | None = None,
-          planted: np.ndarray | None = None, write_bundle: bool = True, align: Align | None = None,
-          warm=None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    progress: Progress = _quiet,
+    series: BarSeries | None = None,
+    planted: np.ndarray | None = None,
+    write_bundle: bool = True,
+    align: Align | None = None,
+    warm=None,
+) -> TrainResult:
     """Run the whole pipeline and write the bundle; returns where it is and what it scored.
 
     write_bundle=False stops after evaluation (nothing written): the configuration search only needs the scores.
@@ -114,16 +119,21 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     given, warm-starts a refit from the model in force: its scaler, encoder weights, geometry, centres, penalty
     and ids; the encoder is fine-tuned for encoder.warm_epochs epochs."""
     set_seed(cfg.seed)
-    from trainer import clustering, encoder as enc, evaluate, export, forecaster as fc
+    from trainer import clustering, evaluate, export
+    from trainer import encoder as enc
+    from trainer import forecaster as fc
     from trainer.windows import build_windows
 
     if series is None:
         series, planted = load_training_data(cfg)
     spec = FeatureSpec()
     progress("features", 0, 1, f"{len(series)} bars of {series.symbol}")
-    ws = build_windows(series, spec, cfg.window_size, cfg.stride, cfg.holdout,
-                       scaler=warm.scaler if warm is not None else None)
-    progress("features", 1, 1, f"{len(ws.windows)} windows ({ws.n_train} train / {len(ws.windows) - ws.n_train} held out)")
+    ws = build_windows(
+        series, spec, cfg.window_size, cfg.stride, cfg.holdout, scaler=warm.scaler if warm is not None else None
+    )
+    progress(
+        "features", 1, 1, f"{len(ws.windows)} windows ({ws.n_train} train / {len(ws.windows) - ws.n_train} held out)"
+    )
 
     # -- encoder -----------------------------------------------------------------------------------------
     e_cfg = cfg.encoder
@@ -135,9 +145,15 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         e_cfg = dataclasses.replace(e_cfg, epochs=e_cfg.warm_epochs)
     offset = max(1, -(-cfg.window_size // cfg.stride))  # the first window sharing no bar with the anchor
     n_val = max(ws.n_train // 10, offset + 2)
-    enc_hist = enc.pretrain(encoder, ws.train[:-n_val], ws.train[-n_val:], e_cfg, cfg.seed, offset,
-                            on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs,
-                                                           f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"))
+    enc_hist = enc.pretrain(
+        encoder,
+        ws.train[:-n_val],
+        ws.train[-n_val:],
+        e_cfg,
+        cfg.seed,
+        offset,
+        on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs, f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"),
+    )
     raw = enc.embed(encoder, ws.windows)
 
     # -- regimes -----------------------------------------------------------------------------------------
@@ -153,14 +169,23 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     last_train_bar = int(ws.end_index[ws.n_train - 1])
     csum = np.concatenate([[0.0], np.cumsum(bar_vol)])
     ahead = ws.end_index + cfg.window_size
-    next_risk = np.where(ahead <= last_train_bar,
-                         (csum[np.minimum(ahead, len(bar_vol) - 1) + 1] - csum[ws.end_index + 1]) / cfg.window_size,
-                         np.nan)
+    next_risk = np.where(
+        ahead <= last_train_bar,
+        (csum[np.minimum(ahead, len(bar_vol) - 1) + 1] - csum[ws.end_index + 1]) / cfg.window_size,
+        np.nan,
+    )
     if warm is not None:
         cl = clustering.fit_anchored(raw[: ws.n_train], last_rows[: ws.n_train], vol_key, warm, cfg.clustering)
     else:
-        cl = clustering.fit_regimes(raw[: ws.n_train], last_rows[: ws.n_train], spec.names, vol_key,
-                                    next_risk[: ws.n_train], cfg.clustering, cfg.seed)
+        cl = clustering.fit_regimes(
+            raw[: ws.n_train],
+            last_rows[: ws.n_train],
+            spec.names,
+            vol_key,
+            next_risk[: ws.n_train],
+            cfg.clustering,
+            cfg.seed,
+        )
     z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
 
     def decode(c: clustering.Clustering) -> tuple[np.ndarray, np.ndarray]:
@@ -174,16 +199,24 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         g, w = decode(cl)
     proba = cl.decoder.proba(w)
     regimes = w.argmin(1)
-    progress("clustering", 1, 1, f"penalty {cl.decoder.penalty:g}; train agreement decoder/jump fit "
-                                 f"{np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}")
+    progress(
+        "clustering",
+        1,
+        1,
+        f"penalty {cl.decoder.penalty:g}; train agreement decoder/jump fit "
+        f"{np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}",
+    )
 
     # -- forecaster --------------------------------------------------------------------------------------
     f_cfg = cfg.forecaster
     x_all, y_all, t_all = fc.sequences(z, f_cfg.input_length, 1)
     in_train = t_all + 1 < ws.n_train  # the target window must be a training window too
     forecaster, fc_hist = fc.train_forecaster(
-        x_all[in_train], y_all[in_train], f_cfg,
-        on_epoch=lambda e, logs: progress("forecaster", e + 1, f_cfg.epochs, f"loss {logs['loss']:.4f}"))
+        x_all[in_train],
+        y_all[in_train],
+        f_cfg,
+        on_epoch=lambda e, logs: progress("forecaster", e + 1, f_cfg.epochs, f"loss {logs['loss']:.4f}"),
+    )
     x_test, y_test, t_test = x_all[~in_train], y_all[~in_train], t_all[~in_train]
     t_test_mask = t_test >= ws.n_train  # held-out steps whose *current* window is held out as well
     x_test, y_test, t_test = x_test[t_test_mask], y_test[t_test_mask], t_test[t_test_mask]
@@ -207,23 +240,43 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     k = cfg.clustering.n_clusters
     train_reg = regimes[: ws.n_train]
     summary: dict = {
-        "data": {"source": cfg.data, "symbol": series.symbol, "n_bars": len(series),
-                 "n_windows": int(len(z)), "n_train": int(ws.n_train), "n_test": int(len(z) - ws.n_train)},
+        "data": {
+            "source": cfg.data,
+            "symbol": series.symbol,
+            "n_bars": len(series),
+            "n_windows": int(len(z)),
+            "n_train": int(ws.n_train),
+            "n_test": int(len(z) - ws.n_train),
+        },
         "encoder": {"history": enc_hist},
-        "forecaster": {"name": f_cfg.name, "loss": f_cfg.loss, "history": fc_hist,
-                       "held_out": scoring.forecast_errors(pred_test, y_test),
-                       "persistence_held_out": scoring.forecast_errors(x_test[:, -1, :], y_test)},
-        "next_regime": scoring.next_regime_report(regimes[t_test], regimes[t_test + 1],
-                                                  next_regime_of(t_test, pred_test),
-                                                  diagnostics.transition_matrix(train_reg, k), k,
-                                                  flat_next=flat_next_regimes(t_test)),
-        "regime_shares": {"train": diagnostics.shares(train_reg, k).tolist(),
-                          "held_out": diagnostics.shares(regimes[ws.n_train:], k).tolist()},
-        "mean_dwell": {"train": diagnostics.mean_duration(train_reg),
-                       "held_out": diagnostics.mean_duration(regimes[ws.n_train:])},
+        "forecaster": {
+            "name": f_cfg.name,
+            "loss": f_cfg.loss,
+            "history": fc_hist,
+            "held_out": scoring.forecast_errors(pred_test, y_test),
+            "persistence_held_out": scoring.forecast_errors(x_test[:, -1, :], y_test),
+        },
+        "next_regime": scoring.next_regime_report(
+            regimes[t_test],
+            regimes[t_test + 1],
+            next_regime_of(t_test, pred_test),
+            diagnostics.transition_matrix(train_reg, k),
+            k,
+            flat_next=flat_next_regimes(t_test),
+        ),
+        "regime_shares": {
+            "train": diagnostics.shares(train_reg, k).tolist(),
+            "held_out": diagnostics.shares(regimes[ws.n_train :], k).tolist(),
+        },
+        "mean_dwell": {
+            "train": diagnostics.mean_duration(train_reg),
+            "held_out": diagnostics.mean_duration(regimes[ws.n_train :]),
+        },
         "clustering": {
             "train_agreement_decoder_vs_jump_fit": float(np.mean(train_reg == cl.train_labels)),
-            "train_agreement_knn_vs_jump_fit": float(np.mean(cl.classifier.predict(z[: ws.n_train]) == cl.train_labels)),
+            "train_agreement_knn_vs_jump_fit": float(
+                np.mean(cl.classifier.predict(z[: ws.n_train]) == cl.train_labels)
+            ),
             "penalty": cl.decoder.penalty,
             "penalty_selection": cl.selection,
             **diagnostics.separation(g[: ws.n_train], train_reg, seed=cfg.seed),
@@ -235,8 +288,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     if planted is not None:
         v = series.values
         hmm_x = np.stack([log_ret, np.log(np.log(v[:, 1] / v[:, 2]) + 1e-6), np.log1p(v[:, 4])], 1)
-        summary["planted_regimes"] = evaluate.planted_recovery(regimes, planted[ws.end_index], hmm_x[ws.end_index],
-                                                               k, cfg.seed, fit_rows=ws.n_train)
+        summary["planted_regimes"] = evaluate.planted_recovery(
+            regimes, planted[ws.end_index], hmm_x[ws.end_index], k, cfg.seed, fit_rows=ws.n_train
+        )
     progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
     bar_ret = log_ret[ws.end_index]
     profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
@@ -248,8 +302,9 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     summary["regime_names"] = [p["name"] for p in profiles]  # what an export writes, for reports of a config
     from trainer.warm_start import WEIGHTS_FILE, WarmStart
 
-    warm_next = WarmStart("in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty,
-                          encoder.get_weights())
+    warm_next = WarmStart(
+        "in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty, encoder.get_weights()
+    )
     if not write_bundle:
         return TrainResult(None, {}, summary, regimes, ws.end_time, z, warm_next)
 
@@ -261,15 +316,21 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     progress("export", 0, 2, "encoder -> ONNX")
-    onnx_info = {"encoder": export.to_onnx(encoder, (cfg.window_size, spec.n_features), "window", "embedding",
-                                           tmp / "encoder.onnx", cfg.opset)}
-    onnx_info["encoder"]["parity_max_abs_diff"] = export.check_parity(encoder, onnx_info["encoder"],
-                                                                      tmp / "encoder.onnx", ws.test)
+    onnx_info = {
+        "encoder": export.to_onnx(
+            encoder, (cfg.window_size, spec.n_features), "window", "embedding", tmp / "encoder.onnx", cfg.opset
+        )
+    }
+    onnx_info["encoder"]["parity_max_abs_diff"] = export.check_parity(
+        encoder, onnx_info["encoder"], tmp / "encoder.onnx", ws.test
+    )
     progress("export", 1, 2, "forecaster -> ONNX")
-    onnx_info["forecaster"] = export.to_onnx(forecaster, (f_cfg.input_length, z.shape[1]), "history",
-                                             "next_embedding", tmp / "forecaster.onnx", cfg.opset)
-    onnx_info["forecaster"]["parity_max_abs_diff"] = export.check_parity(forecaster, onnx_info["forecaster"],
-                                                                         tmp / "forecaster.onnx", x_test)
+    onnx_info["forecaster"] = export.to_onnx(
+        forecaster, (f_cfg.input_length, z.shape[1]), "history", "next_embedding", tmp / "forecaster.onnx", cfg.opset
+    )
+    onnx_info["forecaster"]["parity_max_abs_diff"] = export.check_parity(
+        forecaster, onnx_info["forecaster"], tmp / "forecaster.onnx", x_test
+    )
     cl.classifier.save(tmp / "classifier.npz")
     encoder.save_weights(str(tmp / WEIGHTS_FILE))  # for warm-started refits only (trainer/warm_start.py)
     write_regimes(tmp / "regimes.csv", ws.end_time, regimes, proba.max(1), ws.n_train)
@@ -284,7 +345,7 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
     manifest = {
         "schema_version": 1,
         "model_version": version,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seed": cfg.seed,
         "feature_spec": spec.to_dict(),
         "feature_spec_hash": spec.hash(),
@@ -296,12 +357,20 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
         "embedding_scaler": {"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()},
         "n_clusters": k,
         "centroids": cl.centroids.tolist(),
-        "classifier": {"kind": "knn", "file": "classifier.npz", "k": cl.classifier.k,
-                       "n_reference": int(len(cl.classifier.reference)), "geometry": "standardised embedding",
-                       "role": "diagnostic only: served regimes come from the decoder"},
-        "regimes": {"space": {kk: v for kk, v in cl.space.to_dict().items() if kk != "centroids"},
-                    "risk_features": [spec.names[i] for i in cl.space.risk_columns],
-                    "decoder": cl.decoder.to_dict(), "geometry": "regimetry/regimes.py RegimeSpace; centroids above"},
+        "classifier": {
+            "kind": "knn",
+            "file": "classifier.npz",
+            "k": cl.classifier.k,
+            "n_reference": int(len(cl.classifier.reference)),
+            "geometry": "standardised embedding",
+            "role": "diagnostic only: served regimes come from the decoder",
+        },
+        "regimes": {
+            "space": {kk: v for kk, v in cl.space.to_dict().items() if kk != "centroids"},
+            "risk_features": [spec.names[i] for i in cl.space.risk_columns],
+            "decoder": cl.decoder.to_dict(),
+            "geometry": "regimetry/regimes.py RegimeSpace; centroids above",
+        },
         "forecaster": {"name": f_cfg.name, "input_length": f_cfg.input_length, "loss": f_cfg.loss},
         "onnx": onnx_info,
         "regime_profiles": profiles,
@@ -313,20 +382,28 @@ def train(cfg: TrainConfig, progress: Progress = _quiet, series: BarSeries | Non
             "next_regime_hit_rate": float(np.mean(hits == regimes[t_all[in_train] + 1])),
         },
         "hashes": {
-            "regimes": sha256_json(regimes.tolist()),
+            "regimes": sha256_json({"space": cl.space.to_dict(), "decoder": cl.decoder.to_dict()}),
             "feature_scaler": sha256_json(ws.scaler.to_dict()),
             "embedding_scaler": sha256_json({"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()}),
             "centroids": sha256_json(cl.centroids.tolist()),
-            "regimes": sha256_json({"space": cl.space.to_dict(), "decoder": cl.decoder.to_dict()}),
         },
         "alignment": alignment,
-        "warm_start": None if warm is None else {"from": warm.source, "encoder_epochs": e_cfg.epochs,
-                                                 **{k2: cl.selection[k2] for k2 in ("ids_ordered_by_volatility",
-                                                                                    "volatility_by_id")}},
+        "warm_start": None
+        if warm is None
+        else {
+            "from": warm.source,
+            "encoder_epochs": e_cfg.epochs,
+            **{k2: cl.selection[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
+        },
         "libraries": library_versions(),
-        "data": {"source": cfg.data, "symbol": series.symbol, "n_bars": len(series),
-                 "start": int(series.times[0]), "end": int(series.times[-1]),
-                 "train_end": int(ws.end_time[ws.n_train - 1])},
+        "data": {
+            "source": cfg.data,
+            "symbol": series.symbol,
+            "n_bars": len(series),
+            "start": int(series.times[0]),
+            "end": int(series.times[-1]),
+            "train_end": int(ws.end_time[ws.n_train - 1]),
+        },
         "files": {},
     }
     manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}

@@ -6,12 +6,11 @@ every figure (tab10), so a reader can carry a colour from the embedding map to t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
-import numpy as np
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
@@ -25,7 +24,7 @@ def regime_colour(k: int):
 
 
 def regime_label(k: int, names: Sequence[str] | None = None) -> str:
-    """"regime k", or "k <name>" with the bundle's descriptive names (regimetry/naming.py)."""
+    """ "regime k", or "k <name>" with the bundle's descriptive names (regimetry/naming.py)."""
     from regimetry.naming import label
 
     return label(k, names)
@@ -55,15 +54,23 @@ def project_2d(z: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(z)
 
 
-def embedding_map(xy: np.ndarray, regimes: np.ndarray, k: int, method: str, path: Path,
-                  names: Sequence[str] | None = None) -> Path:
+def embedding_map(
+    xy: np.ndarray, regimes: np.ndarray, k: int, method: str, path: Path, names: Sequence[str] | None = None
+) -> Path:
     """Scatter of a 2-D projection of the embeddings, one colour per regime."""
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     for r in range(k):
         sel = regimes == r
         if sel.any():
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, color=regime_colour(r), label=regime_label(r, names),
-                       linewidths=0)
+            ax.scatter(
+                xy[sel, 0],
+                xy[sel, 1],
+                s=6,
+                alpha=0.7,
+                color=regime_colour(r),
+                label=regime_label(r, names),
+                linewidths=0,
+            )
     ax.set_title(f"{method} of window embeddings ({len(xy)} windows), coloured by regime")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -71,8 +78,15 @@ def embedding_map(xy: np.ndarray, regimes: np.ndarray, k: int, method: str, path
     return _save(fig, path)
 
 
-def price_bands(times: np.ndarray, close: np.ndarray, regimes: np.ndarray, k: int, path: Path,
-                title: str = "", names: Sequence[str] | None = None) -> Path:
+def price_bands(
+    times: np.ndarray,
+    close: np.ndarray,
+    regimes: np.ndarray,
+    k: int,
+    path: Path,
+    title: str = "",
+    names: Sequence[str] | None = None,
+) -> Path:
     """Close price with a background band in the colour of the regime in force at each bar."""
     t = mdates.date2num(np.asarray(times, dtype="datetime64[s]"))
     fig, ax = plt.subplots(figsize=(11, 4))
@@ -83,8 +97,17 @@ def price_bands(times: np.ndarray, close: np.ndarray, regimes: np.ndarray, k: in
         # fill_between colours the segment [i, i+1] only if both ends are selected: add each run's next bar
         # so the bands touch instead of leaving a white gap at every change
         where = m | np.concatenate([[False], m[:-1]])
-        ax.fill_between(t, lo - pad, hi + pad, where=where, step="post", color=regime_colour(r),
-                        alpha=0.28, linewidth=0, label=regime_label(r, names))
+        ax.fill_between(
+            t,
+            lo - pad,
+            hi + pad,
+            where=where,
+            step="post",
+            color=regime_colour(r),
+            alpha=0.28,
+            linewidth=0,
+            label=regime_label(r, names),
+        )
     ax.plot(t, close, color="black", linewidth=0.7)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlim(t[0], t[-1])
@@ -103,8 +126,15 @@ def transition_heatmap(p: np.ndarray, path: Path, names: Sequence[str] | None = 
     im = ax.imshow(p, cmap="viridis", vmin=0.0, vmax=1.0)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                    color="black" if p[i, j] > 0.6 else "white")
+            ax.text(
+                j,
+                i,
+                f"{p[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if p[i, j] > 0.6 else "white",
+            )
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))
     if names:
@@ -123,8 +153,13 @@ def share_bars(shares: np.ndarray, durations: np.ndarray, path: Path, names: Seq
     fig, ax = plt.subplots(figsize=(1.0 * k + 3.0, 3.6))
     bars = ax.bar(range(k), shares, color=[regime_colour(r) for r in range(k)])
     for b, d in zip(bars, durations):
-        ax.annotate(f"{b.get_height():.0%}\n{d:.0f} bars", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            f"{b.get_height():.0%}\n{d:.0f} bars",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.axhline(1.0 / k, color="grey", linestyle="--", linewidth=0.8, label="balanced (1/K)")
     ax.set_xticks(range(k))
     ax.set_xticklabels([regime_label(r, names) for r in range(k)], **({"fontsize": 8} if names else {}))

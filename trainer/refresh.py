@@ -25,9 +25,10 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,22 +60,25 @@ def exclusive(models: Path):
         except BlockingIOError:
             raise Busy(f"another refresh holds {models / LOCK_FILE}") from None
         yield
-Log = Callable[..., None]   # log(event, **fields)
+
+
+Log = Callable[..., None]  # log(event, **fields)
 
 
 @dataclass
 class Previous:
     """The bundle in force: its manifest and, when it can run, its regime of every bar of the new data."""
+
     path: Path
     manifest: dict
-    times: np.ndarray | None      # end-bar times it labelled
+    times: np.ndarray | None  # end-bar times it labelled
     labels: np.ndarray | None
-    error: str | None = None      # why it could not label the new bars
+    error: str | None = None  # why it could not label the new bars
 
 
 @dataclass
 class Outcome:
-    status: str                   # published | up_to_date | flagged
+    status: str  # published | up_to_date | flagged
     exit_code: int
     model_version: str
     bundle_dir: Path | None
@@ -125,16 +129,23 @@ class Aligner:
         k = len(cl.centroids)
         new = np.asarray(new, dtype=np.int64)
         idx, prev_lab = self.overlap(end_time)
-        rec: dict = {"previous_model_version": self.prev.manifest["model_version"], "threshold": self.min_agreement,
-                     "n_windows": int(len(idx))}
+        rec: dict = {
+            "previous_model_version": self.prev.manifest["model_version"],
+            "threshold": self.min_agreement,
+            "n_windows": int(len(idx)),
+        }
         if len(idx) >= self.min_windows:
             perm, agreement = alignment.match_labels(new[idx], prev_lab, k)
             prev_data = self.prev.manifest["data"]
             in_range = (end_time[idx] >= prev_data["start"]) & (end_time[idx] <= prev_data["end"])
-            rec.update(method="window_labels", agreement=agreement,
-                       n_windows_in_previous_data=int(in_range.sum()),
-                       agreement_in_previous_data=float(np.mean(perm[new[idx]][in_range] == prev_lab[in_range]))
-                       if in_range.any() else None)
+            rec.update(
+                method="window_labels",
+                agreement=agreement,
+                n_windows_in_previous_data=int(in_range.sum()),
+                agreement_in_previous_data=float(np.mean(perm[new[idx]][in_range] == prev_lab[in_range]))
+                if in_range.any()
+                else None,
+            )
         else:
             bar = np.searchsorted(self.series.times, end_time)
             ret = np.concatenate([[0.0], np.diff(np.log(self.series.values[:, 3]))])[bar]
@@ -142,8 +153,11 @@ class Aligner:
             theirs = alignment.profile_centroids(self.prev.manifest["regime_profiles"])
             a, b = alignment.standardise_together(mine, theirs)
             perm = alignment.match_centroids(a, b)
-            rec.update(method="profile_centroids", agreement=None,
-                       reason=self.prev.error or f"only {len(idx)} windows labelled by both (< {self.min_windows})")
+            rec.update(
+                method="profile_centroids",
+                agreement=None,
+                reason=self.prev.error or f"only {len(idx)} windows labelled by both (< {self.min_windows})",
+            )
         rec["mapping"] = {str(i): int(perm[i]) for i in range(k)}
         rec["identity"] = bool((perm == np.arange(k)).all())
         rec["flagged"] = rec["agreement"] is None or rec["agreement"] < self.min_agreement
@@ -156,8 +170,11 @@ def regime_changes(regimes: np.ndarray, end_time: np.ndarray, after: int | None)
     idx, before, to = dg.change_points(regimes)
     from regimetry.data import iso_utc as iso
 
-    return [{"time": iso(end_time[i]), "epoch": int(end_time[i]), "from": int(b), "to": int(t)}
-            for i, b, t in zip(idx, before, to) if after is None or end_time[i] > after]
+    return [
+        {"time": iso(end_time[i]), "epoch": int(end_time[i]), "from": int(b), "to": int(t)}
+        for i, b, t in zip(idx, before, to)
+        if after is None or end_time[i] > after
+    ]
 
 
 def append_jsonl(path: Path, rows: list[dict]) -> None:
@@ -173,13 +190,20 @@ def point_current(models: Path, version: str) -> None:
     tmp.replace(models / POINTER)
 
 
-def refresh(profile: "LockedProfile", data: str, series: BarSeries, models: Path, previous: Path | None = None,
-            min_agreement: float = 0.9, min_windows: int = 50, transitions: Path | None = None,
-            log: Log = lambda event, **kw: None) -> Outcome:
+def refresh(
+    profile: LockedProfile,
+    data: str,
+    series: BarSeries,
+    models: Path,
+    previous: Path | None = None,
+    min_agreement: float = 0.9,
+    min_windows: int = 50,
+    transitions: Path | None = None,
+    log: Log = lambda event, **kw: None,
+) -> Outcome:
     """Refit ``profile`` (a LockedProfile) on ``series`` (read from ``data``); see the module docstring."""
     from trainer.locked_profile import ProfileMismatch
     from trainer.pipeline import model_version, train
-
     from trainer.warm_start import WarmStart
 
     cfg = profile.config
@@ -196,10 +220,16 @@ def refresh(profile: "LockedProfile", data: str, series: BarSeries, models: Path
             return Outcome("up_to_date", EXIT_PUBLISHED, version, prev_dir, None)
         prev = label_with_previous(prev_dir, series)
         if int(prev.manifest["n_clusters"]) != cfg.clustering.n_clusters:
-            raise ProfileMismatch(f"previous bundle {prev_dir.name} has {prev.manifest['n_clusters']} regimes, the "
-                               f"profile {cfg.clustering.n_clusters}: ids cannot be aligned")
-        log("previous", model_version=prev.manifest["model_version"], labelled_windows=
-            None if prev.labels is None else int(len(prev.labels)), error=prev.error)
+            raise ProfileMismatch(
+                f"previous bundle {prev_dir.name} has {prev.manifest['n_clusters']} regimes, the "
+                f"profile {cfg.clustering.n_clusters}: ids cannot be aligned"
+            )
+        log(
+            "previous",
+            model_version=prev.manifest["model_version"],
+            labelled_windows=None if prev.labels is None else int(len(prev.labels)),
+            error=prev.error,
+        )
         try:  # warm start: keep the previous scaler, encoder weights, geometry, centres, penalty and ids
             warm = WarmStart.from_bundle(prev_dir)
             version = model_version(cfg, series, warm.source)
@@ -217,15 +247,20 @@ def refresh(profile: "LockedProfile", data: str, series: BarSeries, models: Path
     flagged = bool(record and record["flagged"])
     log("aligned", model_version=version, **(record or {"method": "none", "reason": "no previous bundle"}))
     if flagged:
-        log("flagged", model_version=version, bundle=str(result.bundle_dir),
+        log(
+            "flagged",
+            model_version=version,
+            bundle=str(result.bundle_dir),
             reason="agreement below threshold" if record["agreement"] is not None else "agreement not measurable",
-            current=None if prev is None else prev.manifest["model_version"])
+            current=None if prev is None else prev.manifest["model_version"],
+        )
         return Outcome("flagged", EXIT_FLAGGED, version, result.bundle_dir, record)
     changes = regime_changes(result.regimes, result.end_time, prev.manifest["data"]["end"] if prev else None)
     if transitions is not None:
-        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        append_jsonl(transitions, [{"logged_at": stamp, "model_version": version, "symbol": series.symbol, **c}
-                                   for c in changes])
+        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        append_jsonl(
+            transitions, [{"logged_at": stamp, "model_version": version, "symbol": series.symbol, **c} for c in changes]
+        )
     point_current(models, version)
     log("published", model_version=version, bundle=str(result.bundle_dir), regime_changes=len(changes))
     return Outcome("published", EXIT_PUBLISHED, version, result.bundle_dir, record, len(changes))

@@ -116,9 +116,13 @@ def detection_delays(found, true) -> dict:
         if len(hit):
             delays.append(int(hit[0]))
     n = len(starts)
-    return {"median_delay": float(np.median(delays)) if delays else float("nan"),
-            "share_detected": float(len(delays) / n) if n else float("nan"),
-            "n_true_switches": int(n), "n_detected": len(delays), "delays": delays}
+    return {
+        "median_delay": float(np.median(delays)) if delays else float("nan"),
+        "share_detected": float(len(delays) / n) if n else float("nan"),
+        "n_true_switches": int(n),
+        "n_detected": len(delays),
+        "delays": delays,
+    }
 
 
 def next_returns(log_ret, bar_index) -> np.ndarray:

@@ -18,22 +18,24 @@ import numpy as np
 from regimetry import diagnostics as dg
 from regimetry.naming import regime_names
 
-NAMES_NOTE = ("Names (regimetry/naming.py): rank of the regime's window volatility on its training bars, calmest first "
-              "(calm, normal, turbulent, crisis for 4 regimes), with ' up' / ' down' where the mean log return of "
-              "those bars is significant (|mean| > 2 x volatility / sqrt(bars)).")
+NAMES_NOTE = (
+    "Names (regimetry/naming.py): rank of the regime's window volatility on its training bars, calmest first "
+    "(calm, normal, turbulent, crisis for 4 regimes), with ' up' / ' down' where the mean log return of "
+    "those bars is significant (|mean| > 2 x volatility / sqrt(bars))."
+)
 
 
 @dataclass
 class RegimeView:
     title: str
     source: str
-    times: np.ndarray            # epoch seconds of each labelled bar (a window's last bar)
+    times: np.ndarray  # epoch seconds of each labelled bar (a window's last bar)
     close: np.ndarray
-    returns: np.ndarray          # log return of that bar
+    returns: np.ndarray  # log return of that bar
     regimes: np.ndarray
-    z: np.ndarray                # embeddings in clustering geometry
+    z: np.ndarray  # embeddings in clustering geometry
     k: int
-    bars_per_step: int = 1       # stride between consecutive labelled bars
+    bars_per_step: int = 1  # stride between consecutive labelled bars
     info: dict = field(default_factory=dict)
     names: tuple[str, ...] | None = None  # descriptive name per id from the training profiles (regimetry/naming.py)
 
@@ -54,10 +56,19 @@ def from_bundle(bundle: str | Path, data: str | None = None) -> RegimeView:
     r = model.run_series(series.values)
     idx = r.offset + np.arange(len(r.regime))
     close = series.values[:, 3]
-    return RegimeView(f"{m['model_version']} on {series.symbol}", source, series.times[idx], close[idx],
-                      log_returns(close)[idx], r.regime, r.z, model.bundle.n_clusters, 1,
-                      {"model_version": m["model_version"], "bundle": str(model.bundle.path)},
-                      model.bundle.regime_names)
+    return RegimeView(
+        f"{m['model_version']} on {series.symbol}",
+        source,
+        series.times[idx],
+        close[idx],
+        log_returns(close)[idx],
+        r.regime,
+        r.z,
+        model.bundle.n_clusters,
+        1,
+        {"model_version": m["model_version"], "bundle": str(model.bundle.path)},
+        model.bundle.regime_names,
+    )
 
 
 def from_config(cfg) -> RegimeView:
@@ -70,8 +81,19 @@ def from_config(cfg) -> RegimeView:
     close = series.values[:, 3]
     returns, k = log_returns(close)[idx], cfg.clustering.n_clusters
     names = tuple(result.summary["regime_names"])  # exactly what an export of this config would write
-    return RegimeView(f"{cfg.name} (config, not exported) on {series.symbol}", cfg.data, result.end_time,
-                      close[idx], returns, result.regimes, result.z, k, cfg.stride, {"config_name": cfg.name}, names)
+    return RegimeView(
+        f"{cfg.name} (config, not exported) on {series.symbol}",
+        cfg.data,
+        result.end_time,
+        close[idx],
+        returns,
+        result.regimes,
+        result.z,
+        k,
+        cfg.stride,
+        {"config_name": cfg.name},
+        names,
+    )
 
 
 def metrics(view: RegimeView, seed: int = 0) -> dict:
@@ -96,11 +118,12 @@ def umap_available() -> bool:
 @dataclass
 class ReportFiles:
     report: Path
-    figures: dict                # name -> PNG path
+    figures: dict  # name -> PNG path
 
 
-def write_report(view: RegimeView, out_dir: str | Path, max_points: int = 1500, seed: int = 0,
-                 umap: bool | None = None) -> ReportFiles:
+def write_report(
+    view: RegimeView, out_dir: str | Path, max_points: int = 1500, seed: int = 0, umap: bool | None = None
+) -> ReportFiles:
     """All figures plus report.md linking them; UMAP is drawn when umap-learn is installed (or umap=True)."""
     from trainer import plots
 
@@ -117,8 +140,9 @@ def write_report(view: RegimeView, out_dir: str | Path, max_points: int = 1500, 
         xy = plots.project_2d(view.z[sample].astype(np.float64), method, seed)
         name = "embedding_" + method.lower().replace("-", "")
         figs[name] = plots.embedding_map(xy, reg[sample], k, method, out / f"{name}.png", names)
-    figs["price_regimes"] = plots.price_bands(view.times, view.close, reg, k, out / "price_regimes.png",
-                                              f"{view.title}: close price with regime bands", names)
+    figs["price_regimes"] = plots.price_bands(
+        view.times, view.close, reg, k, out / "price_regimes.png", f"{view.title}: close price with regime bands", names
+    )
     figs["transition_matrix"] = plots.transition_heatmap(p, out / "transition_matrix.png", names)
     durations = dg.mean_durations(reg, k) * view.bars_per_step
     figs["regime_shares"] = plots.share_bars(dg.shares(reg, k), durations, out / "regime_shares.png", names)
@@ -128,28 +152,43 @@ def write_report(view: RegimeView, out_dir: str | Path, max_points: int = 1500, 
     return ReportFiles(report, figs)
 
 
-def markdown(view: RegimeView, table: dict, profiles: list[dict], figs: dict, out: Path,
-             names: tuple[str, ...] | None = None) -> str:
+def markdown(
+    view: RegimeView, table: dict, profiles: list[dict], figs: dict, out: Path, names: tuple[str, ...] | None = None
+) -> str:
     from regimetry.data import iso_utc as iso
 
     names = names or view.names or tuple(regime_names(profiles))
-    lines = [f"# Regime report: {view.title}", "",
-             f"Data: `{view.source}`, {len(view.regimes)} labelled bars from {iso(view.times[0])} to "
-             f"{iso(view.times[-1])}; {view.k} regimes."]
+    lines = [
+        f"# Regime report: {view.title}",
+        "",
+        f"Data: `{view.source}`, {len(view.regimes)} labelled bars from {iso(view.times[0])} to "
+        f"{iso(view.times[-1])}; {view.k} regimes.",
+    ]
     lines += [f"{k}: `{v}`" for k, v in view.info.items()]
     lines += ["", "## Metrics", "", "| metric | value |", "| --- | ---: |"]
     lines += [f"| {name} | {v:.4f} |" if isinstance(v, float) else f"| {name} | {v} |" for name, v in table.items()]
-    lines += ["", "Silhouette: higher is better (-1..1). Davies-Bouldin: lower is better. Share entropy: 1 = "
-              "perfectly balanced. Stickiness: mean self-transition probability.", "",
-              "## Regimes", "",
-              "| regime | name | share | mean duration (bars) | stickiness | bars | mean log return | volatility |",
-              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "Silhouette: higher is better (-1..1). Davies-Bouldin: lower is better. Share entropy: 1 = "
+        "perfectly balanced. Stickiness: mean self-transition probability.",
+        "",
+        "## Regimes",
+        "",
+        "| regime | name | share | mean duration (bars) | stickiness | bars | mean log return | volatility |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for p in profiles:
-        lines.append(f"| {p['id']} | {names[p['id']] if p['id'] < len(names) else ''} | {p['share']:.3f} | "
-                     f"{p['mean_duration'] * view.bars_per_step:.1f} | {p['stickiness']:.3f} | {p.get('n_bars', '')} | "
-                     f"{p['mean_return']:.2e} | {p['volatility']:.2e} |")
-    source = ("They come from the training profiles, as the worker names its events; the other columns are of "
-              "the bars of this report." if view.names else "No training profiles: named on the bars of this report.")
+        lines.append(
+            f"| {p['id']} | {names[p['id']] if p['id'] < len(names) else ''} | {p['share']:.3f} | "
+            f"{p['mean_duration'] * view.bars_per_step:.1f} | {p['stickiness']:.3f} | {p.get('n_bars', '')} | "
+            f"{p['mean_return']:.2e} | {p['volatility']:.2e} |"
+        )
+    source = (
+        "They come from the training profiles, as the worker names its events; the other columns are of "
+        "the bars of this report."
+        if view.names
+        else "No training profiles: named on the bars of this report."
+    )
     lines += ["", f"{NAMES_NOTE} {source}"]
     lines += ["", "## Figures", ""]
     for name, path in figs.items():

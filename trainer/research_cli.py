@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -18,8 +18,8 @@ from regimetry.console import console, fail
 
 def search_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="search.yaml: base profile, grid, output, workers."),
-    workers: Optional[int] = typer.Option(None, help="Candidate processes at once (overrides the file)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (overrides the file)."),
+    workers: int | None = typer.Option(None, help="Candidate processes at once (overrides the file)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (overrides the file)."),
 ) -> None:
     """Train and score every configuration of a grid; rank them; write ranking.csv, shortlist.json and
     best_config.yaml. Rerun the same command to resume an interrupted search."""
@@ -36,14 +36,22 @@ def search_cmd(
         spec.workers = workers
     if output is not None:
         spec.output = output
-    bar = Progress(TextColumn("[bold]candidates"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.description}"), console=console)
+    bar = Progress(
+        TextColumn("[bold]candidates"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+    )
     task = None
 
     def on_start(todo: int, done: int) -> None:
         nonlocal task
-        console.print(f"[bold]regimetry search[/] {todo + done} candidates: {done} already finished, {todo} to "
-                      f"train with {spec.workers} worker(s); records in {spec.output / 'candidates'}")
+        console.print(
+            f"[bold]regimetry search[/] {todo + done} candidates: {done} already finished, {todo} to "
+            f"train with {spec.workers} worker(s); records in {spec.output / 'candidates'}"
+        )
         task = bar.add_task("", total=todo + done)
 
     def on_done(record: dict, how: str) -> None:
@@ -57,10 +65,15 @@ def search_cmd(
     for bad in outcome.invalid:
         console.print(f"[yellow]skipped invalid combination[/] {bad['params']}: {bad['error']}")
     print_ranking(outcome.ranking, spec.shortlist)
-    console.print(f"trained {len(outcome.trained)}, resumed {len(outcome.skipped)}, failed {len(outcome.failed)}; "
-                  f"wrote {spec.output / 'ranking.csv'}, {spec.output / 'shortlist.json'}"
-                  + (f", [bold]{spec.output / 'best_config.yaml'}[/]" if any(r['status'] == 'ok'
-                                                                             for r in outcome.ranking) else ""))
+    console.print(
+        f"trained {len(outcome.trained)}, resumed {len(outcome.skipped)}, failed {len(outcome.failed)}; "
+        f"wrote {spec.output / 'ranking.csv'}, {spec.output / 'shortlist.json'}"
+        + (
+            f", [bold]{spec.output / 'best_config.yaml'}[/]"
+            if any(r["status"] == "ok" for r in outcome.ranking)
+            else ""
+        )
+    )
     if not any(r["status"] == "ok" for r in outcome.ranking):
         fail("no candidate finished", code=1)
 
@@ -74,10 +87,23 @@ def print_ranking(ranking: list[dict], highlight: int) -> None:
     params = list(ranking[0]["params"])
     varying = [p for p in params if len({str(r["params"][p]) for r in ranking}) > 1]
     fixed = ", ".join(f"{p}={ranking[0]['params'][p]}" for p in params if p not in varying)
-    t = Table(title="Candidates ranked by composite score (trainer/scorecard.py)",
-              caption=f"same for all: {fixed}" if fixed else None)
-    heads = ["#", "id", *[SHORT_HEADS.get(p, p) for p in varying], "score", "inform.", "stab.", "pers.", "steady",
-             "sep.", "bal.", "bars"]
+    t = Table(
+        title="Candidates ranked by composite score (trainer/scorecard.py)",
+        caption=f"same for all: {fixed}" if fixed else None,
+    )
+    heads = [
+        "#",
+        "id",
+        *[SHORT_HEADS.get(p, p) for p in varying],
+        "score",
+        "inform.",
+        "stab.",
+        "pers.",
+        "steady",
+        "sep.",
+        "bal.",
+        "bars",
+    ]
     for col in heads:
         t.add_column(col, justify="left" if col == "id" else "right", no_wrap=True)
     for r in ranking:
@@ -87,28 +113,46 @@ def print_ranking(ranking: list[dict], highlight: int) -> None:
             t.add_row(*cells, "[red]failed[/]")
             continue
         style = "bold green" if r["rank"] == 1 else ("" if r["rank"] <= highlight else "dim")
-        t.add_row(*cells, f"{s['composite']:.3f}", f"{s['informative']:.3f}", f"{s['stability']:.3f}",
-                  f"{s['persistence']:.3f}", f"{s['steadiness']:.3f}", f"{s['separation']:.3f}", f"{s['balance']:.3f}",
-                  f"{m['mean_duration_bars']:.1f}", style=style)
+        t.add_row(
+            *cells,
+            f"{s['composite']:.3f}",
+            f"{s['informative']:.3f}",
+            f"{s['stability']:.3f}",
+            f"{s['persistence']:.3f}",
+            f"{s['steadiness']:.3f}",
+            f"{s['separation']:.3f}",
+            f"{s['balance']:.3f}",
+            f"{m['mean_duration_bars']:.1f}",
+            style=style,
+        )
     console.print(t)
-    console.print("score = weighted informative (coming risk explained), stability (a refit finds the same "
-                  "regimes), persistence, steadiness (dwell out of the fit span), separation, balance; all "
-                  "measured on a validation span carved from the training windows; every metric in ranking.csv")
+    console.print(
+        "score = weighted informative (coming risk explained), stability (a refit finds the same "
+        "regimes), persistence, steadiness (dwell out of the fit span), separation, balance; all "
+        "measured on a validation span carved from the training windows; every metric in ranking.csv"
+    )
 
 
-SHORT_HEADS = {"window_size": "window", "embedding_dim": "emb.", "encoding_method": "pos. enc.",
-               "encoding_style": "style", "n_clusters": "K"}
+SHORT_HEADS = {
+    "window_size": "window",
+    "embedding_dim": "emb.",
+    "encoding_method": "pos. enc.",
+    "encoding_style": "style",
+    "n_clusters": "K",
+}
 
 
 def report_cmd(
-    bundle: Optional[Path] = typer.Option(None, help="Bundle folder or models root (default exported_models)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="Report a training config instead (trained without export)."),
-    data: Optional[str] = typer.Option(None, help="Bars for a bundle: 'eurusd', 'synthetic' or a path "
-                                                  "(default: the bundle's training data)."),
+    bundle: Path | None = typer.Option(None, help="Bundle folder or models root (default exported_models)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Report a training config instead (trained without export)."
+    ),
+    data: str | None = typer.Option(
+        None, help="Bars for a bundle: 'eurusd', 'synthetic' or a path (default: the bundle's training data)."
+    ),
     output: Path = typer.Option(Path("reports"), "--output", "-o", help="Folder for report.md and the PNGs."),
     max_points: int = typer.Option(1500, help="Embeddings drawn in the t-SNE/UMAP maps (even subsample)."),
-    umap: Optional[bool] = typer.Option(None, "--umap/--no-umap", help="Draw UMAP (default: if installed)."),
+    umap: bool | None = typer.Option(None, "--umap/--no-umap", help="Draw UMAP (default: if installed)."),
 ) -> None:
     """Figures (t-SNE/UMAP of embeddings, price with regime bands, transition matrix, shares) and report.md."""
     from regimetry.bundle import BundleError
@@ -136,8 +180,8 @@ def report_cmd(
 
 def lock_cmd(
     config: Path = typer.Option(Path("best_config.yaml"), "--config", "-c", help="The chosen training config."),
-    data: Optional[str] = typer.Option(None, help="Bars it was chosen on (default: the config's data)."),
-    seed: Optional[int] = typer.Option(None, help="Override the seed."),
+    data: str | None = typer.Option(None, help="Bars it was chosen on (default: the config's data)."),
+    seed: int | None = typer.Option(None, help="Override the seed."),
     output: Path = typer.Option(Path("locked_profile.yaml"), "--output", "-o"),
 ) -> None:
     """Freeze a configuration into locked_profile.yaml: config + seed + data range + feature spec hash."""
@@ -155,19 +199,25 @@ def lock_cmd(
     doc = locked_profile.lock(cfg, series)
     locked_profile.write(doc, output)
     d = doc["data"]
-    console.print(f"[bold green]locked[/] {output}: seed {doc['seed']}, {d['symbol']} {d['n_bars']} bars "
-                  f"{d['start']} .. {d['end']}, feature spec {doc['feature_spec_hash'][:12]}")
+    console.print(
+        f"[bold green]locked[/] {output}: seed {doc['seed']}, {d['symbol']} {d['n_bars']} bars "
+        f"{d['start']} .. {d['end']}, feature spec {doc['feature_spec_hash'][:12]}"
+    )
 
 
 def json_logger(log_file: Path | None) -> Callable[..., None]:
     """log(event, **fields): one JSON object per line on stdout, appended to ``log_file`` as well."""
+
     def log(event: str, **fields) -> None:
-        line = json.dumps({"ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "event": event,
-                           **fields}, default=str)
+        line = json.dumps(
+            {"ts": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "event": event, **fields},
+            default=str,
+        )
         print(line, flush=True)
         if log_file is not None:
             with open(log_file, "a") as f:
                 f.write(line + "\n")
+
     return log
 
 
@@ -175,12 +225,13 @@ def refresh_cmd(
     profile: Path = typer.Option(..., help="locked_profile.yaml (from `regimetry lock`)."),
     data: str = typer.Option(..., help="The new bars: CSV/parquet path (or a sample name)."),
     models: Path = typer.Option(Path("exported_models"), help="Models root holding CURRENT."),
-    previous: Optional[Path] = typer.Option(None, help="Align to this bundle instead of the one CURRENT names."),
+    previous: Path | None = typer.Option(None, help="Align to this bundle instead of the one CURRENT names."),
     min_agreement: float = typer.Option(0.9, help="Publish only if at least this share of windows keep their id."),
     min_windows: int = typer.Option(50, help="Fewest windows labelled by both models to align on labels."),
-    transitions: Optional[Path] = typer.Option(None, help="Transition log (JSON lines; default "
-                                                          "<models>/transitions.jsonl)."),
-    log_file: Optional[Path] = typer.Option(None, "--log", help="Also append the JSON log lines here."),
+    transitions: Path | None = typer.Option(
+        None, help="Transition log (JSON lines; default <models>/transitions.jsonl)."
+    ),
+    log_file: Path | None = typer.Option(None, "--log", help="Also append the JSON log lines here."),
 ) -> None:
     """Refit the locked profile on new bars, align regime ids to the bundle in force, publish if they agree.
 
@@ -189,7 +240,8 @@ def refresh_cmd(
     Logs are JSON lines on stdout."""
     from regimetry.bundle import BundleError
     from regimetry.data import BarDataError, resolve_data
-    from trainer import locked_profile, refresh as rf
+    from trainer import locked_profile
+    from trainer import refresh as rf
 
     log = json_logger(log_file)
 
@@ -210,8 +262,17 @@ def refresh_cmd(
     log("start", profile=str(profile), data=data, bars=len(series), symbol=series.symbol, models=str(models))
     try:
         with rf.exclusive(models):
-            outcome = rf.refresh(prof, data, series, models, previous, min_agreement, min_windows,
-                                 transitions or models / "transitions.jsonl", log)
+            outcome = rf.refresh(
+                prof,
+                data,
+                series,
+                models,
+                previous,
+                min_agreement,
+                min_windows,
+                transitions or models / "transitions.jsonl",
+                log,
+            )
     except rf.Busy as exc:
         stop(rf.EXIT_BUSY, str(exc))
     except locked_profile.ProfileMismatch as exc:

@@ -33,25 +33,33 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-DEFAULT_WEIGHTS = {"separation": 0.1, "balance": 0.1, "persistence": 0.2, "informative": 0.3, "steadiness": 0.1,
-                   "stability": 0.2}
+DEFAULT_WEIGHTS = {
+    "separation": 0.1,
+    "balance": 0.1,
+    "persistence": 0.2,
+    "informative": 0.3,
+    "steadiness": 0.1,
+    "stability": 0.2,
+}
 
 
 @dataclass(frozen=True)
 class ScoreSpec:
     weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    duration_scale: float = 24.0   # bars; e.g. one day of hourly bars
+    duration_scale: float = 24.0  # bars; e.g. one day of hourly bars
     eta2_scale: float = 0.05
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ScoreSpec":
+    def from_dict(cls, d: dict | None) -> ScoreSpec:
         d = dict(d or {})
         weights = {**DEFAULT_WEIGHTS, **(d.pop("weights", None) or {})}
         unknown = set(weights) - set(DEFAULT_WEIGHTS)
         scalars = {"duration_scale", "eta2_scale"}
         if unknown or d.keys() - scalars:
-            raise ValueError(f"score: unknown keys {sorted(unknown | (d.keys() - scalars))}; "
-                             f"weights take {sorted(DEFAULT_WEIGHTS)}, plus {', '.join(sorted(scalars))}")
+            raise ValueError(
+                f"score: unknown keys {sorted(unknown | (d.keys() - scalars))}; "
+                f"weights take {sorted(DEFAULT_WEIGHTS)}, plus {', '.join(sorted(scalars))}"
+            )
         if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
             raise ValueError("score weights must be >= 0 and not all 0")
         return cls(weights, float(d.get("duration_scale", 24.0)), float(d.get("eta2_scale", 0.05)))

@@ -17,23 +17,23 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from trainer.scorecard import ScoreSpec, score
 from trainer.search_spec import Candidate, SearchSpec, expand
 
-OnDone = Callable[[dict, str], None]   # record, "trained" | "skipped" | "failed"
+OnDone = Callable[[dict, str], None]  # record, "trained" | "skipped" | "failed"
 
 
 @dataclass
 class SearchOutcome:
-    ranking: list[dict]        # every candidate with a record, best first (failed ones last)
+    ranking: list[dict]  # every candidate with a record, best first (failed ones last)
     trained: list[str]
     skipped: list[str]
     failed: list[str]
@@ -90,7 +90,7 @@ def run_candidate(candidate: dict, out_dir: str) -> dict:
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
     record["seconds"] = round(time.monotonic() - started, 2)
-    record["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    record["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write_json_atomic(Path(out_dir) / f"{candidate['id']}.json", record)
     return record
 
@@ -120,8 +120,11 @@ def rank(records: list[dict], spec: ScoreSpec) -> list[dict]:
     return [{**r, "rank": i + 1} for i, r in enumerate(ok + bad)]
 
 
-def run_search(spec: SearchSpec, on_start: Callable[[int, int], None] = lambda todo, done: None,
-               on_done: OnDone = lambda record, how: None) -> SearchOutcome:
+def run_search(
+    spec: SearchSpec,
+    on_start: Callable[[int, int], None] = lambda todo, done: None,
+    on_done: OnDone = lambda record, how: None,
+) -> SearchOutcome:
     """Train what is not finished yet, then rank everything and write the outputs."""
     candidates, invalid = expand(spec)
     rdir = records_dir(spec.output)
@@ -148,8 +151,11 @@ def run_search(spec: SearchSpec, on_start: Callable[[int, int], None] = lambda t
         for c in todo:
             collect(run_candidate(asdict(c), str(rdir)))
     else:
-        with ProcessPoolExecutor(max_workers=min(spec.workers, len(todo)), mp_context=get_context("spawn"),
-                                 initializer=single_thread_tensorflow) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(spec.workers, len(todo)),
+            mp_context=get_context("spawn"),
+            initializer=single_thread_tensorflow,
+        ) as pool:
             futures = [pool.submit(run_candidate, asdict(c), str(rdir)) for c in todo]
             try:
                 for fut in as_completed(futures):
@@ -180,14 +186,19 @@ def write_outputs(spec: SearchSpec, ranking: list[dict]) -> None:
         w.writerows(rows)
     ok = [r for r in ranking if r["status"] == "ok"]
     shortlist = {
-        "score": {"weights": spec.score.weights, "duration_scale": spec.score.duration_scale,
-                  "formula": "see trainer/scorecard.py"},
+        "score": {
+            "weights": spec.score.weights,
+            "duration_scale": spec.score.duration_scale,
+            "formula": "see trainer/scorecard.py",
+        },
         "n_candidates": len(ranking),
-        "shortlist": [{k: r[k] for k in ("rank", "id", "params", "score", "metrics", "config")}
-                      for r in ok[: spec.shortlist]],
+        "shortlist": [
+            {k: r[k] for k in ("rank", "id", "params", "score", "metrics", "config")} for r in ok[: spec.shortlist]
+        ],
     }
     write_json_atomic(out / "shortlist.json", shortlist)
     if ok:
         (out / "best_config.yaml").write_text(
             f"# best of {len(ranking)} candidates (id {ok[0]['id']}, composite {ok[0]['score']['composite']:.4f})\n"
-            + yaml.safe_dump(ok[0]["config"], sort_keys=False))
+            + yaml.safe_dump(ok[0]["config"], sort_keys=False)
+        )

@@ -47,14 +47,14 @@ NOT_PART_OF_RECIPE = ("output_dir", "set_current", "name")
 @dataclass(frozen=True)
 class Candidate:
     id: str
-    params: dict        # the gridded options (short names where they exist) as resolved
-    config: dict        # the full TrainConfig as a dict
+    params: dict  # the gridded options (short names where they exist) as resolved
+    config: dict  # the full TrainConfig as a dict
 
 
 @dataclass
 class SearchSpec:
-    base: dict                                  # dotted overrides of the defaults
-    grid: dict                                  # dotted key -> list of values
+    base: dict  # dotted overrides of the defaults
+    grid: dict  # dotted key -> list of values
     output: Path
     workers: int = 1
     shortlist: int = 5

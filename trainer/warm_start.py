@@ -30,11 +30,11 @@ WEIGHTS_FILE = "encoder.weights.h5"
 
 @dataclass
 class WarmStart:
-    source: str                          # model version (or "in-memory") it comes from
+    source: str  # model version (or "in-memory") it comes from
     scaler: Scaler
     emb_mean: np.ndarray
     emb_std: np.ndarray
-    space: RegimeSpace                   # centres included
+    space: RegimeSpace  # centres included
     penalty: float
     encoder_weights: list[np.ndarray] | None = field(default=None, repr=False)
     weights_file: Path | None = None
@@ -49,7 +49,7 @@ class WarmStart:
             raise ValueError(f"warm start from {self.source}: no encoder weights")
 
     @classmethod
-    def from_bundle(cls, path: str | Path) -> "WarmStart":
+    def from_bundle(cls, path: str | Path) -> WarmStart:
         """The warm start a bundle offers; ValueError if it has no encoder weights (bundles exported before
         warm starts existed) or no regime geometry."""
         from regimetry.bundle import load_bundle
@@ -62,5 +62,13 @@ class WarmStart:
         if "regimes" not in m:
             raise ValueError(f"bundle {b.path.name} has no regime geometry (trained before the jump decoder)")
         space = RegimeSpace.from_dict({**m["regimes"]["space"], "centroids": m["centroids"]})
-        return cls(m["model_version"], b.scaler, b.emb_mean, b.emb_std, space,
-                   float(m["regimes"]["decoder"]["penalty"]), None, weights)
+        return cls(
+            m["model_version"],
+            b.scaler,
+            b.emb_mean,
+            b.emb_std,
+            space,
+            float(m["regimes"]["decoder"]["penalty"]),
+            None,
+            weights,
+        )

@@ -23,10 +23,10 @@ def window_end_rows(n_rows: int, window_size: int, stride: int = 1) -> np.ndarra
 class WindowSet:
     """Windows of one series with their end bars and a chronological train/held-out split."""
 
-    windows: np.ndarray       # (N, W, F) float32, scaled
-    end_index: np.ndarray     # (N,) series index of each window's last bar
-    end_time: np.ndarray      # (N,) epoch seconds of that bar
-    n_train: int              # windows [0, n_train) train, the rest are held out
+    windows: np.ndarray  # (N, W, F) float32, scaled
+    end_index: np.ndarray  # (N,) series index of each window's last bar
+    end_time: np.ndarray  # (N,) epoch seconds of that bar
+    n_train: int  # windows [0, n_train) train, the rest are held out
     scaler: Scaler
     spec: FeatureSpec
 
@@ -36,14 +36,15 @@ class WindowSet:
 
     @property
     def test(self) -> np.ndarray:
-        return self.windows[self.n_train:]
+        return self.windows[self.n_train :]
 
 
-def build_windows(series: BarSeries, spec: FeatureSpec, window_size: int, stride: int, holdout: float,
-                  scaler: Scaler | None = None) -> WindowSet:
+def build_windows(
+    series: BarSeries, spec: FeatureSpec, window_size: int, stride: int, holdout: float, scaler: Scaler | None = None
+) -> WindowSet:
     """Features for every bar, scaler fitted on the training bars only (or the given one: a warm-started
     refit keeps its predecessor's), windows, split by time."""
-    feats = compute_features(series.values, spec)                  # row r is bar r + lookback - 1
+    feats = compute_features(series.values, spec)  # row r is bar r + lookback - 1
     first_bar = spec.lookback - 1
     ends = window_end_rows(len(feats), window_size, stride)
     n = len(ends)

@@ -42,15 +42,14 @@ class Runtime:
         self.serving = load_serving(resolve_bundle_dir(settings.bundle), settings)
         self.metrics = WorkerMetrics(self.serving.n_clusters, settings.symbol_label_limit)
         self._record_model()
-        self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols,
-                                      settings.max_future_seconds)
+        self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols, settings.max_future_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regimetry-infer")
         self.processor = None
         self.pending = None  # a verified Serving waiting for the next batch boundary
         self.connected = False
         self.assigned = False
         self._partitions: dict[tuple[str, bytes], int] = {}  # (topic, key) -> partition of keyed sends
-        self._topics_ready: set[str] = set()                  # topics whose metadata the producer has
+        self._topics_ready: set[str] = set()  # topics whose metadata the producer has
 
     @property
     def model(self):
@@ -74,8 +73,9 @@ class Runtime:
             return
         s, sv = self.settings, self.serving
         store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.keep_emb, s.dedupe_window, sv.version)
-        processor = BatchProcessor(sv, store, self.validator, self.metrics, self.executor, s.max_payload_bytes,
-                                   s.redis_retry_max_seconds)
+        processor = BatchProcessor(
+            sv, store, self.validator, self.metrics, self.executor, s.max_payload_bytes, s.redis_retry_max_seconds
+        )
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
         self.connected = True
@@ -116,8 +116,12 @@ class Runtime:
     def _update_ready(self) -> None:
         if self.connected and self.assigned:
             if not self.metrics.ready._value.get():
-                log.info("regimetry worker ready: model %s, metrics on %s:%d", self.model.bundle.version,
-                         self.settings.metrics_host, self.settings.metrics_port)
+                log.info(
+                    "regimetry worker ready: model %s, metrics on %s:%d",
+                    self.model.bundle.version,
+                    self.settings.metrics_host,
+                    self.settings.metrics_port,
+                )
             self.metrics.ready.set(1)
 
     async def confirm(self, app, out, t0: float) -> None:
@@ -204,9 +208,9 @@ def create_app(settings: Settings, runtime: Runtime):
     """The Faust app with raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's."""
     import faust
 
+    from worker.batching import MicroBatcher
     from worker.connections import faust_credentials
     from worker.faust_tuning import deliver_fetches_whole, deliver_records_to, limit_fetch_wait, quiet_monitor
-    from worker.batching import MicroBatcher
 
     limit_fetch_wait(settings.fetch_max_wait_ms)
     deliver_fetches_whole()
@@ -236,8 +240,9 @@ def create_app(settings: Settings, runtime: Runtime):
         # Faust passes the whole new assignment: whatever is not in it was revoked
         dropped = runtime.metrics.keep_partitions({(tp.topic, tp.partition) for tp in assigned})
         if dropped:
-            log.info("no longer reporting regimetry_current_regime for %d symbol(s) whose partitions moved",
-                     len(dropped))
+            log.info(
+                "no longer reporting regimetry_current_regime for %d symbol(s) whose partitions moved", len(dropped)
+            )
         runtime.on_assigned()
 
     if settings.reload_interval > 0:
@@ -259,8 +264,12 @@ def create_app(settings: Settings, runtime: Runtime):
         runtime.metrics.buffered.set(len(batches))
 
     direct = settings.direct_records and deliver_records_to(app, settings.bars_topic, accept)
-    log.info("bar records go %s", "straight from the consumer into the micro-batch buffer" if direct
-             else "through Faust's agent stream into the micro-batch buffer")
+    log.info(
+        "bar records go %s",
+        "straight from the consumer into the micro-batch buffer"
+        if direct
+        else "through Faust's agent stream into the micro-batch buffer",
+    )
 
     @app.agent(bars, name="regimetry-bars")
     async def consume(stream) -> None:
@@ -343,8 +352,11 @@ def main() -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log.info("settings: %s", settings.redacted())
     if settings.classify_threads != 1:
-        log.warning("REGIMETRY_CLASSIFY_THREADS=%d has no effect: regimes come from the jump decoder, the kNN "
-                    "classifier is no longer on the serving path", settings.classify_threads)
+        log.warning(
+            "REGIMETRY_CLASSIFY_THREADS=%d has no effect: regimes come from the jump decoder, the kNN "
+            "classifier is no longer on the serving path",
+            settings.classify_threads,
+        )
     from worker.logfilter import limit_kafka_log_repeats
 
     limit_kafka_log_repeats()

@@ -30,8 +30,8 @@ class MicroBatcher(Generic[T]):
         self.capacity = max(capacity or 2 * max_size, max_size)
         self._items: list[T] = []
         self._has_items = asyncio.Event()
-        self._full = asyncio.Event()     # a whole batch is waiting
-        self._space = asyncio.Event()    # below capacity: put may append
+        self._full = asyncio.Event()  # a whole batch is waiting
+        self._space = asyncio.Event()  # below capacity: put may append
         self._space.set()
 
     def __len__(self) -> int:
@@ -49,7 +49,7 @@ class MicroBatcher(Generic[T]):
         many partitions at once held 17k-60k records in one piece). ``prepare(piece) -> items`` runs on each
         piece just before it is appended (the worker tracks and validates records there)."""
         for i in range(0, len(items), self.max_size):
-            piece = items[i:i + self.max_size]
+            piece = items[i : i + self.max_size]
             await self.room()
             self.extend(prepare(piece) if prepare is not None else piece)
 
@@ -69,10 +69,10 @@ class MicroBatcher(Generic[T]):
         if not self._full.is_set() and self.within > 0:
             try:
                 await asyncio.wait_for(self._full.wait(), self.within)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
-        batch = self._items[:self.max_size]
-        del self._items[:self.max_size]
+        batch = self._items[: self.max_size]
+        del self._items[: self.max_size]
         if not self._items:
             self._has_items.clear()
         if len(self._items) < self.max_size:

@@ -4,22 +4,27 @@ comes from the environment or REGIMETRY_SETTINGS. Nothing heavy is imported unti
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import typer
 
 
 def worker_cmd(
-    bundle: Optional[str] = typer.Option(None, help="Bundle folder or models root with a CURRENT pointer."),
-    broker: Optional[str] = typer.Option(None, help="Kafka bootstrap, e.g. kafka://127.0.0.1:9092."),
-    redis: Optional[str] = typer.Option(None, help="Redis URL, e.g. redis://127.0.0.1:6379/0."),
-    metrics_port: Optional[int] = typer.Option(None, help="Port of the Prometheus /metrics endpoint."),
-    batch_size: Optional[int] = typer.Option(None, help="Bars per micro-batch at most."),
-    ort_threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads for this process."),
+    bundle: str | None = typer.Option(None, help="Bundle folder or models root with a CURRENT pointer."),
+    broker: str | None = typer.Option(None, help="Kafka bootstrap, e.g. kafka://127.0.0.1:9092."),
+    redis: str | None = typer.Option(None, help="Redis URL, e.g. redis://127.0.0.1:6379/0."),
+    metrics_port: int | None = typer.Option(None, help="Port of the Prometheus /metrics endpoint."),
+    batch_size: int | None = typer.Option(None, help="Bars per micro-batch at most."),
+    ort_threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads for this process."),
 ) -> None:
     """Consume bars from Kafka and emit regime events (at-least-once, state in Redis)."""
-    given = {"bundle": bundle, "broker_url": broker, "redis_url": redis, "metrics_port": metrics_port,
-             "batch_size": batch_size, "ort_threads": ort_threads}
+    given = {
+        "bundle": bundle,
+        "broker_url": broker,
+        "redis_url": redis,
+        "metrics_port": metrics_port,
+        "batch_size": batch_size,
+        "ort_threads": ort_threads,
+    }
     from worker.threads import pin_math_threads
 
     pin_math_threads()  # takes effect only if numpy is not loaded yet; python -m worker always pins

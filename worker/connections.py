@@ -27,8 +27,12 @@ def faust_credentials(s: Settings):
     protocol = s.kafka_security_protocol.upper()
     ctx = kafka_ssl_context(s)
     if protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=s.kafka_sasl_username, password=s.kafka_sasl_password,
-                                     mechanism=s.kafka_sasl_mechanism, ssl_context=ctx)
+        return faust.SASLCredentials(
+            username=s.kafka_sasl_username,
+            password=s.kafka_sasl_password,
+            mechanism=s.kafka_sasl_mechanism,
+            ssl_context=ctx,
+        )
     if protocol == "SSL":
         return faust.SSLCredentials(ctx)
     return None

@@ -24,10 +24,10 @@ class DriftSnapshot:
     psi: float
     js: float
     transition_shift: float
-    hit_rate: float          # NaN until a forecast has been checked
+    hit_rate: float  # NaN until a forecast has been checked
     mean_confidence: float
     ood_share: float
-    shares: np.ndarray       # (K,) regime shares over the horizon
+    shares: np.ndarray  # (K,) regime shares over the horizon
     n: int
 
 
@@ -43,8 +43,9 @@ class DriftMonitor:
         self._pairs: deque[tuple[int, int]] = deque(maxlen=horizon)
         self._hits: deque[bool] = deque(maxlen=horizon)
 
-    def observe(self, regime: int, confidence: float, ood_score: float, previous: int | None,
-                previous_prediction: int | None) -> None:
+    def observe(
+        self, regime: int, confidence: float, ood_score: float, previous: int | None, previous_prediction: int | None
+    ) -> None:
         """One event; `previous` / `previous_prediction` are the symbol's regime and forecast at its prior bar."""
         self._regimes.append(regime)
         self._confidence.append(confidence)

@@ -15,8 +15,8 @@ import hashlib
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import orjson
 
@@ -50,22 +50,38 @@ class Profiles:
 
     def __post_init__(self) -> None:
         if len(self.names) < len(self.stickiness):
-            object.__setattr__(self, "names", tuple(self.names) + tuple(
-                f"regime {i}" for i in range(len(self.names), len(self.stickiness))))
+            object.__setattr__(
+                self,
+                "names",
+                tuple(self.names) + tuple(f"regime {i}" for i in range(len(self.names), len(self.stickiness))),
+            )
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "Profiles":
+    def from_manifest(cls, manifest: dict) -> Profiles:
         by_id = {int(p["id"]): p for p in manifest["regime_profiles"]}
         k = int(manifest["n_clusters"])
-        return cls(tuple(float(by_id.get(i, {}).get("stickiness", 0.0)) for i in range(k)),
-                   tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)),
-                   manifest_names(manifest))
+        return cls(
+            tuple(float(by_id.get(i, {}).get("stickiness", 0.0)) for i in range(k)),
+            tuple(float(by_id.get(i, {}).get("mean_duration", 0.0)) for i in range(k)),
+            manifest_names(manifest),
+        )
 
 
-def build_event(symbol: str, bar_time: int, model_version: str, regime: int, proba: Sequence[float],
-                previous: int | None, bars_in_regime: int, predicted_regime: int | None,
-                next_proba: Sequence[float] | None, ood_score: float, ood_threshold: float, profiles: Profiles,
-                emitted_at: float | None = None) -> dict:
+def build_event(
+    symbol: str,
+    bar_time: int,
+    model_version: str,
+    regime: int,
+    proba: Sequence[float],
+    previous: int | None,
+    bars_in_regime: int,
+    predicted_regime: int | None,
+    next_proba: Sequence[float] | None,
+    ood_score: float,
+    ood_threshold: float,
+    profiles: Profiles,
+    emitted_at: float | None = None,
+) -> dict:
     """One event as a JSON-ready dict. `regime` is the decoder's regime (argmin of its values, passed as
     computed: the probabilities' argmax could differ from it on a float tie), `proba` its probabilities,
     `previous` the symbol's regime at its prior bar (None if unknown), `bars_in_regime` the dwell (this bar
@@ -79,8 +95,12 @@ def build_event(symbol: str, bar_time: int, model_version: str, regime: int, pro
     if next_proba is not None:
         next_probs = _floats(next_proba)
         nxt = int(predicted_regime) if predicted_regime is not None else _argmax(next_probs)
-        predicted = {"regime": nxt, "name": profiles.names[nxt], "confidence": next_probs[nxt],
-                     "probabilities": next_probs}
+        predicted = {
+            "regime": nxt,
+            "name": profiles.names[nxt],
+            "confidence": next_probs[nxt],
+            "probabilities": next_probs,
+        }
     return {
         "event_id": event_id(symbol, bar_time, model_version),
         "schema_version": SCHEMA_VERSION,
@@ -118,18 +138,32 @@ def encode(doc: dict) -> bytes:
     return orjson.dumps(doc)
 
 
-def dead_letter(reason: str, detail: str, value: bytes | None, key: bytes | None, topic: str, partition: int,
-                offset: int, limit: int) -> bytes:
+def dead_letter(
+    reason: str,
+    detail: str,
+    value: bytes | None,
+    key: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    limit: int,
+) -> bytes:
     """A DLQ record: the raw message (cut at `limit` bytes), why, and where it came from."""
     raw = value or b""
-    return encode({
-        "reason": reason,
-        "detail": detail,
-        "source": {"topic": topic, "partition": int(partition), "offset": int(offset),
-                   "key": key.decode("utf-8", "replace")[:200] if key is not None else None},
-        "raw": raw[:limit].decode("utf-8", "replace"),
-        "raw_bytes": len(raw),
-        "raw_sha256": hashlib.sha256(raw).hexdigest(),
-        "raw_truncated": len(raw) > limit,
-        "dead_lettered_at": time.time(),
-    })
+    return encode(
+        {
+            "reason": reason,
+            "detail": detail,
+            "source": {
+                "topic": topic,
+                "partition": int(partition),
+                "offset": int(offset),
+                "key": key.decode("utf-8", "replace")[:200] if key is not None else None,
+            },
+            "raw": raw[:limit].decode("utf-8", "replace"),
+            "raw_bytes": len(raw),
+            "raw_sha256": hashlib.sha256(raw).hexdigest(),
+            "raw_truncated": len(raw) > limit,
+            "dead_lettered_at": time.time(),
+        }
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 
 def limit_fetch_wait(fetch_max_wait_ms: int) -> None:
@@ -61,12 +61,15 @@ def deliver_fetches_whole() -> bool:
     base = driver.Transport.Consumer
     if getattr(base, "delivers_fetches_whole", False):
         return True
-    if not all(hasattr(base, name) for name in ("_drain_messages", "getmany", "wait_first", "_add_gap", "commit",
-                                                     "track_message", "ack")):
+    if not all(
+        hasattr(base, name)
+        for name in ("_drain_messages", "getmany", "wait_first", "_add_gap", "commit", "track_message", "ack")
+    ):
         # another Faust: keep its own delivery, just slower
         logging.getLogger("regimetry.worker").warning(
             "faust %s consumer differs from the one this override was written for; per-record delivery kept",
-            getattr(__import__("faust"), "__version__", "?"))
+            getattr(__import__("faust"), "__version__", "?"),
+        )
         return False
 
     class Consumer(base):  # type: ignore[misc, valid-type]

@@ -12,11 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
-KAFKA_LOGGERS = ("aiokafka", "aiokafka.conn", "aiokafka.cluster", "aiokafka.consumer.fetcher",
-                 "aiokafka.consumer.group_coordinator", "aiokafka.consumer.consumer", "aiokafka.producer.sender",
-                 "aiokafka.producer.producer")
+KAFKA_LOGGERS = (
+    "aiokafka",
+    "aiokafka.conn",
+    "aiokafka.cluster",
+    "aiokafka.consumer.fetcher",
+    "aiokafka.consumer.group_coordinator",
+    "aiokafka.consumer.consumer",
+    "aiokafka.producer.sender",
+    "aiokafka.producer.producer",
+)
 REPEAT_INTERVAL = 5.0  # seconds
 
 
@@ -48,6 +55,7 @@ class RepeatFilter(logging.Filter):
         if held:
             record.msg = f"{record.msg} [{held} repeated Kafka client warnings/errors held back]"
         return True
+
 
 def limit_kafka_log_repeats(interval: float = REPEAT_INTERVAL) -> RepeatFilter:
     """Attach one RepeatFilter to every aiokafka logger (a logger's filters see only its own records)."""

@@ -24,59 +24,123 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 class WorkerMetrics:
     def __init__(self, n_clusters: int, symbol_label_limit: int = 64, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
-        self.ready = Gauge("regimetry_worker_ready", "1 once the bundle is loaded and partitions are assigned", registry=r)
-        self.bars_consumed = Counter("regimetry_bars_consumed_total", "Bar messages read from the bars topic", registry=r)
-        self.events_emitted = Counter("regimetry_events_emitted_total", "Regime events sent (re-emissions included)", registry=r)
-        self.events_reemitted = Counter("regimetry_events_reemitted_total",
-                                        "Stored events sent again for a redelivered or duplicate bar", registry=r)
-        self.duplicates = Counter("regimetry_bars_duplicate_total", "Bars already stored (redelivery or duplicate)", registry=r)
-        self.dead_lettered = Counter("regimetry_bars_dead_lettered_total", "Bars sent to the DLQ", ["reason"], registry=r)
+        self.ready = Gauge(
+            "regimetry_worker_ready", "1 once the bundle is loaded and partitions are assigned", registry=r
+        )
+        self.bars_consumed = Counter(
+            "regimetry_bars_consumed_total", "Bar messages read from the bars topic", registry=r
+        )
+        self.events_emitted = Counter(
+            "regimetry_events_emitted_total", "Regime events sent (re-emissions included)", registry=r
+        )
+        self.events_reemitted = Counter(
+            "regimetry_events_reemitted_total",
+            "Stored events sent again for a redelivered or duplicate bar",
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "regimetry_bars_duplicate_total", "Bars already stored (redelivery or duplicate)", registry=r
+        )
+        self.dead_lettered = Counter(
+            "regimetry_bars_dead_lettered_total", "Bars sent to the DLQ", ["reason"], registry=r
+        )
         self.batch_size = Histogram("regimetry_batch_size", "Bars per micro-batch", buckets=BATCH_BUCKETS, registry=r)
-        self.e2e_latency = Histogram("regimetry_end_to_end_latency_seconds",
-                                     "Bar message timestamp to event delivered", buckets=LATENCY_BUCKETS, registry=r)
-        self.inference_latency = Histogram("regimetry_inference_latency_seconds",
-                                           "Features + ONNX Runtime + regime decoder per micro-batch", buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_latency = Histogram("regimetry_batch_latency_seconds", "Whole micro-batch: validate to delivered",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.buffered = Gauge("regimetry_buffered_bars",
-                              "Bar records fetched and waiting for a micro-batch (at most two batches; staying "
-                              "near that means the worker, not the feed, sets the pace)", registry=r)
-        self.redis_errors = Counter("regimetry_redis_errors_total", "Redis calls that failed (then retried)", registry=r)
-        self.state_lost = Counter("regimetry_redis_state_lost_total",
-                                  "Symbols whose stored state vanished (Redis came back empty): windows refill", registry=r)
-        self.bars_warming = Counter("regimetry_bars_without_window_total",
-                                    "New bars stored without an event: the symbol's window is not full yet "
-                                    "(first bars of a symbol, or refilling after lost state)", registry=r)
+        self.e2e_latency = Histogram(
+            "regimetry_end_to_end_latency_seconds",
+            "Bar message timestamp to event delivered",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "regimetry_inference_latency_seconds",
+            "Features + ONNX Runtime + regime decoder per micro-batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "regimetry_batch_latency_seconds",
+            "Whole micro-batch: validate to delivered",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.buffered = Gauge(
+            "regimetry_buffered_bars",
+            "Bar records fetched and waiting for a micro-batch (at most two batches; staying "
+            "near that means the worker, not the feed, sets the pace)",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "regimetry_redis_errors_total", "Redis calls that failed (then retried)", registry=r
+        )
+        self.state_lost = Counter(
+            "regimetry_redis_state_lost_total",
+            "Symbols whose stored state vanished (Redis came back empty): windows refill",
+            registry=r,
+        )
+        self.bars_warming = Counter(
+            "regimetry_bars_without_window_total",
+            "New bars stored without an event: the symbol's window is not full yet "
+            "(first bars of a symbol, or refilling after lost state)",
+            registry=r,
+        )
         self.state_rebuilds = Counter(
             "regimetry_state_rebuilds_total",
             "Symbols whose stored costs/embeddings (another model's, or missing) were rebuilt from their stored "
             "bars. result: exact; short (fewer bars stored than history + memory - 1: events follow the batch "
             "reference of the stored bars); dwell_bound (the current regime began before the first bar the "
-            "stored bars decode exactly: bars_in_regime follows the stored bars)", ["result"], registry=r)
-        self.redis_conflicts = Counter("regimetry_redis_conflicts_total",
-                                       "Symbol writes lost to another worker (re-read and retried)", registry=r)
+            "stored bars decode exactly: bars_in_regime follows the stored bars)",
+            ["result"],
+            registry=r,
+        )
+        self.redis_conflicts = Counter(
+            "regimetry_redis_conflicts_total", "Symbol writes lost to another worker (re-read and retried)", registry=r
+        )
         self.model_info = Info("regimetry_model", "The model bundle in force", registry=r)
-        self.model_switches = Counter("regimetry_model_loads_total", "Bundles put in force (start-up and hot reloads)",
-                                      registry=r)
-        self.reload_failures = Counter("regimetry_model_reload_failures_total",
-                                       "New bundles refused at hot reload (verification failed)", registry=r)
+        self.model_switches = Counter(
+            "regimetry_model_loads_total", "Bundles put in force (start-up and hot reloads)", registry=r
+        )
+        self.reload_failures = Counter(
+            "regimetry_model_reload_failures_total",
+            "New bundles refused at hot reload (verification failed)",
+            registry=r,
+        )
         self.drift_psi = Gauge("regimetry_drift_psi", "PSI of regime shares vs the training baseline", registry=r)
-        self.drift_js = Gauge("regimetry_drift_js", "Jensen-Shannon divergence (bits) of regime shares vs baseline", registry=r)
-        self.drift_transition = Gauge("regimetry_drift_transition_shift",
-                                      "Mean total-variation distance of transition rows vs baseline", registry=r)
-        self.drift_hit_rate = Gauge("regimetry_drift_hit_rate", "Share of next-regime forecasts that came true", registry=r)
-        self.drift_confidence = Gauge("regimetry_drift_mean_confidence",
-                                      "Mean confidence (decoder probability of the served regime)", registry=r)
-        self.drift_ood = Gauge("regimetry_drift_ood_share", "Share of embeddings beyond the training distance quantile", registry=r)
+        self.drift_js = Gauge(
+            "regimetry_drift_js", "Jensen-Shannon divergence (bits) of regime shares vs baseline", registry=r
+        )
+        self.drift_transition = Gauge(
+            "regimetry_drift_transition_shift",
+            "Mean total-variation distance of transition rows vs baseline",
+            registry=r,
+        )
+        self.drift_hit_rate = Gauge(
+            "regimetry_drift_hit_rate", "Share of next-regime forecasts that came true", registry=r
+        )
+        self.drift_confidence = Gauge(
+            "regimetry_drift_mean_confidence", "Mean confidence (decoder probability of the served regime)", registry=r
+        )
+        self.drift_ood = Gauge(
+            "regimetry_drift_ood_share", "Share of embeddings beyond the training distance quantile", registry=r
+        )
         self.drift_events = Gauge("regimetry_drift_horizon_events", "Events in the drift horizon", registry=r)
-        self.regime_share = Gauge("regimetry_regime_share", "Share of each regime over the drift horizon", ["regime"], registry=r)
-        self.current_regime = Gauge("regimetry_current_regime", "Latest regime per symbol (capped count)", ["symbol"], registry=r)
-        self.baseline_share = Gauge("regimetry_regime_baseline_share",
-                                    "Share of each regime in the training baseline of the bundle in force", ["regime"],
-                                    registry=r)
-        self.regime_info = Gauge("regimetry_regime_info",
-                                 "1 per regime id of the bundle in force, labelled with its descriptive name "
-                                 "(join on regime for legends)", ["regime", "name"], registry=r)
+        self.regime_share = Gauge(
+            "regimetry_regime_share", "Share of each regime over the drift horizon", ["regime"], registry=r
+        )
+        self.current_regime = Gauge(
+            "regimetry_current_regime", "Latest regime per symbol (capped count)", ["symbol"], registry=r
+        )
+        self.baseline_share = Gauge(
+            "regimetry_regime_baseline_share",
+            "Share of each regime in the training baseline of the bundle in force",
+            ["regime"],
+            registry=r,
+        )
+        self.regime_info = Gauge(
+            "regimetry_regime_info",
+            "1 per regime id of the bundle in force, labelled with its descriptive name (join on regime for legends)",
+            ["regime", "name"],
+            registry=r,
+        )
         self._symbols: dict[str, tuple[str, int] | None] = {}  # symbol -> (topic, partition) its bars came from
         self._symbol_limit = symbol_label_limit
         self._k = n_clusters
@@ -90,10 +154,14 @@ class WorkerMetrics:
 
     def set_model(self, manifest: dict) -> None:
         self.model_switches.inc()
-        self.model_info.info({"model_version": str(manifest["model_version"]),
-                              "window_size": str(manifest["window_size"]),
-                              "n_clusters": str(manifest["n_clusters"]),
-                              "feature_spec_hash": str(manifest["feature_spec_hash"])[:12]})
+        self.model_info.info(
+            {
+                "model_version": str(manifest["model_version"]),
+                "window_size": str(manifest["window_size"]),
+                "n_clusters": str(manifest["n_clusters"]),
+                "feature_spec_hash": str(manifest["feature_spec_hash"])[:12],
+            }
+        )
         # next to regimetry_regime_share, so a dashboard can draw live against training shares per regime
         self.baseline_share.clear()
         for k, share in enumerate(manifest["baseline"]["cluster_distribution"]):

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -33,8 +33,16 @@ from regimetry.regimes import dwell
 from worker.events import build_event, dead_letter, encode
 from worker.metrics import WorkerMetrics
 from worker.serving import Serving
-from worker.state import (RedisStore, StoredWindows, SymbolState, SymbolWrite, pack_bar, pack_bars, pack_embeddings,
-                          unpack_embeddings)
+from worker.state import (
+    RedisStore,
+    StoredWindows,
+    SymbolState,
+    SymbolWrite,
+    pack_bar,
+    pack_bars,
+    pack_embeddings,
+    unpack_embeddings,
+)
 from worker.validate import Bar, BarValidator, Reason, Rejection
 
 log = logging.getLogger("regimetry.worker")
@@ -72,11 +80,11 @@ class _SymbolPlan:
     symbol: str
     state: SymbolState
     new: list[Bar] = field(default_factory=list)
-    records: list[Record] = field(default_factory=list)           # record of each new bar
-    actions: list[tuple] = field(default_factory=list)             # per input bar, in input order
+    records: list[Record] = field(default_factory=list)  # record of each new bar
+    actions: list[tuple] = field(default_factory=list)  # per input bar, in input order
     prior: StoredWindows | None = None  # the stored embeddings and costs, when they can be used as they are
-    doubt: str | None = None            # why they cannot (then the symbol is rebuilt from its stored bars)
-    replay_times: np.ndarray | None = None   # rebuild: every stored bar, replayed through the model in force
+    doubt: str | None = None  # why they cannot (then the symbol is rebuilt from its stored bars)
+    replay_times: np.ndarray | None = None  # rebuild: every stored bar, replayed through the model in force
     replay: np.ndarray | None = None
 
 
@@ -88,15 +96,23 @@ class _Rows:
     proba: list[list[float]]
     ood: list[float]
     dwell: list[int]
-    next_regime: dict[int, int]          # row -> predicted regime (rows with a forecast)
+    next_regime: dict[int, int]  # row -> predicted regime (rows with a forecast)
     next_proba: dict[int, list[float]]
-    z: np.ndarray                        # (N, D) embeddings
-    costs: np.ndarray                    # (N, K) costs, float64
+    z: np.ndarray  # (N, D) embeddings
+    costs: np.ndarray  # (N, K) costs, float64
 
 
 class BatchProcessor:
-    def __init__(self, serving: Serving, store: RedisStore, validator: BarValidator, metrics: WorkerMetrics,
-                 executor: Executor, dlq_limit: int, retry_max_seconds: float = 5.0):
+    def __init__(
+        self,
+        serving: Serving,
+        store: RedisStore,
+        validator: BarValidator,
+        metrics: WorkerMetrics,
+        executor: Executor,
+        dlq_limit: int,
+        retry_max_seconds: float = 5.0,
+    ):
         self.store = store
         self.validator = validator
         self.metrics = metrics
@@ -117,8 +133,7 @@ class BatchProcessor:
         self.version, self.history, self.stride = serving.version, serving.history, serving.stride
         self.span, self.dim, self.k = serving.span, serving.dim, serving.n_clusters
         self.keep_emb, self.rebuild_bars = serving.keep_emb, serving.rebuild_bars
-        self._nothing = StoredWindows(np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32),
-                                      np.zeros((0, self.k)))
+        self._nothing = StoredWindows(np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32), np.zeros((0, self.k)))
         self.store.configure(serving.history, serving.keep_emb, serving.version)
 
     # -- orchestration ------------------------------------------------------------------------------------
@@ -183,16 +198,28 @@ class BatchProcessor:
             by.setdefault(result, []).append((symbol, detail))
         exact = by.pop("exact", [])
         if exact:
-            log.info("rebuilt the regime state of %d symbol(s) from their stored bars with model %s (%s): %s",
-                     len(exact), self.version, exact[0][1], ", ".join(s for s, _ in exact[:10])
-                     + (" ..." if len(exact) > 10 else ""))
+            log.info(
+                "rebuilt the regime state of %d symbol(s) from their stored bars with model %s (%s): %s",
+                len(exact),
+                self.version,
+                exact[0][1],
+                ", ".join(s for s, _ in exact[:10]) + (" ..." if len(exact) > 10 else ""),
+            )
         for result, items in by.items():
-            why = ("fewer bars stored than an exact rebuild needs (history + memory - 1 = %d): their events follow "
-                   "the batch reference of the stored bars" % self.rebuild_bars if result == "short" else
-                   "the current regime began before the first bar the stored bars decode exactly: "
-                   "bars_in_regime follows the stored bars until the regime changes")
-            log.warning("rebuilt the regime state of %d symbol(s) with model %s, %s: %s", len(items), self.version,
-                        why, ", ".join(f"{s} ({d})" for s, d in items[:10]) + (" ..." if len(items) > 10 else ""))
+            why = (
+                "fewer bars stored than an exact rebuild needs (history + memory - 1 = "
+                f"{self.rebuild_bars}): their events follow the batch reference of the stored bars"
+                if result == "short"
+                else "the current regime began before the first bar the stored bars decode exactly: "
+                "bars_in_regime follows the stored bars until the regime changes"
+            )
+            log.warning(
+                "rebuilt the regime state of %d symbol(s) with model %s, %s: %s",
+                len(items),
+                self.version,
+                why,
+                ", ".join(f"{s} ({d})" for s, d in items[:10]) + (" ..." if len(items) > 10 else ""),
+            )
 
     async def _with_redis(self, call, arg):
         """Retry a Redis call with capped exponential back-off until it succeeds: a bar is never dropped
@@ -218,15 +245,28 @@ class BatchProcessor:
             known = self._known.get(symbol)
             if known is not None and (st.last_time is None or st.last_time < known):
                 self.metrics.state_lost.inc()
-                log.warning("redis state of %s lost (last stored bar %s, Redis now has %s): refilling its window; "
-                            "its next %d bars get no event", symbol, known, st.last_time, self.history - 1)
+                log.warning(
+                    "redis state of %s lost (last stored bar %s, Redis now has %s): refilling its window; "
+                    "its next %d bars get no event",
+                    symbol,
+                    known,
+                    st.last_time,
+                    self.history - 1,
+                )
                 del self._known[symbol]
             elif st.last_time is not None and (known is None or st.last_time > known):
                 self._known[symbol] = st.last_time
 
     def _dead(self, out: Outgoing, rec: Record, reason: Reason, detail: str) -> None:
-        out.dead.append((rec.key, dead_letter(reason.value, detail, rec.value, rec.key, rec.topic, rec.partition,
-                                              rec.offset, self.dlq_limit), reason.value))
+        out.dead.append(
+            (
+                rec.key,
+                dead_letter(
+                    reason.value, detail, rec.value, rec.key, rec.topic, rec.partition, rec.offset, self.dlq_limit
+                ),
+                reason.value,
+            )
+        )
 
     # -- sorting a symbol's bars against its stored state ------------------------------------------------
     def _plan(self, symbol: str, items: list[tuple[Bar, Record]], st: SymbolState) -> _SymbolPlan:
@@ -245,20 +285,41 @@ class BatchProcessor:
                 if first.values() == bar.values():
                     plan.actions.append(("again", in_batch[bar.time]))
                 else:
-                    plan.actions.append(("reject", rec, Reason.CONFLICTING_DUPLICATE,
-                                         f"bar {bar.time} already in this batch with other values"))
+                    plan.actions.append(
+                        (
+                            "reject",
+                            rec,
+                            Reason.CONFLICTING_DUPLICATE,
+                            f"bar {bar.time} already in this batch with other values",
+                        )
+                    )
             else:
                 stored_bar, stored_event = st.lookups.get(bar.time, (b"", b""))
                 if stored_bar == pack_bar(bar.time, bar.values()):
                     plan.actions.append(("stored", stored_event))
                 elif stored_bar:
-                    plan.actions.append(("reject", rec, Reason.CONFLICTING_DUPLICATE,
-                                         f"bar {bar.time} already stored with other values"))
+                    plan.actions.append(
+                        (
+                            "reject",
+                            rec,
+                            Reason.CONFLICTING_DUPLICATE,
+                            f"bar {bar.time} already stored with other values",
+                        )
+                    )
                 else:
-                    window = (f" (the dedupe window starts at {st.oldest_time})"
-                              if st.oldest_time is not None and bar.time < st.oldest_time else "")
-                    plan.actions.append(("reject", rec, Reason.OUT_OF_ORDER,
-                                         f"bar time {bar.time} <= last bar time {st.last_time}{window}"))
+                    window = (
+                        f" (the dedupe window starts at {st.oldest_time})"
+                        if st.oldest_time is not None and bar.time < st.oldest_time
+                        else ""
+                    )
+                    plan.actions.append(
+                        (
+                            "reject",
+                            rec,
+                            Reason.OUT_OF_ORDER,
+                            f"bar time {bar.time} <= last bar time {st.last_time}{window}",
+                        )
+                    )
         if plan.new:
             plan.prior, plan.doubt = self._stored_windows(st)
         return plan
@@ -290,7 +351,7 @@ class BatchProcessor:
         # Each symbol's run of new bars with a full history, grouped by length: one feature pass per group. A
         # symbol being rebuilt replays every stored bar from its first full window on (rows with j < 0).
         groups: dict[int, list[tuple[int, np.ndarray, int]]] = {}
-        new_values: dict[int, np.ndarray] = {}         # each plan's new bars as one array (features, packing)
+        new_values: dict[int, np.ndarray] = {}  # each plan's new bars as one array (features, packing)
         for pi, plan in enumerate(plans):
             if not plan.new:
                 continue
@@ -298,13 +359,14 @@ class BatchProcessor:
             if plan.replay is not None:
                 stored, first = plan.replay, h - 1
             else:
-                stored = plan.state.bars[-(h - 1):] if h > 1 else plan.state.bars[:0]
-                first = max(len(stored), h - 1)         # first combined index with a full history
+                stored = plan.state.bars[-(h - 1) :] if h > 1 else plan.state.bars[:0]
+                first = max(len(stored), h - 1)  # first combined index with a full history
             combined = np.concatenate([stored, new_values[pi]])
             if first < len(combined):
                 groups.setdefault(len(combined) - first, []).append(
-                    (pi, combined[first + 1 - h:], first - len(stored)))
-        windows, owners = [], []                       # one window per row: (plan, index j of its new bar)
+                    (pi, combined[first + 1 - h :], first - len(stored))
+                )
+        windows, owners = [], []  # one window per row: (plan, index j of its new bar)
         for n, members in groups.items():
             windows.append(self._run_windows(np.stack([seg for _, seg, _ in members])))
             owners += [(pi, j0 + k) for pi, _, j0 in members for k in range(n)]
@@ -330,8 +392,9 @@ class BatchProcessor:
         order = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows_of.values()])
         w = np.empty_like(costs)
         # the decoder: each row's last `memory` costs, from Redis then from this batch, in one call
-        w[order] = dec.values(np.concatenate([dec.cost_windows(prior[pi].costs, costs[r])
-                                              for pi, r in rows_of.items()]))
+        w[order] = dec.values(
+            np.concatenate([dec.cost_windows(prior[pi].costs, costs[r]) for pi, r in rows_of.items()])
+        )
         regime = w.argmin(1)
         regimes = regime.tolist()
         dwell_rows = np.empty(len(regime), dtype=np.int64)
@@ -343,13 +406,14 @@ class BatchProcessor:
         # forecaster input: last L embeddings spaced by stride, from Redis then from this batch; only bars
         # with an event (a rebuild's replayed bars need none)
         fc_hist, fc_rows = [], []
-        lags = self.stride * np.arange(self.span // self.stride, -1, -1)   # oldest first, ending at the bar
-        n_replayed = {pi: max(len(plans[pi].replay) - self.history + 1, 0) for pi in rows_of
-                      if plans[pi].replay is not None}
+        lags = self.stride * np.arange(self.span // self.stride, -1, -1)  # oldest first, ending at the bar
+        n_replayed = {
+            pi: max(len(plans[pi].replay) - self.history + 1, 0) for pi in rows_of if plans[pi].replay is not None
+        }
         for pi, r in rows_of.items():
             seq = np.concatenate([prior[pi].z, z[r]])
-            q = len(prior[pi].z) + np.arange(len(r))                          # each row's index in seq
-            ok = q >= max(self.span, n_replayed.get(pi, 0))   # L embeddings behind it, and an event
+            q = len(prior[pi].z) + np.arange(len(r))  # each row's index in seq
+            ok = q >= max(self.span, n_replayed.get(pi, 0))  # L embeddings behind it, and an event
             if ok.any():
                 fc_hist.append(seq[q[ok, None] - lags])
                 fc_rows.append(np.asarray(r, dtype=np.int64)[ok])
@@ -361,8 +425,9 @@ class BatchProcessor:
             at_list = at.tolist()
             next_regime = dict(zip(at_list, nw.argmin(1).tolist()))
             next_proba = dict(zip(at_list, dec.proba(nw).tolist()))
-        return _Rows(regimes, dec.proba(w).tolist(), ood.tolist(), dwell_rows.tolist(), next_regime, next_proba,
-                     z, costs)
+        return _Rows(
+            regimes, dec.proba(w).tolist(), ood.tolist(), dwell_rows.tolist(), next_regime, next_proba, z, costs
+        )
 
     def _run_windows(self, runs: np.ndarray) -> np.ndarray:
         """(G, T, 5) runs of bars of G symbols -> (G * (T - history + 1), W, F) windows, symbol-major.
@@ -372,11 +437,12 @@ class BatchProcessor:
         Batching symbols matters as much as batching bars: compute_features costs ~0.3 ms per call whatever
         its size, which would dominate a batch of one bar for each of many symbols."""
         b = self.model.bundle
-        wins = scaled_windows(runs, b.spec, b.scaler, b.window_size)         # (G, n, W, F)
+        wins = scaled_windows(runs, b.spec, b.scaler, b.window_size)  # (G, n, W, F)
         return wins.reshape(-1, *wins.shape[-2:])
 
-    def _finish(self, plan: _SymbolPlan, values: np.ndarray | None, rows: list[int], js: list[int],
-                res: _Rows | None) -> tuple[SymbolWrite | None, object]:
+    def _finish(
+        self, plan: _SymbolPlan, values: np.ndarray | None, rows: list[int], js: list[int], res: _Rows | None
+    ) -> tuple[SymbolWrite | None, object]:
         """Events of one symbol, its Redis write, and a callback that fills Outgoing once the write held.
         `values` are the plan's new bars as an array; `rows` the plan's rows in the batch arrays, `js` the
         index of each row's new bar (negative: a stored bar replayed by a rebuild)."""
@@ -400,9 +466,21 @@ class BatchProcessor:
             if j < 0:  # a replayed bar: state only, its event (if any) was sent long ago
                 regime = res.regime[row]
                 continue
-            doc = build_event(plan.symbol, times[j], self.version, res.regime[row], res.proba[row], regime,
-                              res.dwell[row], res.next_regime.get(row), res.next_proba.get(row), res.ood[row],
-                              self.ood_threshold, self.profiles, emitted_at=now)
+            doc = build_event(
+                plan.symbol,
+                times[j],
+                self.version,
+                res.regime[row],
+                res.proba[row],
+                regime,
+                res.dwell[row],
+                res.next_regime.get(row),
+                res.next_proba.get(row),
+                res.ood[row],
+                self.ood_threshold,
+                self.profiles,
+                emitted_at=now,
+            )
             encoded[j] = encode(doc)
             write.events.append((times[j], encoded[j]))
             observations.append((doc["regime"]["id"], doc["regime"]["confidence"], doc["ood_score"], regime, pred))
@@ -450,8 +528,9 @@ class BatchProcessor:
 
         return write, finish
 
-    def _rebuild_result(self, plan: _SymbolPlan, rows: list[int], js: list[int], res: _Rows | None
-                        ) -> tuple[str, str, str]:
+    def _rebuild_result(
+        self, plan: _SymbolPlan, rows: list[int], js: list[int], res: _Rows | None
+    ) -> tuple[str, str, str]:
         """How far a rebuild equals the whole history's batch reference (docs/worker.md, "State in doubt"); not
         asked when fewer than history bars were stored (no bar had a window: there was nothing to rebuild)."""
         n = len(plan.replay)

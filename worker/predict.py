@@ -13,10 +13,11 @@ finite function of the bars before it (features: history_bars bars; the jump dec
 for that first context window) and only the new rows are kept; the dwell continues from the previous chunk's
 last regime and dwell (regimetry.regimes.dwell). ONNX Runtime's encoder output for a window differed in the
 last bits when a block held a single window (RegimeModel.embed now encodes a lone window as two copies); to
-keep the blocks themselves identical anyway, chunks are cut where a one-pass run cuts its encoder blocks: the chunk size is rounded up to a multiple of
-RegimeModel.ENCODER_BLOCK and the context start rounded down to one, and the encoder sees the very blocks of
-a one-pass run. The forecaster's rows do not depend on their batch (measured, batch sizes 1 to 512) and the
-numpy steps are row by row. Chunked output equals one-pass output byte for byte (tests/test_predict.py).
+keep the blocks themselves identical anyway, chunks are cut where a one-pass run cuts its encoder blocks: the
+chunk size is rounded up to a multiple of RegimeModel.ENCODER_BLOCK and the context start rounded down to one,
+and the encoder sees the very blocks of a one-pass run. The forecaster's rows do not depend on their batch
+(measured, batch sizes 1 to 512) and the numpy steps are row by row.
+Chunked output equals one-pass output byte for byte (tests/test_predict.py).
 
 Nothing here imports TensorFlow, scikit-learn or the trainer. Reading a CSV/parquet file of bars needs pandas
 (and parquet output pyarrow): the `dev` or `train` extra; the worker-only image lacks them, and the command
@@ -28,12 +29,12 @@ from __future__ import annotations
 import csv
 import os
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 
 import typer
 
-DEFAULT_CHUNK = 8192      # windows per chunk (a multiple of RegimeModel.ENCODER_BLOCK)
+DEFAULT_CHUNK = 8192  # windows per chunk (a multiple of RegimeModel.ENCODER_BLOCK)
 FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -65,8 +66,13 @@ def n_windows(model, series) -> int:
     return len(series) - h + 1
 
 
-def predict_events(serving, series, symbol: str | None = None, chunk_size: int = DEFAULT_CHUNK,
-                   progress: Callable[[int, int], None] | None = None) -> Iterator[list[dict]]:
+def predict_events(
+    serving,
+    series,
+    symbol: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[list[dict]]:
     """The worker's events for every bar of `series` (a regimetry.data.BarSeries) with a full window, one list
     per chunk, in bar order. `serving` is a worker.serving.Serving; `progress(done, total)` is called after
     each chunk with counts of windows."""
@@ -77,10 +83,10 @@ def predict_events(serving, series, symbol: str | None = None, chunk_size: int =
     h = model.bundle.history_bars
     sym = symbol or series.symbol
     n = n_windows(model, series)
-    times = series.times[h - 1:].tolist()
+    times = series.times[h - 1 :].tolist()
     previous, previous_dwell = None, 0
     for a, e, lo in chunks(n, chunk_size, context_windows(model), model.ENCODER_BLOCK):
-        r = model.run_series(series.values[lo:e + h - 1])
+        r = model.run_series(series.values[lo : e + h - 1])
         keep = slice(a - lo, None)
         regime = r.regime[keep].tolist()
         dw = dwell(r.regime[keep], previous, previous_dwell).tolist()
@@ -92,9 +98,23 @@ def predict_events(serving, series, symbol: str | None = None, chunk_size: int =
         for i in range(e - a):
             t = times[a + i]
             has_fc = next_regime[i] >= 0
-            docs.append(build_event(sym, t, serving.version, regime[i], proba[i], previous, dw[i],
-                                    next_regime[i] if has_fc else None, next_proba[i] if has_fc else None, ood[i],
-                                    serving.ood_threshold, serving.profiles, emitted_at=float(t)))
+            docs.append(
+                build_event(
+                    sym,
+                    t,
+                    serving.version,
+                    regime[i],
+                    proba[i],
+                    previous,
+                    dw[i],
+                    next_regime[i] if has_fc else None,
+                    next_proba[i] if has_fc else None,
+                    ood[i],
+                    serving.ood_threshold,
+                    serving.profiles,
+                    emitted_at=float(t),
+                )
+            )
             previous = regime[i]
         previous_dwell = dw[-1]
         if progress is not None:
@@ -104,10 +124,13 @@ def predict_events(serving, series, symbol: str | None = None, chunk_size: int =
 
 # -- flat rows and writers --------------------------------------------------------------------------------------
 def columns(k: int) -> list[str]:
-    return (["symbol", "bar_time", "bar_time_utc", "model_version", "event_id", "regime", "confidence"]
-            + [f"p_{i}" for i in range(k)]
-            + ["regime_changed", "previous_regime", "bars_in_regime", "predicted_regime", "predicted_confidence"]
-            + [f"q_{i}" for i in range(k)] + ["ood_score", "ood"])
+    return (
+        ["symbol", "bar_time", "bar_time_utc", "model_version", "event_id", "regime", "confidence"]
+        + [f"p_{i}" for i in range(k)]
+        + ["regime_changed", "previous_regime", "bars_in_regime", "predicted_regime", "predicted_confidence"]
+        + [f"q_{i}" for i in range(k)]
+        + ["ood_score", "ood"]
+    )
 
 
 def flat_row(doc: dict, k: int) -> list:
@@ -115,11 +138,24 @@ def flat_row(doc: dict, k: int) -> list:
     from regimetry.data import iso_utc
 
     pred = doc["predicted"]
-    return ([doc["symbol"], doc["bar_time"], iso_utc(doc["bar_time"]), doc["model_version"], doc["event_id"],
-             doc["regime"]["id"], doc["regime"]["confidence"], *doc["regime"]["probabilities"],
-             doc["regime_changed"], doc["previous_regime"], doc["bars_in_regime"],
-             pred["regime"] if pred else None, pred["confidence"] if pred else None,
-             *(pred["probabilities"] if pred else [None] * k), doc["ood_score"], doc["ood"]])
+    return [
+        doc["symbol"],
+        doc["bar_time"],
+        iso_utc(doc["bar_time"]),
+        doc["model_version"],
+        doc["event_id"],
+        doc["regime"]["id"],
+        doc["regime"]["confidence"],
+        *doc["regime"]["probabilities"],
+        doc["regime_changed"],
+        doc["previous_regime"],
+        doc["bars_in_regime"],
+        pred["regime"] if pred else None,
+        pred["confidence"] if pred else None,
+        *(pred["probabilities"] if pred else [None] * k),
+        doc["ood_score"],
+        doc["ood"],
+    ]
 
 
 class _Writer:
@@ -205,10 +241,22 @@ class ParquetWriter(_Writer):
             raise ValueError("parquet output needs pyarrow (pip install pyarrow); or write .csv/.jsonl") from None
         self.pa = pa
         f64, i64 = pa.float64(), pa.int64()
-        types = {"symbol": pa.string(), "bar_time": i64, "bar_time_utc": pa.string(), "model_version": pa.string(),
-                 "event_id": pa.string(), "regime": i64, "confidence": f64, "regime_changed": pa.bool_(),
-                 "previous_regime": i64, "bars_in_regime": i64, "predicted_regime": i64,
-                 "predicted_confidence": f64, "ood_score": f64, "ood": pa.bool_()}
+        types = {
+            "symbol": pa.string(),
+            "bar_time": i64,
+            "bar_time_utc": pa.string(),
+            "model_version": pa.string(),
+            "event_id": pa.string(),
+            "regime": i64,
+            "confidence": f64,
+            "regime_changed": pa.bool_(),
+            "previous_regime": i64,
+            "bars_in_regime": i64,
+            "predicted_regime": i64,
+            "predicted_confidence": f64,
+            "ood_score": f64,
+            "ood": pa.bool_(),
+        }
         self.schema = pa.schema([(c, types.get(c, f64)) for c in columns(k)])
         self.w = pq.ParquetWriter(str(self.tmp), self.schema)
 
@@ -216,9 +264,12 @@ class ParquetWriter(_Writer):
         if not docs:
             return
         cols = list(zip(*(flat_row(d, self.k) for d in docs)))
-        self.w.write_table(self.pa.Table.from_arrays(
-            [self.pa.array(c, type=f.type) for c, f in zip(cols, self.schema)], schema=self.schema),
-            row_group_size=len(docs))
+        self.w.write_table(
+            self.pa.Table.from_arrays(
+                [self.pa.array(c, type=f.type) for c, f in zip(cols, self.schema)], schema=self.schema
+            ),
+            row_group_size=len(docs),
+        )
 
     def _close(self) -> None:
         self.w.close()
@@ -242,7 +293,7 @@ class Summary:
     def __init__(self, k: int, tail: int = 5):
         self.k = k
         self.rows = [0] * k
-        self.spells = [0] * k     # runs of one regime (cut at the ends of the data)
+        self.spells = [0] * k  # runs of one regime (cut at the ends of the data)
         self.transitions = 0
         self.ood = 0
         self.last: deque = deque(maxlen=max(tail, 0))
@@ -262,7 +313,7 @@ class Summary:
             if self.first_time is None:
                 self.first_time = d["bar_time"]
             self.last_time = d["bar_time"]
-        self.last.extend(docs[-self.last.maxlen:] if self.last.maxlen else [])
+        self.last.extend(docs[-self.last.maxlen :] if self.last.maxlen else [])
 
     def print(self, console, manifest: dict, symbol: str) -> None:
         from rich.table import Table
@@ -271,17 +322,24 @@ class Summary:
 
         n = sum(self.rows)
         trained = {int(p["id"]): p for p in manifest.get("regime_profiles") or []}
-        console.print(f"[bold]{symbol}[/]: {n} bars with a full window, {iso_utc(self.first_time)} .. "
-                      f"{iso_utc(self.last_time)}; model {manifest['model_version']}; {self.transitions} transitions, "
-                      f"{self.ood} OOD bars ({self.ood / n:.1%})")
+        console.print(
+            f"[bold]{symbol}[/]: {n} bars with a full window, {iso_utc(self.first_time)} .. "
+            f"{iso_utc(self.last_time)}; model {manifest['model_version']}; {self.transitions} transitions, "
+            f"{self.ood} OOD bars ({self.ood / n:.1%})"
+        )
         t = Table(title="regimes")
         for c in ("regime", "bars", "share", "share (training)", "spells", "mean dwell (bars)"):
             t.add_column(c, justify="right")
         for i in range(self.k):
             share = trained.get(i, {}).get("share")
-            t.add_row(str(i), str(self.rows[i]), f"{self.rows[i] / n:.3f}",
-                      "-" if share is None else f"{float(share):.3f}", str(self.spells[i]),
-                      f"{self.rows[i] / self.spells[i]:.1f}" if self.spells[i] else "-")
+            t.add_row(
+                str(i),
+                str(self.rows[i]),
+                f"{self.rows[i] / n:.3f}",
+                "-" if share is None else f"{float(share):.3f}",
+                str(self.spells[i]),
+                f"{self.rows[i] / self.spells[i]:.1f}" if self.spells[i] else "-",
+            )
         total_spells = sum(self.spells)
         t.add_row("all", str(n), "1.000", "", str(total_spells), f"{n / total_spells:.1f}")
         console.print(t)
@@ -292,28 +350,49 @@ class Summary:
             t.add_column(c, justify="right", no_wrap=c in ("bar time (UTC)", "event id"))
         for d in self.last:
             p = d["predicted"]
-            t.add_row(iso_utc(d["bar_time"]), str(d["regime"]["id"]) + (" *" if d["regime_changed"] else ""),
-                      f"{d['regime']['confidence']:.3f}", str(d["bars_in_regime"]),
-                      "-" if p is None else str(p["regime"]), "-" if p is None else f"{p['confidence']:.3f}",
-                      f"{d['ood_score']:.3f}", "yes" if d["ood"] else "no", d["event_id"])
+            t.add_row(
+                iso_utc(d["bar_time"]),
+                str(d["regime"]["id"]) + (" *" if d["regime_changed"] else ""),
+                f"{d['regime']['confidence']:.3f}",
+                str(d["bars_in_regime"]),
+                "-" if p is None else str(p["regime"]),
+                "-" if p is None else f"{p['confidence']:.3f}",
+                f"{d['ood_score']:.3f}",
+                "yes" if d["ood"] else "no",
+                d["event_id"],
+            )
         console.print(t)
         console.print("* = regime changed at this bar; dwell = bars_in_regime; next = predicted regime")
 
 
 # -- the command -----------------------------------------------------------------------------------------------
 def predict_cmd(
-    bundle: Optional[Path] = typer.Option(None, help="Bundle folder or models root with CURRENT (default: "
-                                          "REGIMETRY_BUNDLE or exported_models, as the worker)."),
-    data: Optional[str] = typer.Option(None, help="Required: 'eurusd', 'synthetic', a CSV/parquet path, or "
-                                                  "'bundle' = the bars the bundle was trained on."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write every bar's event here: .csv, .parquet "
-                                       "(flat columns), .jsonl or .json (the worker's event documents). Without "
-                                       "it: a summary and the last bars."),
-    symbol: Optional[str] = typer.Option(None, help="Symbol of the events (default: the data's)."),
-    chunk_size: int = typer.Option(DEFAULT_CHUNK, min=1, help="Windows per chunk, rounded up to a multiple of "
-                                   "64 (bounds memory; the output does not depend on it)."),
-    ood_quantile: Optional[str] = typer.Option(None, help="Training quantile of the OOD threshold (default: "
-                                               "REGIMETRY_OOD_QUANTILE or the worker's default, q99)."),
+    bundle: Path | None = typer.Option(
+        None,
+        help="Bundle folder or models root with CURRENT (default: REGIMETRY_BUNDLE or exported_models, as the worker).",
+    ),
+    data: str | None = typer.Option(
+        None,
+        help="Required: 'eurusd', 'synthetic', a CSV/parquet path, or 'bundle' = the bars the bundle was trained on.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Write every bar's event here: .csv, .parquet "
+        "(flat columns), .jsonl or .json (the worker's event documents). Without "
+        "it: a summary and the last bars.",
+    ),
+    symbol: str | None = typer.Option(None, help="Symbol of the events (default: the data's)."),
+    chunk_size: int = typer.Option(
+        DEFAULT_CHUNK,
+        min=1,
+        help="Windows per chunk, rounded up to a multiple of 64 (bounds memory; the output does not depend on it).",
+    ),
+    ood_quantile: str | None = typer.Option(
+        None,
+        help="Training quantile of the OOD threshold (default: REGIMETRY_OOD_QUANTILE or the worker's default, q99).",
+    ),
     tail: int = typer.Option(5, min=0, help="Bars shown at the end of the summary (without --out)."),
 ) -> None:
     """The regime events the worker would emit for these bars, computed offline (ONNX Runtime only)."""
@@ -342,9 +421,12 @@ def predict_cmd(
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             writer = WRITERS[fmt](out, k)
-        console.print(f"[bold]regimetry predict[/] model {serving.version} on {source} ({sym}, {len(series)} bars)"
-                      f", OOD above {serving.ood_threshold:.4g} ({settings.ood_quantile})")
+        console.print(
+            f"[bold]regimetry predict[/] model {serving.version} on {source} ({sym}, {len(series)} bars)"
+            f", OOD above {serving.ood_threshold:.4g} ({settings.ood_quantile})"
+        )
         with stage_progress() as progress:
+
             def step(done: int, total: int) -> None:
                 progress("predict", done, total, "windows")
 
@@ -356,8 +438,10 @@ def predict_cmd(
             writer.close()
             writer = None
     except ImportError as exc:  # a worker-only install: no pandas to read bar files, no pyarrow for parquet
-        fail(f"{exc.name or exc}: not installed; reading bar files (and writing parquet) needs pandas and pyarrow: "
-             f"pip install 'regimetry-stream[worker,dev]'")
+        fail(
+            f"{exc.name or exc}: not installed; reading bar files (and writing parquet) needs pandas and pyarrow: "
+            f"pip install 'regimetry-stream[worker,dev]'"
+        )
     except (BundleError, BarDataError, SettingsError, ValueError, OSError) as exc:
         if writer is not None:
             writer.close(ok=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from worker.connections import kafka_ssl_context, redis_client
 from worker.settings import Settings, mask_url
@@ -41,17 +41,20 @@ def is_auth_failure(exc: BaseException) -> bool:
     from aiokafka import errors as kafka_errors
     from redis import exceptions as redis_errors
 
-    permanent = (redis_errors.AuthenticationError, redis_errors.AuthenticationWrongNumberOfArgsError,
-                 kafka_errors.SaslAuthenticationFailed, kafka_errors.AuthenticationFailedError,
-                 kafka_errors.UnsupportedSaslMechanismError)
+    permanent = (
+        redis_errors.AuthenticationError,
+        redis_errors.AuthenticationWrongNumberOfArgsError,
+        kafka_errors.SaslAuthenticationFailed,
+        kafka_errors.AuthenticationFailedError,
+        kafka_errors.UnsupportedSaslMechanismError,
+    )
     if isinstance(exc, permanent):
         return True
     text = str(exc)  # older servers answer a bad password with a plain error reply
     return isinstance(exc, redis_errors.ResponseError) and ("WRONGPASS" in text or "invalid password" in text)
 
 
-async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: float, exit_code: int,
-                 hint: str) -> None:
+async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: float, exit_code: int, hint: str) -> None:
     deadline = time.monotonic() + timeout
     delay, tries = 0.2, 0
     while True:
@@ -61,11 +64,15 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: flo
             return
         except Exception as exc:  # any failure to connect counts; the last one is reported
             if is_auth_failure(exc):
-                raise PreflightError(f"{what} authentication failed ({type(exc).__name__}: {exc}); {hint}",
-                                     exit_code) from None
+                raise PreflightError(
+                    f"{what} authentication failed ({type(exc).__name__}: {exc}); {hint}", exit_code
+                ) from None
             if time.monotonic() + delay > deadline:
-                raise PreflightError(f"{what} unreachable after {tries} attempts in {timeout:.0f} s "
-                                     f"({type(exc).__name__}: {exc}); {hint}", exit_code) from None
+                raise PreflightError(
+                    f"{what} unreachable after {tries} attempts in {timeout:.0f} s "
+                    f"({type(exc).__name__}: {exc}); {hint}",
+                    exit_code,
+                ) from None
             log.warning("%s not reachable yet (%s); retrying in %.1f s", what, type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -78,8 +85,11 @@ async def _kafka_once(s: Settings) -> None:
     if "SSL" in kwargs["security_protocol"]:
         kwargs["ssl_context"] = kafka_ssl_context(s)
     if kwargs["security_protocol"].startswith("SASL"):
-        kwargs.update(sasl_mechanism=s.kafka_sasl_mechanism, sasl_plain_username=s.kafka_sasl_username,
-                      sasl_plain_password=s.kafka_sasl_password)
+        kwargs.update(
+            sasl_mechanism=s.kafka_sasl_mechanism,
+            sasl_plain_username=s.kafka_sasl_username,
+            sasl_plain_password=s.kafka_sasl_password,
+        )
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers(s.broker_url), **kwargs)
     try:
         await client.bootstrap()
@@ -97,7 +107,17 @@ async def _redis_once(s: Settings) -> None:
 
 async def check_dependencies(s: Settings) -> None:
     """Raise PreflightError (with its exit code) if the broker or Redis stays unreachable."""
-    await _retry(f"Kafka broker {mask_url(s.broker_url)}", lambda: _kafka_once(s), s.startup_timeout,
-                 EXIT_BROKER_UNREACHABLE, "check REGIMETRY_BROKER_URL and the REGIMETRY_KAFKA_* security settings")
-    await _retry(f"Redis {mask_url(s.redis_url)}", lambda: _redis_once(s), s.startup_timeout,
-                 EXIT_REDIS_UNREACHABLE, "check REGIMETRY_REDIS_URL, REGIMETRY_REDIS_PASSWORD and REGIMETRY_REDIS_TLS")
+    await _retry(
+        f"Kafka broker {mask_url(s.broker_url)}",
+        lambda: _kafka_once(s),
+        s.startup_timeout,
+        EXIT_BROKER_UNREACHABLE,
+        "check REGIMETRY_BROKER_URL and the REGIMETRY_KAFKA_* security settings",
+    )
+    await _retry(
+        f"Redis {mask_url(s.redis_url)}",
+        lambda: _redis_once(s),
+        s.startup_timeout,
+        EXIT_REDIS_UNREACHABLE,
+        "check REGIMETRY_REDIS_URL, REGIMETRY_REDIS_PASSWORD and REGIMETRY_REDIS_TLS",
+    )

@@ -78,8 +78,10 @@ def load_serving(bundle_dir: str | Path, settings: Settings) -> Serving:
     manifest = model.bundle.manifest
     quantiles = manifest["baseline"]["centroid_distance_quantiles"]
     if settings.ood_quantile not in quantiles:
-        raise ValueError(f"REGIMETRY_OOD_QUANTILE={settings.ood_quantile!r} is not in the bundle's "
-                         f"centroid_distance_quantiles ({', '.join(sorted(quantiles))})")
+        raise ValueError(
+            f"REGIMETRY_OOD_QUANTILE={settings.ood_quantile!r} is not in the bundle's "
+            f"centroid_distance_quantiles ({', '.join(sorted(quantiles))})"
+        )
     threshold = float(quantiles[settings.ood_quantile])
     drift = DriftMonitor(manifest["baseline"], model.bundle.n_clusters, settings.drift_horizon, threshold)
     return Serving(model, threshold, drift, Profiles.from_manifest(manifest))

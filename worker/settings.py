@@ -32,7 +32,7 @@ class Settings:
     events_topic: str = "regime-events"
     dlq_topic: str = "bars-dlq"
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
-    kafka_sasl_mechanism: str = "PLAIN"         # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     kafka_sasl_username: str = ""
     kafka_sasl_password: str = ""
     kafka_ssl_cafile: str = ""
@@ -130,7 +130,9 @@ def _parse(name: str, kind: Any, raw: Any) -> Any:
             return tuple(s.strip() for s in raw.split(",") if s.strip())
         return raw
     except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+        raise SettingsError(
+            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {getattr(kind, '__name__', kind)}"
+        ) from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:

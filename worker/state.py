@@ -120,7 +120,7 @@ class StoredWindows:
     """A symbol's stored members, oldest first."""
 
     times: np.ndarray  # (n,) int64
-    z: np.ndarray      # (n, D) float32
+    z: np.ndarray  # (n, D) float32
     costs: np.ndarray  # (n, K) float64
 
 
@@ -135,7 +135,7 @@ def unpack_embeddings(blob: bytes, dim: int, k: int) -> StoredWindows | None:
 
 
 def _split(blob: bytes, size: int) -> list[bytes]:
-    return [blob[i:i + size] for i in range(0, len(blob), size)]
+    return [blob[i : i + size] for i in range(0, len(blob), size)]
 
 
 @dataclass
@@ -146,13 +146,13 @@ class SymbolState:
     regime: int | None
     pred: int | None
     model_version: str | None
-    bar_times: np.ndarray                    # the last history - 1 stored bars (all of them: read_bars)
+    bar_times: np.ndarray  # the last history - 1 stored bars (all of them: read_bars)
     bars: np.ndarray
-    emb: bytes                               # concatenated packed members (embedding + costs), oldest first
+    emb: bytes  # concatenated packed members (embedding + costs), oldest first
     oldest_time: int | None
     lookups: dict[int, tuple[bytes, bytes]]  # bar time <= last_time -> (stored bar, stored event) or b""
-    dwell: int | None = None                 # bars in `regime`, the last one included
-    n_bars: int = 0                          # bars stored
+    dwell: int | None = None  # bars in `regime`, the last one included
+    n_bars: int = 0  # bars stored
 
 
 @dataclass
@@ -261,9 +261,17 @@ class RedisStore:
             return []
         calls = []
         for w in writes:
-            args: list = ["" if w.expected_last is None else str(w.expected_last), self.model_version,
-                          "1" if w.reset_emb else "0", self.keep_bars, self.keep_emb, self.keep_events,
-                          len(w.bars), len(w.emb), len(w.events)]
+            args: list = [
+                "" if w.expected_last is None else str(w.expected_last),
+                self.model_version,
+                "1" if w.reset_emb else "0",
+                self.keep_bars,
+                self.keep_emb,
+                self.keep_events,
+                len(w.bars),
+                len(w.emb),
+                len(w.events),
+            ]
             for pairs in (w.bars, w.emb, w.events):
                 for score, member in pairs:
                     args += [score, member]

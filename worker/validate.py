@@ -3,8 +3,8 @@
 The checks run cheapest and most specific first, so the DLQ reason says what is actually wrong (a NaN price
 is `non_finite`, not a generic schema error). The JSON schema (schemas/bar.schema.json) is the contract and
 is compiled once to Python code by fastjsonschema (~3 us per bar; jsonschema's interpreter took ~60 us,
-a large share of the worker's per-bar budget); the semantic checks that a schema cannot express come after it. Nothing here raises on
-input: every message yields either a Bar or a Rejection.
+a large share of the worker's per-bar budget); the semantic checks that a schema cannot express come after
+it. Nothing here raises on input: every message yields either a Bar or a Rejection.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
-from typing import Callable, NamedTuple
+from enum import StrEnum
+from typing import NamedTuple
 
 from regimetry.bundle import load_schema
 
@@ -22,7 +23,7 @@ PRICE_FIELDS = ("open", "high", "low", "close")
 NUMBER_FIELDS = PRICE_FIELDS + ("volume", "time")
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Dead-letter reasons (also the `reason` label of regimetry_bars_dead_lettered_total)."""
 
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -66,8 +67,13 @@ def _is_number(x: object) -> bool:
 class BarValidator:
     """Compiled bar checks; one instance per worker process."""
 
-    def __init__(self, max_payload_bytes: int = 4096, allowed_symbols: tuple[str, ...] = (),
-                 max_future_seconds: int = 86_400, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        max_payload_bytes: int = 4096,
+        allowed_symbols: tuple[str, ...] = (),
+        max_future_seconds: int = 86_400,
+        clock: Callable[[], float] = time.time,
+    ):
         import fastjsonschema
 
         self._schema = fastjsonschema.compile(load_schema("bar.schema.json"))
@@ -104,8 +110,15 @@ class BarValidator:
             self._schema(doc)
         except self._schema_error as exc:
             return Rejection(Reason.SCHEMA_VIOLATION, exc.message[:300])
-        bar = Bar(doc["symbol"], int(doc["time"]), float(doc["open"]), float(doc["high"]), float(doc["low"]),
-                  float(doc["close"]), float(doc["volume"]))
+        bar = Bar(
+            doc["symbol"],
+            int(doc["time"]),
+            float(doc["open"]),
+            float(doc["high"]),
+            float(doc["low"]),
+            float(doc["close"]),
+            float(doc["volume"]),
+        )
         return self._semantics(key, bar)
 
     def _semantics(self, key: bytes | None, bar: Bar) -> Bar | Rejection:
@@ -114,13 +127,16 @@ class BarValidator:
         if not (bar.low <= bar.open <= bar.high and bar.low <= bar.close <= bar.high):
             return Rejection(Reason.OHLC_OUT_OF_RANGE, "open or close outside [low, high]")
         if key is None:  # unkeyed records land on any partition: one symbol's bars would arrive out of order
-            return Rejection(Reason.MISSING_KEY, f"Kafka key is null; bars must be keyed by their symbol "
-                                                 f"({bar.symbol!r})")
+            return Rejection(
+                Reason.MISSING_KEY, f"Kafka key is null; bars must be keyed by their symbol ({bar.symbol!r})"
+            )
         if key != bar.symbol.encode():
             return Rejection(Reason.KEY_MISMATCH, f"Kafka key {key[:40]!r} differs from symbol {bar.symbol!r}")
         if self.allowed and bar.symbol not in self.allowed:
             return Rejection(Reason.UNKNOWN_SYMBOL, f"symbol {bar.symbol!r} is not in the allow-list")
         if bar.time > self._clock() + self.max_future_seconds:
-            return Rejection(Reason.TIME_IN_FUTURE, f"bar time {bar.time} is more than "
-                                                    f"{self.max_future_seconds} s ahead of the worker clock")
+            return Rejection(
+                Reason.TIME_IN_FUTURE,
+                f"bar time {bar.time} is more than {self.max_future_seconds} s ahead of the worker clock",
+            )
         return bar

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -29,17 +28,24 @@ BROKER = typer.Option(None, "--broker", help="Kafka bootstrap (default REGIMETRY
 
 
 def replay_cmd(
-    csv: List[Path] = typer.Option([], "--csv", help="Bars file (CSV/parquet); repeat for several symbols."),
-    sample: List[str] = typer.Option([], "--sample", help="A named sample instead of a file: eurusd, synthetic."),
-    symbol: List[str] = typer.Option([], "--symbol", help="Symbol per source, in order (default: from the source)."),
-    speed: Optional[str] = typer.Option(None, help="Bar-time speed-up, e.g. 60x (hourly bars -> one a minute)."),
-    rate: Optional[str] = typer.Option(None, help="Fixed rate instead, e.g. 200/s."),
-    max_bars: Optional[int] = typer.Option(None, "--max", help="First N bars of each source."),
-    topic: Optional[str] = typer.Option(None, help="Target topic (default REGIMETRY_BARS_TOPIC)."),
-    broker: Optional[str] = BROKER,
+    csv: list[Path] = typer.Option([], "--csv", help="Bars file (CSV/parquet); repeat for several symbols."),
+    sample: list[str] = typer.Option([], "--sample", help="A named sample instead of a file: eurusd, synthetic."),
+    symbol: list[str] = typer.Option([], "--symbol", help="Symbol per source, in order (default: from the source)."),
+    speed: str | None = typer.Option(None, help="Bar-time speed-up, e.g. 60x (hourly bars -> one a minute)."),
+    rate: str | None = typer.Option(None, help="Fixed rate instead, e.g. 200/s."),
+    max_bars: int | None = typer.Option(None, "--max", help="First N bars of each source."),
+    topic: str | None = typer.Option(None, help="Target topic (default REGIMETRY_BARS_TOPIC)."),
+    broker: str | None = BROKER,
 ) -> None:
     """Replay historical bars into the bars topic, paced like a live feed; symbols are interleaved by time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from regimetry.data import BarDataError
     from regimetry.ops.kafka import producer
@@ -58,8 +64,15 @@ def replay_cmd(
     total = sum(len(x) for x in series)
     prod = producer(s)
     console.print(f"replaying {total} bars of {', '.join(x.symbol for x in series)} to {topic} ({pace.describe()})")
-    progress = Progress(TextColumn("[bold]replay"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    progress = Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
     try:
         with progress:
             task = progress.add_task("", total=total, rate="")
@@ -74,24 +87,26 @@ def replay_cmd(
     except KeyboardInterrupt:
         prod.flush()
         console.print("[yellow]interrupted[/]")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     finally:
         prod.close()
-    console.print(f"sent {stats.sent} bars in {stats.seconds:.1f} s: "
-                  + ", ".join(f"{k} {v}" for k, v in stats.per_symbol.items()))
+    console.print(
+        f"sent {stats.sent} bars in {stats.seconds:.1f} s: "
+        + ", ".join(f"{k} {v}" for k, v in stats.per_symbol.items())
+    )
 
 
 def tail_cmd(
-    symbol: List[str] = typer.Option([], "--symbol", help="Only these symbols (repeatable)."),
+    symbol: list[str] = typer.Option([], "--symbol", help="Only these symbols (repeatable)."),
     transitions_only: bool = typer.Option(False, "--transitions-only", help="Only events where the regime changed."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines (the raw events) instead of a table."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the earliest event, not the next."),
-    group: Optional[str] = typer.Option(None, help="Join this consumer group and commit (like a strategy)."),
-    max_events: Optional[int] = typer.Option(None, "--max", help="Exit after N events."),
-    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="Exit after N seconds without events."),
+    group: str | None = typer.Option(None, help="Join this consumer group and commit (like a strategy)."),
+    max_events: int | None = typer.Option(None, "--max", help="Exit after N events."),
+    idle_timeout: float | None = typer.Option(None, "--idle-timeout", help="Exit after N seconds without events."),
     no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Show redelivered events again."),
-    topic: Optional[str] = typer.Option(None, help="Events topic (default REGIMETRY_EVENTS_TOPIC)."),
-    broker: Optional[str] = BROKER,
+    topic: str | None = typer.Option(None, help="Events topic (default REGIMETRY_EVENTS_TOPIC)."),
+    broker: str | None = BROKER,
 ) -> None:
     """Follow regime events as a strategy would: a table or JSON lines on stdout."""
     from rich.console import Console
@@ -111,9 +126,11 @@ def tail_cmd(
         except LookupError as exc:
             cons.close()
             fail(str(exc))
-        console.print(f"following {topic} ({n} partitions) from the {'beginning' if from_beginning else 'end'}; "
-                      "Ctrl-C to stop")
+        console.print(
+            f"following {topic} ({n} partitions) from the {'beginning' if from_beginning else 'end'}; Ctrl-C to stop"
+        )
     if as_json:
+
         def show(e: dict) -> None:
             sys.stdout.write(json_line(e) + "\n")
             sys.stdout.flush()
@@ -122,6 +139,7 @@ def tail_cmd(
 
         def show(e: dict) -> None:
             out.print(line(e))
+
     try:
         follow(kafka_poller(cons), show, opts)
     except KeyboardInterrupt:
@@ -131,15 +149,15 @@ def tail_cmd(
 
 
 def report_cmd(
-    since: Optional[str] = typer.Option(None, help="First bar time (ISO 8601 UTC or epoch seconds), inclusive."),
-    until: Optional[str] = typer.Option(None, help="Last bar time, exclusive."),
-    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Write the events as CSV here."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full events as a JSON array here."),
-    symbol: List[str] = typer.Option([], "--symbol", help="Only these symbols (repeatable)."),
+    since: str | None = typer.Option(None, help="First bar time (ISO 8601 UTC or epoch seconds), inclusive."),
+    until: str | None = typer.Option(None, help="Last bar time, exclusive."),
+    csv_path: Path | None = typer.Option(None, "--csv", help="Write the events as CSV here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the full events as a JSON array here."),
+    symbol: list[str] = typer.Option([], "--symbol", help="Only these symbols (repeatable)."),
     idle: float = typer.Option(2.0, help="Seconds without new records that end the read."),
     timeout: float = typer.Option(300.0, help="Give up reading after this many seconds."),
-    topic: Optional[str] = typer.Option(None, help="Events topic (default REGIMETRY_EVENTS_TOPIC)."),
-    broker: Optional[str] = BROKER,
+    topic: str | None = typer.Option(None, help="Events topic (default REGIMETRY_EVENTS_TOPIC)."),
+    broker: str | None = BROKER,
 ) -> None:
     """Write the regime events of a bar-time range (de-duplicated) to CSV and/or JSON; CSV to stdout if neither."""
     from regimetry.ops.kafka import consumer
@@ -161,8 +179,9 @@ def report_cmd(
     if csv_path is None and json_path is None:
         sys.stdout.write(to_csv(events))
     write(events, csv_path, json_path)
-    console.print(f"{len(events)} events ({len(values)} records read) "
-                  + " ".join(str(p) for p in (csv_path, json_path) if p))
+    console.print(
+        f"{len(events)} events ({len(values)} records read) " + " ".join(str(p) for p in (csv_path, json_path) if p)
+    )
 
 
 def topics_cmd(
@@ -171,7 +190,7 @@ def topics_cmd(
     dlq_partitions: int = typer.Option(1, envvar="REGIMETRY_DLQ_PARTITIONS", help="Partitions of bars-dlq."),
     replication: int = typer.Option(1, envvar="REGIMETRY_REPLICATION_FACTOR", help="Replication factor."),
     timeout: float = typer.Option(120.0, help="Wait this long for the broker."),
-    broker: Optional[str] = BROKER,
+    broker: str | None = BROKER,
 ) -> None:
     """Create the bars, regime-events and bars-dlq topics if missing (idempotent; run before the worker)."""
     from regimetry.ops.topics import ensure_topics, plan
@@ -185,12 +204,12 @@ def topics_cmd(
 def demo_cmd(
     bars: int = typer.Option(5000, help="Bars of the EURUSD sample to replay."),
     bundle: str = typer.Option("exported_models", help="Bundle folder or models root with CURRENT."),
-    rate: Optional[float] = typer.Option(None, help="Bars per second (default: as fast as the worker goes)."),
+    rate: float | None = typer.Option(None, help="Bars per second (default: as fast as the worker goes)."),
     show: str = typer.Option("transitions", help="Events to print: all, transitions, none."),
     bad_bars: bool = typer.Option(True, "--bad-bars/--no-bad-bars", help="Also send 3 bad messages (DLQ)."),
-    summary_json: Optional[Path] = typer.Option(None, help="Also write the summary here as JSON."),
-    workdir: Optional[Path] = typer.Option(None, help="Keep logs here (default: a temporary folder)."),
-    timeout: Optional[float] = typer.Option(None, help="Seconds to wait for all events."),
+    summary_json: Path | None = typer.Option(None, help="Also write the summary here as JSON."),
+    workdir: Path | None = typer.Option(None, help="Keep logs here (default: a temporary folder)."),
+    timeout: float | None = typer.Option(None, help="Seconds to wait for all events."),
 ) -> None:
     """Embedded Kafka (Tansu) + Redis + worker, replay the EURUSD sample, show events and a summary; then stop."""
     from rich.console import Console
@@ -210,7 +229,7 @@ def demo_cmd(
     try:
         summary = run_demo(opts, console.print, console)
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except (BundleError, BarDataError, StackError, TimeoutError) as exc:
         fail(str(exc), 1)
     print_summary(out, summary)

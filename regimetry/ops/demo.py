@@ -16,9 +16,9 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -36,10 +36,10 @@ class DemoOptions:
     bundle: str = "exported_models"
     source: str = "eurusd"
     symbol: str = "EURUSD"
-    rate: float | None = None        # bars/s; None = as fast as the worker takes them
-    show: str = "transitions"        # all | transitions | none
+    rate: float | None = None  # bars/s; None = as fast as the worker takes them
+    show: str = "transitions"  # all | transitions | none
     bad_bars: bool = True
-    timeout: float | None = None     # for the events to arrive; default scales with --bars
+    timeout: float | None = None  # for the events to arrive; default scales with --bars
     workdir: Path | None = None
     keep_workdir: bool = False
 
@@ -80,14 +80,17 @@ def scrape(port: int) -> dict:
                 out["dlq"][s.labels["reason"]] = int(s.value)
             elif s.name == "regimetry_drift_horizon_events":
                 out["drift_horizon_events"] = int(s.value)
-            elif s.name in ("regimetry_end_to_end_latency_seconds_sum", "regimetry_end_to_end_latency_seconds_count",
-                            "regimetry_bars_consumed_total", "regimetry_events_emitted_total"):
+            elif s.name in (
+                "regimetry_end_to_end_latency_seconds_sum",
+                "regimetry_end_to_end_latency_seconds_count",
+                "regimetry_bars_consumed_total",
+                "regimetry_events_emitted_total",
+            ):
                 out[s.name] = s.value
     return out
 
 
-def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent: int, bad: int,
-              seconds: float) -> dict:
+def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent: int, bad: int, seconds: float) -> dict:
     """The figures printed at the end (and written by --summary-json)."""
     b = model.bundle
     k = b.n_clusters
@@ -97,7 +100,7 @@ def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent:
     live_shares = shares(live, k)
     baseline = np.asarray(b.manifest["baseline"]["cluster_distribution"], dtype=np.float64)
     ref = model.run_series(series.values)
-    ref_by_time = dict(zip(series.times[ref.offset:].tolist(), ref.regime.tolist()))
+    ref_by_time = dict(zip(series.times[ref.offset :].tolist(), ref.regime.tolist()))
     agree = sum(ref_by_time.get(e["bar_time"]) == e["regime"]["id"] for e in events)
     lat_n = metrics.get("regimetry_end_to_end_latency_seconds_count") or 0
     return {
@@ -117,7 +120,9 @@ def summarize(events: list[dict], series: BarSeries, model, metrics: dict, sent:
         "whole_run": {"psi": psi(live_shares, baseline), "js": jensen_shannon(live_shares, baseline)},
         "dlq": metrics["dlq"],
         "batch_reference_agreement": {"equal": int(agree), "of": len(events)},
-        "mean_end_to_end_latency_seconds": (metrics["regimetry_end_to_end_latency_seconds_sum"] / lat_n) if lat_n else None,
+        "mean_end_to_end_latency_seconds": (metrics["regimetry_end_to_end_latency_seconds_sum"] / lat_n)
+        if lat_n
+        else None,
         "seconds": round(seconds, 3),
         "events_per_second": round(len(events) / seconds, 1) if seconds > 0 else None,
     }
@@ -134,8 +139,14 @@ def _on_sigterm(signum, frame) -> None:
 class _Feeder(threading.Thread):
     """Replays the series then the bad messages into `bars` on its own thread, so events print as they come."""
 
-    def __init__(self, prod, series: BarSeries, bad: list[tuple[bytes, bytes]], rate: float | None,
-                 on_sent: Callable[[int], None]):
+    def __init__(
+        self,
+        prod,
+        series: BarSeries,
+        bad: list[tuple[bytes, bytes]],
+        rate: float | None,
+        on_sent: Callable[[int], None],
+    ):
         super().__init__(name="demo-replay", daemon=True)
         self.prod, self.series, self.bad, self.rate, self.on_sent = prod, series, bad, rate, on_sent
         self.stopping = threading.Event()
@@ -161,8 +172,16 @@ class _Feeder(threading.Thread):
             self.failure = exc
 
 
-def _collect(collector, expected: int, timeout: float, show: str, feeder: _Feeder, printer,
-             on_count: Callable[[int], None], log: Path) -> list[dict]:
+def _collect(
+    collector,
+    expected: int,
+    timeout: float,
+    show: str,
+    feeder: _Feeder,
+    printer,
+    on_count: Callable[[int], None],
+    log: Path,
+) -> list[dict]:
     """Unique events from regime-events until `expected` arrived (printing them per `show`), with a deadline."""
     from regimetry.ops.events_view import Seen, decode, line
 
@@ -225,15 +244,25 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     try:
         t0 = time.monotonic()
         stack = start_stack(workdir)
-        say(f"started Tansu (Kafka) on {stack.bootstrap} (pid {stack.kafka.pid}) and Redis on port "
-            f"{stack.redis.port} (pid {stack.redis.pid})")
+        say(
+            f"started Tansu (Kafka) on {stack.bootstrap} (pid {stack.kafka.pid}) and Redis on port "
+            f"{stack.redis.port} (pid {stack.redis.pid})"
+        )
         worker = start_worker(stack, workdir, bundle=str(bundle_dir), audit_log=str(workdir / "audit.jsonl"))
-        say(f"started worker pid {worker.pid}: metrics on http://127.0.0.1:{worker.port}/metrics "
-            f"(ready in {time.monotonic() - t0:.1f} s)")
+        say(
+            f"started worker pid {worker.pid}: metrics on http://127.0.0.1:{worker.port}/metrics "
+            f"(ready in {time.monotonic() - t0:.1f} s)"
+        )
         collector = Collector(stack.bootstrap, "regime-events")
         prod = producer(stack.bootstrap)
-        progress = Progress(TextColumn("{task.description:<18}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=progress_console, transient=False)
+        progress = Progress(
+            TextColumn("{task.description:<18}"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=progress_console,
+            transient=False,
+        )
         sent_task = progress.add_task("bars -> Kafka", total=len(series) + len(bad))
         events_task = progress.add_task("events <- worker", total=expected)
         feeder = _Feeder(prod, series, bad, opts.rate, lambda n: progress.update(sent_task, completed=n))
@@ -243,9 +272,16 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
                 progress.console.print(HEADER, style="bold", soft_wrap=True)
             feeder.start()
             # soft_wrap: an event row stays one line however narrow the terminal (the terminal folds it)
-            events = _collect(collector, expected, timeout, opts.show, feeder,
-                              lambda row: progress.console.print(row, soft_wrap=True),
-                              lambda n: progress.update(events_task, completed=n), worker.log)
+            events = _collect(
+                collector,
+                expected,
+                timeout,
+                opts.show,
+                feeder,
+                lambda row: progress.console.print(row, soft_wrap=True),
+                lambda n: progress.update(events_task, completed=n),
+                worker.log,
+            )
             feeder.join(timeout=30)
         seconds = time.monotonic() - started
         metrics = _final_metrics(worker.port, sum(BAD_BARS_EXPECTED.values()) if bad else 0)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from rich.text import Text
 
@@ -43,16 +44,20 @@ class Seen:
 
 
 def wanted(event: dict, symbols: frozenset[str], transitions_only: bool) -> bool:
-    return (not symbols or event.get("symbol") in symbols) and (not transitions_only or bool(event.get("regime_changed")))
+    return (not symbols or event.get("symbol") in symbols) and (
+        not transitions_only or bool(event.get("regime_changed"))
+    )
 
 
 def iso(epoch: float | int) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 NAME_WIDTH = 14  # "turbulent down"; a longer name pushes the rest of its row to the right
-HEADER = (f"{'bar time (UTC)':<19}  {'symbol':<10} {'regime':>6} {'name':<{NAME_WIDTH}} {'conf':>5} {'bars':>5}  "
-          f"{'from':>4}  {'next':>4} {'p':>5}  {'ood':>6}")
+HEADER = (
+    f"{'bar time (UTC)':<19}  {'symbol':<10} {'regime':>6} {'name':<{NAME_WIDTH}} {'conf':>5} {'bars':>5}  "
+    f"{'from':>4}  {'next':>4} {'p':>5}  {'ood':>6}"
+)
 
 
 def line(event: dict) -> Text:
@@ -75,9 +80,28 @@ def line(event: dict) -> Text:
     )
 
 
-CSV_COLUMNS = ("event_id", "symbol", "bar_time", "bar_time_utc", "model_version", "regime", "regime_name", "confidence",
-               "regime_changed", "previous_regime", "bars_in_regime", "predicted_regime", "predicted_name",
-               "predicted_confidence", "ood_score", "ood", "stickiness", "mean_duration", "emitted_at", "schema_version")
+CSV_COLUMNS = (
+    "event_id",
+    "symbol",
+    "bar_time",
+    "bar_time_utc",
+    "model_version",
+    "regime",
+    "regime_name",
+    "confidence",
+    "regime_changed",
+    "previous_regime",
+    "bars_in_regime",
+    "predicted_regime",
+    "predicted_name",
+    "predicted_confidence",
+    "ood_score",
+    "ood",
+    "stickiness",
+    "mean_duration",
+    "emitted_at",
+    "schema_version",
+)
 
 
 def flat(event: dict) -> dict[str, Any]:
@@ -85,17 +109,26 @@ def flat(event: dict) -> dict[str, Any]:
     pred = event.get("predicted") or {}
     prof = event.get("profile") or {}
     return {
-        "event_id": event["event_id"], "symbol": event["symbol"], "bar_time": event["bar_time"],
-        "bar_time_utc": iso(event["bar_time"]), "model_version": event["model_version"],
-        "regime": event["regime"]["id"], "regime_name": event["regime"].get("name"),
+        "event_id": event["event_id"],
+        "symbol": event["symbol"],
+        "bar_time": event["bar_time"],
+        "bar_time_utc": iso(event["bar_time"]),
+        "model_version": event["model_version"],
+        "regime": event["regime"]["id"],
+        "regime_name": event["regime"].get("name"),
         "confidence": event["regime"]["confidence"],
-        "regime_changed": event["regime_changed"], "previous_regime": event.get("previous_regime"),
+        "regime_changed": event["regime_changed"],
+        "previous_regime": event.get("previous_regime"),
         "bars_in_regime": event.get("bars_in_regime"),
-        "predicted_regime": pred.get("regime"), "predicted_name": pred.get("name"),
+        "predicted_regime": pred.get("regime"),
+        "predicted_name": pred.get("name"),
         "predicted_confidence": pred.get("confidence"),
-        "ood_score": event.get("ood_score"), "ood": event.get("ood"),
-        "stickiness": prof.get("stickiness"), "mean_duration": prof.get("mean_duration"),
-        "emitted_at": event.get("emitted_at"), "schema_version": event.get("schema_version"),
+        "ood_score": event.get("ood_score"),
+        "ood": event.get("ood"),
+        "stickiness": prof.get("stickiness"),
+        "mean_duration": prof.get("mean_duration"),
+        "emitted_at": event.get("emitted_at"),
+        "schema_version": event.get("schema_version"),
     }
 
 

@@ -24,11 +24,18 @@ def client_config(s: Settings) -> dict[str, Any]:
     protocol = s.kafka_security_protocol.upper()
     cfg: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(s.broker_url), "security_protocol": protocol}
     if protocol.startswith("SASL"):
-        cfg.update(sasl_mechanism=s.kafka_sasl_mechanism.upper(), sasl_plain_username=s.kafka_sasl_username,
-                   sasl_plain_password=s.kafka_sasl_password)
+        cfg.update(
+            sasl_mechanism=s.kafka_sasl_mechanism.upper(),
+            sasl_plain_username=s.kafka_sasl_username,
+            sasl_plain_password=s.kafka_sasl_password,
+        )
     if "SSL" in protocol:
-        cfg.update(ssl_cafile=s.kafka_ssl_cafile or None, ssl_certfile=s.kafka_ssl_certfile or None,
-                   ssl_keyfile=s.kafka_ssl_keyfile or None, ssl_check_hostname=True)
+        cfg.update(
+            ssl_cafile=s.kafka_ssl_cafile or None,
+            ssl_certfile=s.kafka_ssl_certfile or None,
+            ssl_keyfile=s.kafka_ssl_keyfile or None,
+            ssl_check_hostname=True,
+        )
     return cfg
 
 
@@ -43,8 +50,14 @@ def consumer(s: Settings, topic: str | None, from_beginning: bool, group: str | 
     """A consumer of one topic (or none, for manual assignment); without a group it commits nothing."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(*([topic] if topic else []), **client_config(s), group_id=group, enable_auto_commit=group is not None,
-                         auto_offset_reset="earliest" if from_beginning else "latest", **kwargs)
+    return KafkaConsumer(
+        *([topic] if topic else []),
+        **client_config(s),
+        group_id=group,
+        enable_auto_commit=group is not None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        **kwargs,
+    )
 
 
 def admin(s: Settings):

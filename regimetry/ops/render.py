@@ -5,7 +5,6 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-
 WIDTH = 56
 
 
@@ -18,8 +17,9 @@ def _fmt(value: object) -> str:
 
 
 def print_summary(console: Console, s: dict) -> None:
-    top = Table(title=f"regimetry demo: summary ({s['symbol']}, model {s['model_version']})", show_header=False,
-                min_width=WIDTH)
+    top = Table(
+        title=f"regimetry demo: summary ({s['symbol']}, model {s['model_version']})", show_header=False, min_width=WIDTH
+    )
     top.add_column(style="bold")
     top.add_column(justify="right")
     agree = s["batch_reference_agreement"]
@@ -48,8 +48,9 @@ def print_summary(console: Console, s: dict) -> None:
     shares.caption = f"live vs baseline over the whole run: PSI {whole['psi']:.4f}, Jensen-Shannon {whole['js']:.4f}"
     console.print(shares)
 
-    drift = Table(title=f"drift gauges on the worker's /metrics (last {s['drift_horizon_events']} events)",
-                  min_width=WIDTH)
+    drift = Table(
+        title=f"drift gauges on the worker's /metrics (last {s['drift_horizon_events']} events)", min_width=WIDTH
+    )
     drift.add_column("gauge")
     drift.add_column("value", justify="right")
     for k, v in s["drift"].items():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import heapq
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from regimetry.data import BarSeries
 from regimetry.feed import bar_message
@@ -26,11 +26,11 @@ class PaceError(ValueError):
 class Pace:
     """When each message is due, in seconds after the first: by bar-time ratio (speed) or fixed rate."""
 
-    speed: float | None = None   # 60.0 means 60 bar-seconds per wall second
-    rate: float | None = None    # messages per second
+    speed: float | None = None  # 60.0 means 60 bar-seconds per wall second
+    rate: float | None = None  # messages per second
 
     @classmethod
-    def parse(cls, speed: str | None, rate: str | None) -> "Pace":
+    def parse(cls, speed: str | None, rate: str | None) -> Pace:
         if speed and rate:
             raise PaceError("give --speed or --rate, not both")
         if speed and speed.strip().lower() not in ("max", "0", "0x"):
@@ -53,11 +53,18 @@ class Pace:
         return 0.0
 
     def describe(self) -> str:
-        return f"{self.speed:g}x bar time" if self.speed else f"{self.rate:g} bars/s" if self.rate else "as fast as possible"
+        return (
+            f"{self.speed:g}x bar time"
+            if self.speed
+            else f"{self.rate:g} bars/s"
+            if self.rate
+            else "as fast as possible"
+        )
 
 
 def merged(series: list[BarSeries]) -> Iterator[tuple[int, str, bytes]]:
     """(bar time, symbol, message) of every series, in time order; ties keep the order the series were given."""
+
     def one(k: int, s: BarSeries) -> Iterator[tuple[int, int, str, bytes]]:
         for t, row in zip(s.times.tolist(), s.values.tolist()):
             yield t, k, s.symbol, bar_message(s.symbol, t, row)
@@ -75,9 +82,14 @@ class ReplayStats:
     seconds: float = 0.0
 
 
-def replay(series: list[BarSeries], send: Callable[[str, bytes], None], pace: Pace = Pace(),
-           on_sent: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> ReplayStats:
+def replay(
+    series: list[BarSeries],
+    send: Callable[[str, bytes], None],
+    pace: Pace = Pace(),
+    on_sent: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReplayStats:
     """Send every bar through `send(symbol, message)` on the pace's schedule; `on_sent(n)` after each one."""
     stats = ReplayStats()
     start = clock()

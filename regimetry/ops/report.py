@@ -11,9 +11,9 @@ import csv
 import io
 import json
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from regimetry.ops.events_view import CSV_COLUMNS, decode, flat, unique
 
@@ -26,12 +26,13 @@ def parse_time(text: str | None) -> int | None:
         return int(text)
     dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp())
 
 
-def read_all(consumer, topic: str, idle: float = 2.0, timeout: float = 120.0,
-             clock: Callable[[], float] = time.monotonic) -> list[bytes]:
+def read_all(
+    consumer, topic: str, idle: float = 2.0, timeout: float = 120.0, clock: Callable[[], float] = time.monotonic
+) -> list[bytes]:
     """Every record value of `topic` from the earliest offset (see the module note on stopping).
 
     The consumer must not be subscribed: all partitions are assigned here, so no group is joined or moved.
@@ -54,12 +55,18 @@ def read_all(consumer, topic: str, idle: float = 2.0, timeout: float = 120.0,
     raise TimeoutError(f"events topic not read to the end within {timeout:.0f} s ({len(values)} records read)")
 
 
-def select(values: list[bytes], since: int | None, until: int | None,
-           symbols: frozenset[str] = frozenset()) -> list[dict]:
+def select(
+    values: list[bytes], since: int | None, until: int | None, symbols: frozenset[str] = frozenset()
+) -> list[dict]:
     """Events with since <= bar_time < until, one per event_id, ordered by symbol then bar time."""
     events = [e for e in (decode(v) for v in values) if e is not None]
-    events = [e for e in events if (since is None or e["bar_time"] >= since) and (until is None or e["bar_time"] < until)
-              and (not symbols or e["symbol"] in symbols)]
+    events = [
+        e
+        for e in events
+        if (since is None or e["bar_time"] >= since)
+        and (until is None or e["bar_time"] < until)
+        and (not symbols or e["symbol"] in symbols)
+    ]
     return sorted(unique(events), key=lambda e: (e["symbol"], e["bar_time"]))
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from regimetry.ops.events_view import Seen, decode, wanted
 
@@ -19,12 +19,16 @@ class TailOptions:
     symbols: frozenset[str] = frozenset()
     transitions_only: bool = False
     dedupe: bool = True
-    max_events: int | None = None      # stop after this many events shown
+    max_events: int | None = None  # stop after this many events shown
     idle_timeout: float | None = None  # stop after this many seconds without a shown event
 
 
-def follow(poll: Callable[[], list[bytes | None]], show: Callable[[dict], None], opts: TailOptions,
-           clock: Callable[[], float] = time.monotonic) -> int:
+def follow(
+    poll: Callable[[], list[bytes | None]],
+    show: Callable[[dict], None],
+    opts: TailOptions,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
     """Show matching events until max_events or idle_timeout; returns how many were shown.
 
     `poll()` returns the raw values of the records that arrived (it blocks briefly when there are none).
