@@ -16,7 +16,7 @@ This is a measurement script, not a test: numbers depend on the machine and on w
 
 from __future__ import annotations
 
-from worker.threads import pin_math_threads
+from worker.blas_threads import pin_math_threads
 
 pin_math_threads()  # the same BLAS setting as the worker process, so "pure inference" is comparable
 
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from devstack.kafka_kit import interleave, produce, producer, series_messages
+from devstack.stack import metric_value, metrics_text, start_stack, start_worker, wait_until
 from regimetry.bundle import resolve_bundle_dir
 from regimetry.features import scaled_windows
-from regimetry.feed import interleave, produce, producer, series_messages
 from regimetry.inference import RegimeModel
-from regimetry.stack import metric_value, metrics_text, start_stack, start_worker, wait_until
 from regimetry.synthetic import generate_bars
 
 

@@ -11,14 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY regimetry ./regimetry
-COPY worker ./worker
 COPY trainer ./trainer
-COPY schemas ./schemas
 RUN pip install ".[train]" \
     && useradd --system --uid 10001 --home /app regimetry \
     && mkdir -p /models && chown regimetry /models
 
-ENV REGIMETRY_SCHEMAS=/app/schemas
 USER regimetry
 VOLUME ["/models"]
 CMD ["regimetry", "train", "--output", "/models"]

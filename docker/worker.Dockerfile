@@ -8,13 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Sources only (see .dockerignore); trainer/ comes along because the `regimetry` CLI registers its commands,
-# but importing them loads no TensorFlow.
+# Sources only (see .dockerignore): the core (with its schemas), the connection settings, the worker and the
+# operator tools. No trainer/ and no devstack/: the `regimetry` CLI lists only the commands of parts installed.
 COPY pyproject.toml README.md ./
 COPY regimetry ./regimetry
+COPY connect ./connect
 COPY worker ./worker
-COPY trainer ./trainer
-COPY schemas ./schemas
+COPY ops ./ops
 RUN pip install ".[worker]" \
     && useradd --system --uid 10001 --home /app regimetry \
     && mkdir -p /var/log/regimetry /models \
@@ -23,8 +23,7 @@ RUN pip install ".[worker]" \
 # The committed default bundle; an empty `models` volume mounted here is seeded with it on first use.
 COPY --chown=regimetry exported_models /models
 
-ENV REGIMETRY_SCHEMAS=/app/schemas \
-    REGIMETRY_BUNDLE=/models \
+ENV REGIMETRY_BUNDLE=/models \
     REGIMETRY_METRICS_HOST=0.0.0.0 \
     REGIMETRY_METRICS_PORT=9108 \
     REGIMETRY_DATADIR=/tmp/regimetry-faust

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -28,16 +27,18 @@ class BundleError(RuntimeError):
 
 
 def schemas_dir() -> Path:
-    """schemas/ at the repository root (override with REGIMETRY_SCHEMAS for installed images)."""
-    env = os.environ.get("REGIMETRY_SCHEMAS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "schemas"
+    """The contracts (bar, event, dead letter, manifest), shipped as package data of the core.
+
+    regimetry/schemas/ (schemas/ at the repository root links to it): an installed package finds them without
+    any setting."""
+    return Path(__file__).resolve().parent / "schemas"
 
 
 @cache
 def load_schema(name: str) -> dict:
     path = schemas_dir() / name
     if not path.exists():
-        raise BundleError(f"schema {path} not found (set REGIMETRY_SCHEMAS to the schemas/ folder)")
+        raise BundleError(f"schema {path} not found: the package was installed without its data files")
     return json.loads(path.read_text())
 
 

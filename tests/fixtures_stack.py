@@ -2,7 +2,7 @@
 every end-to-end test (each test owns its own symbols, so they do not see each other's bars).
 
 Start-ups are the expensive part (~1 s for the stack, ~7 s for a worker), hence session scope. Every wait
-is a condition with a deadline (regimetry.stack.wait_until / Collector.wait_for), never a bare sleep.
+is a condition with a deadline (devstack.stack.wait_until / Collector.wait_for), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ WORKER_SETTINGS = {
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Running broker + Redis with topics bars (4 partitions), regime-events (4), bars-dlq (1)."""
-    from regimetry.stack import start_stack
+    from devstack.stack import start_stack
 
     st = start_stack(tmp_path_factory.mktemp("stack"))
     yield st
@@ -39,7 +39,7 @@ def stack(tmp_path_factory):
 def worker(stack, tiny_bundle, tmp_path_factory):
     """One `python -m worker` process on the stack, serving the tiny bundle; yields its Process (.port is
     the metrics port)."""
-    from regimetry.stack import start_worker
+    from devstack.stack import start_worker
 
     proc = start_worker(stack, tmp_path_factory.mktemp("worker"), bundle=str(tiny_bundle), **WORKER_SETTINGS)
     yield proc
@@ -58,7 +58,7 @@ def model(tiny_bundle):
 @pytest.fixture()
 def events(stack):
     """A fresh reader of regime-events from the earliest offset."""
-    from regimetry.feed import Collector
+    from devstack.kafka_kit import Collector
 
     col = Collector(stack.bootstrap, "regime-events")
     yield col
@@ -67,7 +67,7 @@ def events(stack):
 
 @pytest.fixture()
 def dead_letters(stack):
-    from regimetry.feed import Collector
+    from devstack.kafka_kit import Collector
 
     col = Collector(stack.bootstrap, "bars-dlq")
     yield col

@@ -53,8 +53,8 @@ def started_pids(text: str) -> list[int]:
 
 
 def test_demo_runs_end_to_end_and_cleans_up(tmp_path):
+    from ops.demo import BAD_BARS_EXPECTED
     from regimetry.bundle import load_bundle
-    from regimetry.ops.demo import BAD_BARS_EXPECTED
 
     out = tmp_path / "summary.json"
     proc = demo_process("--bars", str(BARS), "--summary-json", str(out), "--show", "all")

@@ -48,7 +48,7 @@ REGIMETRY_SERVICES = ("topics", "worker")
 def code_env_names() -> set[str]:
     """REGIMETRY_* names the code reads: one per Settings field, plus literal names in the sources."""
     names = {f"REGIMETRY_{f.name.upper()}" for f in fields(Settings)}
-    for folder in ("regimetry", "worker"):
+    for folder in ("regimetry", "connect", "worker", "ops", "trainer"):
         for path in (ROOT / folder).rglob("*.py"):
             names |= set(re.findall(r"[\"'](REGIMETRY_[A-Z0-9_]+)[\"']", path.read_text()))
     return names
@@ -153,7 +153,7 @@ def test_kafka_service_is_a_single_kraft_node_with_a_valid_cluster_id():
 
 
 def test_topics_service_creates_what_the_worker_consumes():
-    from regimetry.ops.topics import TOPIC_ENV
+    from ops.topics import TOPIC_ENV
 
     services = compose()["services"]
     topics_env, worker_env = service_env(services["topics"]), service_env(services["worker"])
@@ -239,8 +239,8 @@ def fed_worker(stack, worker, model):
     """The session worker after events for two symbols and one dead letter of this module."""
     from fixtures_stack import series
 
-    from regimetry.feed import interleave, produce, series_messages
-    from regimetry.stack import metric_value, metrics_text, wait_until
+    from devstack.kafka_kit import interleave, produce, series_messages
+    from devstack.stack import metric_value, metrics_text, wait_until
 
     history = model.bundle.history_bars
     data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(["T20", "T21"])}
@@ -273,7 +273,7 @@ def fed_worker(stack, worker, model):
 def test_every_queried_metric_is_exported_by_a_running_worker(fed_worker):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from regimetry.stack import metrics_text
+    from devstack.stack import metrics_text
 
     text = metrics_text(fed_worker.port)
     exported = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
@@ -301,7 +301,7 @@ def test_worker_image_healthcheck_passes_against_a_ready_worker(fed_worker):
 
     ok = subprocess.run([sys.executable, "-c", code.replace(f":{s.metrics_port}/", f":{fed_worker.port}/")], timeout=30)
     assert ok.returncode == 0
-    from regimetry.stack import free_port
+    from devstack.stack import free_port
 
     down = subprocess.run(
         [sys.executable, "-c", code.replace(f":{s.metrics_port}/", f":{free_port()}/")], capture_output=True, timeout=30
@@ -320,7 +320,7 @@ def prom_query(port: int, query: str) -> dict:
 @pytest.fixture(scope="module")
 def prometheus(fed_worker, tmp_path_factory):
     """Debian's prometheus on a free loopback port, scraping the session worker every second."""
-    from regimetry.stack import Process, free_port, wait_until
+    from devstack.stack import Process, free_port, wait_until
 
     assert Path(PROMETHEUS).exists(), "Debian prometheus is required: bash scripts/setup.sh installs it"
     work = tmp_path_factory.mktemp("prometheus")
@@ -359,7 +359,7 @@ def prometheus(fed_worker, tmp_path_factory):
 @pytest.mark.slow
 @needs_prometheus
 def test_real_prometheus_scrapes_drift_and_throughput(prometheus, fed_worker):
-    from regimetry.stack import wait_until
+    from devstack.stack import wait_until
 
     def scraped() -> dict | None:
         psi = prom_query(prometheus.port, 'regimetry_drift_psi{job="regimetry-worker"}')["result"]
@@ -377,7 +377,7 @@ def test_real_prometheus_scrapes_drift_and_throughput(prometheus, fed_worker):
 @pytest.mark.slow
 @needs_prometheus
 def test_real_prometheus_loads_the_alerts_and_answers_every_dashboard_query(prometheus, fed_worker):
-    from regimetry.stack import wait_until
+    from devstack.stack import wait_until
 
     def groups() -> list[dict]:
         with urllib.request.urlopen(f"http://127.0.0.1:{prometheus.port}/api/v1/rules", timeout=5) as r:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from regimetry import diagnostics as d
+from trainer.separation import separation
 
 # Runs: [0 0] [1 1 1] [0] [2 2]; steps: 0>0 0>1 1>1 1>1 1>0 0>2 2>2
 SEQ = np.array([0, 0, 1, 1, 1, 0, 2, 2])
@@ -66,11 +67,11 @@ def test_shares_and_balance():
 
 def test_separation_on_two_point_pairs():
     x = np.array([[0, 0], [0, 1], [10, 0], [10, 1]], dtype=float)
-    s = d.separation(x, np.array([0, 0, 1, 1]))
+    s = separation(x, np.array([0, 0, 1, 1]))
     b = (10 + sqrt(101)) / 2  # mean distance from (0,0) to the other pair; a = 1
     assert s["silhouette"] == pytest.approx((b - 1) / b)
     assert s["davies_bouldin"] == pytest.approx((0.5 + 0.5) / 10)  # spread 0.5 each, centroids 10 apart
-    assert np.isnan(d.separation(x, np.zeros(4, dtype=int))["silhouette"])
+    assert np.isnan(separation(x, np.zeros(4, dtype=int))["silhouette"])
 
 
 def test_distribution_distances():

@@ -79,8 +79,8 @@ def test_operator_commands_start_without_tensorflow():
     r = run_blocked(
         """
         import sys
-        import regimetry.ops.cli, regimetry.ops.demo, regimetry.ops.replay, regimetry.ops.tail
-        import regimetry.ops.report, regimetry.ops.topics, regimetry.ops.kafka, regimetry.audit
+        import ops.cli, ops.demo, ops.replay, ops.tail
+        import ops.event_report, ops.topics, ops.kafka, regimetry.audit
         from regimetry.cli import main
         for cmd in ("replay", "tail", "report-events", "topics", "demo"):
             sys.argv = ["regimetry", cmd, "--help"]

@@ -17,8 +17,8 @@ from datetime import UTC
 import numpy as np
 import pytest
 
+from ops.replay import Pace, PaceError, merged, replay
 from regimetry.data import BarSeries
-from regimetry.ops.replay import Pace, PaceError, merged, replay
 
 TIMEOUT = 90
 # Symbols of this module on the shared session worker: T23, T24 (test_deploy uses T20-T22; the worker tests others).
@@ -92,9 +92,9 @@ def test_merge_keeps_each_symbol_in_order_on_equal_times():
 # -- replay against the broker -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_replay_command_produces_interleaved_bars(stack, tmp_path):
-    from regimetry.feed import Collector
-    from regimetry.ops.events_view import iso
-    from regimetry.stack import create_topics
+    from devstack.kafka_kit import Collector
+    from devstack.stack import create_topics
+    from ops.events_view import iso
 
     create_topics(stack.bootstrap, {"ops-replay": 1})  # one partition: the global order is observable
     for name, start in (("a", 0), ("b", 1200)):
@@ -150,7 +150,7 @@ def t23_events(stack, worker, model):
     """Events of symbol T23 (its bars sent twice: the second time the worker re-emits the same ids)."""
     from fixtures_stack import series
 
-    from regimetry.feed import Collector, produce, series_messages
+    from devstack.kafka_kit import Collector, produce, series_messages
 
     history = model.bundle.history_bars
     bars = series("T23", history + 120, seed=23)
@@ -268,7 +268,7 @@ def test_topics_command_creates_topics_with_partition_counts_from_env(stack):
 
 
 def test_kafka_client_config_carries_sasl_and_tls():
-    from regimetry.ops.kafka import bootstrap_servers, client_config
+    from ops.kafka import bootstrap_servers, client_config
     from worker.settings import load_settings
 
     assert bootstrap_servers("kafka://a:9092;kafka://b:9093") == ["a:9092", "b:9093"]
@@ -352,7 +352,7 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
 
     from fixtures_stack import series
 
-    from regimetry.feed import produce, series_messages
+    from devstack.kafka_kit import produce, series_messages
 
     history = model.bundle.history_bars
     bars = series("T24", history + 9, seed=24)

@@ -18,7 +18,7 @@ import pytest
 from fixtures_stack import schema_validator, series
 from test_worker_imports import run as run_blocked
 
-from regimetry.feed import series_messages
+from devstack.kafka_kit import series_messages
 from worker.events import encode
 
 SYMBOL = "PRED"

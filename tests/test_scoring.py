@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from regimetry.evaluation import parse_when
 from regimetry.features import FeatureSpec, Scaler, compute_features, history_needed, scaled_windows
 from regimetry.flat_next import flat_bar_histories, flat_next_windows, next_window_regimes
 from regimetry.regimes import JumpDecoder, RegimeSpace
@@ -18,7 +19,6 @@ from regimetry.scoring import (
     confusion_matrix,
     macro_f1,
     next_regime_report,
-    parse_when,
     per_class_f1,
 )
 from regimetry.synthetic import generate_bars

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from fixtures_stack import series
 
-from regimetry.feed import Collector, PacedFeed, interleave, series_messages
-from regimetry.stack import create_topics, start_worker
+from devstack.kafka_kit import Collector, PacedFeed, interleave, series_messages
+from devstack.stack import create_topics, start_worker
 
 pytestmark = pytest.mark.slow
 

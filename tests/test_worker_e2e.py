@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fixtures_stack import schema_validator, series
 
-from regimetry.feed import bar_message, interleave, produce, series_messages
+from devstack.kafka_kit import bar_message, interleave, produce, series_messages
 from worker.events import event_id
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 from fixtures_stack import series
 from test_worker_e2e import assert_matches_reference, by_symbol
 
-from regimetry.feed import interleave, produce, series_messages
-from regimetry.stack import metric_value, metrics_text
+from devstack.kafka_kit import interleave, produce, series_messages
+from devstack.stack import metric_value, metrics_text
 
 pytestmark = pytest.mark.slow
 N_BAD = 10_000

@@ -27,9 +27,9 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 def test_worker_modules_import_without_tensorflow():
     r = run("""
-        import worker.app, worker.pipeline, worker.state, worker.validate, worker.events, worker.metrics
-        import worker.drift, worker.settings, worker.connections, worker.cli, worker.predict, regimetry.stack
-        import regimetry.feed
+        import worker.app, worker.pipeline, worker.redis_store, worker.validate, worker.events, worker.metrics
+        import worker.drift, worker.settings, worker.client_security, worker.cli, worker.predict, devstack.stack
+        import devstack.kafka_kit
         import faust, onnxruntime, redis
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "trainer"))
         assert not bad, bad

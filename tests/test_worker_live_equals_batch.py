@@ -72,7 +72,7 @@ def test_decoder_fed_in_chunks_equals_decode_series():
 # -- the worker's BatchProcessor in-process ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    from regimetry.stack import start_redis
+    from devstack.stack import start_redis
 
     proc = start_redis(tmp_path_factory.mktemp("redis-live-batch"))
     yield f"redis://127.0.0.1:{proc.port}/0"
@@ -107,7 +107,7 @@ class InProcess:
     def rebuilds(self) -> dict[str, float]:
         from prometheus_client import generate_latest
 
-        from regimetry.stack import metric_value
+        from devstack.stack import metric_value
 
         text = generate_latest(self.rt.metrics.registry).decode()
         return {
@@ -130,7 +130,7 @@ def _chunked(msgs: list, sizes: list[int]):
 
 @pytest.mark.slow
 def test_chunks_of_varied_sizes_equal_the_batch_reference(tiny_bundle, model, redis_url):
-    from regimetry.feed import interleave, series_messages
+    from devstack.kafka_kit import interleave, series_messages
 
     h = model.bundle.history_bars
     data = {s: series(s, h + 300, seed=500 + i) for i, s in enumerate(("LB1", "LB2", "LB3"))}
@@ -174,7 +174,7 @@ def test_state_in_doubt_is_rebuilt_from_the_stored_bars(tiny_bundle, model, redi
     layout: the symbol is rebuilt from its stored bars and every later event equals the reference."""
     import redis
 
-    from regimetry.feed import series_messages
+    from devstack.kafka_kit import series_messages
 
     h = model.bundle.history_bars
     memory = model.decoder.memory
@@ -209,7 +209,7 @@ def test_rebuild_from_fewer_bars_follows_their_batch_reference(tiny_bundle, mode
     short rebuild and the events follow the batch reference of the stored bars, which here is the series'."""
     import redis
 
-    from regimetry.feed import series_messages
+    from devstack.kafka_kit import series_messages
 
     h = model.bundle.history_bars
     b = series("RB-short", h + 60, seed=620)
@@ -238,7 +238,7 @@ def test_rebuild_after_trimmed_bars_keeps_regimes_and_probabilities(
     with only history + memory - 1 bars, only a change at the first new bar makes it exact)."""
     import redis
 
-    from regimetry.feed import series_messages
+    from devstack.kafka_kit import series_messages
 
     h = model.bundle.history_bars
     memory = model.decoder.memory

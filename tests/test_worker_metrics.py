@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fixtures_stack import WORKER_SETTINGS, series
 
-from regimetry.feed import interleave, produce, series_messages
-from regimetry.stack import metric_value, metrics_text, wait_until
+from devstack.kafka_kit import interleave, produce, series_messages
+from devstack.stack import metric_value, metrics_text, wait_until
 from regimetry.synthetic import Regime
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from fixtures_stack import series
 
+from devstack.kafka_kit import series_messages
 from regimetry.bundle import resolve_bundle_dir
-from regimetry.feed import series_messages
 from regimetry.inference import RegimeModel
 from worker.pipeline import Record
 from worker.settings import load_settings

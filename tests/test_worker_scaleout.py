@@ -16,8 +16,8 @@ import pytest
 from fixtures_stack import series
 from test_worker_e2e import assert_matches_reference
 
-from regimetry.feed import Collector, PacedFeed, interleave, series_messages
-from regimetry.stack import create_topics, metric_value, metrics_text, start_worker, wait_until
+from devstack.kafka_kit import Collector, PacedFeed, interleave, series_messages
+from devstack.stack import create_topics, metric_value, metrics_text, start_worker, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import sys
 import pytest
 from fixtures_stack import series
 
-from regimetry.feed import Collector, produce, series_messages
-from regimetry.stack import create_topics, metrics_text, start_redis, start_worker
+from devstack.kafka_kit import Collector, produce, series_messages
+from devstack.stack import create_topics, metrics_text, start_redis, start_worker
 
 pytestmark = pytest.mark.slow
 SECRET = "s3cret-Pa55"

@@ -10,8 +10,8 @@ import pytest
 from fixtures_stack import series
 from test_worker_e2e import assert_matches_reference, by_symbol
 
-from regimetry.feed import Collector, interleave, produce, series_messages
-from regimetry.stack import create_topics, start_worker
+from devstack.kafka_kit import Collector, interleave, produce, series_messages
+from devstack.stack import create_topics, start_worker
 
 pytestmark = pytest.mark.slow
 

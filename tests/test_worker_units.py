@@ -215,7 +215,7 @@ def test_event_names_come_from_the_bundle_once_per_load():
 def test_stored_members_round_trip_costs_as_float64():
     """Each embedding member carries its bar's regime costs as the float64 numbers the decoder used; a blob
     of the schema-1 layout (no costs) or of another model's sizes is not taken for members."""
-    from worker.state import pack_embeddings, unpack_embeddings
+    from worker.redis_store import pack_embeddings, unpack_embeddings
 
     rng = np.random.default_rng(3)
     z = rng.standard_normal((5, 8)).astype(np.float32)
@@ -282,7 +282,7 @@ def test_faust_consumer_fetch_wait_is_bounded():
     import aiokafka
     import faust.transport.drivers.aiokafka as driver
 
-    from worker.faust_tuning import limit_fetch_wait
+    from worker.kafka_boundary import limit_fetch_wait
 
     async def build():
         return driver.aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=1500)
@@ -299,12 +299,12 @@ def test_faust_consumer_fetch_wait_is_bounded():
 
 def test_installed_faust_takes_the_direct_record_path():
     """The worker's throughput relies on records bypassing Faust's per-record stream path
-    (worker/faust_tuning.py); with another Faust it falls back to the stream, slower. This fails first when
+    (worker/kafka_boundary.py); with another Faust it falls back to the stream, slower. This fails first when
     an upgrade changes the consumer internals the override needs, so the fallback is never silent in CI."""
     import faust
     import faust.transport.drivers.aiokafka as driver
 
-    from worker.faust_tuning import RECORD_SINKS, deliver_records_to
+    from worker.kafka_boundary import RECORD_SINKS, deliver_records_to
 
     async def sink(messages: list) -> None:
         return None
@@ -319,7 +319,7 @@ def test_current_regime_forgets_symbols_of_partitions_moved_away():
     """After a rebalance a worker must not keep reporting a symbol another worker now updates."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from regimetry.stack import metric_value
+    from devstack.stack import metric_value
     from worker.metrics import WorkerMetrics
 
     m = WorkerMetrics(3, registry=CollectorRegistry())

@@ -22,6 +22,7 @@ from regimetry.bundle import MANIFEST, POINTER, manifest_digest, sha256_file, sh
 from regimetry.data import BarSeries, iso_utc, resolve_data
 from regimetry.features import FeatureSpec, history_needed
 from trainer.config import TrainConfig, dump_config, recipe
+from trainer.separation import separation
 
 Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
 # Refresh hook: (clustering, standardised embeddings of every window, their end times) -> (the clustering with
@@ -279,7 +280,7 @@ def train(
             ),
             "penalty": cl.decoder.penalty,
             "penalty_selection": cl.selection,
-            **diagnostics.separation(g[: ws.n_train], train_reg, seed=cfg.seed),
+            **separation(g[: ws.n_train], train_reg, seed=cfg.seed),
             **diagnostics.balance(train_reg, k),
             "stickiness": diagnostics.stickiness(diagnostics.transition_matrix(train_reg, k)),
             "mean_duration": diagnostics.mean_duration(train_reg),

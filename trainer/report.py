@@ -17,6 +17,7 @@ import numpy as np
 
 from regimetry import diagnostics as dg
 from regimetry.naming import regime_names
+from trainer.separation import separation
 
 NAMES_NOTE = (
     "Names (regimetry/naming.py): rank of the regime's window volatility on its training bars, calmest first "
@@ -102,7 +103,7 @@ def metrics(view: RegimeView, seed: int = 0) -> dict:
     p = dg.transition_matrix(reg, k)
     return {
         "labelled bars": int(len(reg)),
-        **dg.separation(view.z, reg, seed=seed),
+        **separation(view.z, reg, seed=seed),
         **dg.balance(reg, k),
         "stickiness": dg.stickiness(p),
         "mean duration (bars)": dg.mean_duration(reg) * view.bars_per_step,

@@ -1,8 +1,8 @@
 """`python -m worker`: run one worker process with settings from REGIMETRY_* / REGIMETRY_SETTINGS."""
 
-from worker.threads import pin_math_threads
+from worker.blas_threads import pin_math_threads
 
-pin_math_threads()  # before numpy is imported: see worker/threads.py
+pin_math_threads()  # before numpy is imported: see worker/blas_threads.py
 
 from worker.app import main  # noqa: E402
 

@@ -1,7 +1,7 @@
 """The Faust application: bars topic -> micro-batches -> BatchProcessor -> regime-events / bars-dlq.
 
 Records of the bars topic go from Faust's consumer into a micro-batch buffer (worker/batching.py, via
-worker/faust_tuning.deliver_records_to), where they are tracked as unacknowledged; Faust commits no offset
+worker/kafka_boundary.deliver_records_to), where they are tracked as unacknowledged; Faust commits no offset
 past an unacknowledged record. A batch's records are acknowledged only after Redis holds the batch and the
 broker has confirmed every event and dead letter it produced. A crash anywhere before that leaves the
 offsets uncommitted and the batch is redelivered; the Redis state turns the redelivery into byte-identical
@@ -65,9 +65,9 @@ class Runtime:
 
     async def connect(self) -> None:
         """Open Redis and load the scripts, retrying with back-off until Redis answers."""
-        from worker.connections import redis_client
+        from worker.client_security import redis_client
         from worker.pipeline import BatchProcessor
-        from worker.state import RedisStore
+        from worker.redis_store import RedisStore
 
         if self.processor is not None:
             return
@@ -209,8 +209,8 @@ def create_app(settings: Settings, runtime: Runtime):
     import faust
 
     from worker.batching import MicroBatcher
-    from worker.connections import faust_credentials
-    from worker.faust_tuning import deliver_fetches_whole, deliver_records_to, limit_fetch_wait, quiet_monitor
+    from worker.client_security import faust_credentials
+    from worker.kafka_boundary import deliver_fetches_whole, deliver_records_to, limit_fetch_wait, quiet_monitor
 
     limit_fetch_wait(settings.fetch_max_wait_ms)
     deliver_fetches_whole()
@@ -274,7 +274,7 @@ def create_app(settings: Settings, runtime: Runtime):
     @app.agent(bars, name="regimetry-bars")
     async def consume(stream) -> None:
         """Subscribes the bars topic and runs the pipeline for as long as Faust runs this agent. Records reach
-        `accept` straight from the consumer (worker/faust_tuning.py); only if that could not be installed do
+        `accept` straight from the consumer (worker/kafka_boundary.py); only if that could not be installed do
         they come through this stream."""
         await runtime.connect()
         pipeline = asyncio.ensure_future(_pipeline())

@@ -25,7 +25,7 @@ def worker_cmd(
         "batch_size": batch_size,
         "ort_threads": ort_threads,
     }
-    from worker.threads import pin_math_threads
+    from worker.blas_threads import pin_math_threads
 
     pin_math_threads()  # takes effect only if numpy is not loaded yet; python -m worker always pins
     for name, value in given.items():

@@ -32,8 +32,7 @@ from regimetry.features import scaled_windows
 from regimetry.regimes import dwell
 from worker.events import build_event, dead_letter, encode
 from worker.metrics import WorkerMetrics
-from worker.serving import Serving
-from worker.state import (
+from worker.redis_store import (
     RedisStore,
     StoredWindows,
     SymbolState,
@@ -43,6 +42,7 @@ from worker.state import (
     pack_embeddings,
     unpack_embeddings,
 )
+from worker.serving import Serving
 from worker.validate import Bar, BarValidator, Reason, Rejection
 
 log = logging.getLogger("regimetry.worker")

@@ -399,7 +399,7 @@ def predict_cmd(
     from regimetry.bundle import BundleError, resolve_bundle_dir
     from regimetry.console import console, fail, stage_progress
     from regimetry.data import BarDataError
-    from regimetry.scoring import DATA_REQUIRED, load_scoring_bars
+    from regimetry.evaluation import DATA_REQUIRED, load_scoring_bars
     from worker.serving import load_serving
     from worker.settings import SettingsError, load_settings
 

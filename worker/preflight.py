@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from worker.connections import kafka_ssl_context, redis_client
+from worker.client_security import kafka_ssl_context, redis_client
 from worker.settings import Settings, mask_url
 
 log = logging.getLogger("regimetry.worker")

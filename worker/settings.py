@@ -1,57 +1,29 @@
-"""Worker settings from the environment (REGIMETRY_*) and an optional settings file.
+"""The worker's settings: the shared connection settings (connect/settings.py) plus the worker's own knobs.
 
-One flat dataclass keeps every knob greppable; precedence is defaults < settings file < environment, so a
-container can ship a file and an operator can still override one value. Secrets (Redis password, SASL
-password) are excluded from repr and from `redacted()`, which is what gets logged.
+One flat dataclass keeps every knob greppable; precedence and secret masking are connect.settings'.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
-from typing import Any, get_type_hints
+from dataclasses import dataclass
+from typing import Any
 
-ENV_PREFIX = "REGIMETRY_"
-SETTINGS_FILE_ENV = "REGIMETRY_SETTINGS"
-SECRET_FIELDS = frozenset({"redis_password", "kafka_sasl_password"})
+from connect.settings import ConnectionSettings, SettingsError, load, mask_url
 
-
-class SettingsError(ValueError):
-    """A setting that cannot be parsed; the message names the variable."""
+__all__ = ["Settings", "SettingsError", "load_settings", "mask_url"]
 
 
 @dataclass(frozen=True, repr=False)
-class Settings:
-    # Kafka
-    broker_url: str = "kafka://127.0.0.1:9092"
+class Settings(ConnectionSettings):
+    # Kafka consumer group. Short group timeouts: Tansu (and small clusters) rebalance in seconds instead of ~30 s.
     group_id: str = "regimetry-worker"
-    bars_topic: str = "bars"
-    events_topic: str = "regime-events"
-    dlq_topic: str = "bars-dlq"
-    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
-    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = ""
-    kafka_ssl_cafile: str = ""
-    kafka_ssl_certfile: str = ""
-    kafka_ssl_keyfile: str = ""
-    # Short group timeouts: Tansu (and small clusters) rebalance in seconds instead of ~30 s.
     session_timeout: float = 10.0
     rebalance_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     commit_interval: float = 1.0
     fetch_max_wait_ms: int = 100  # Faust hard-codes 1500, which delays every bar ~450 ms on Tansu
-    startup_timeout: float = 30.0  # seconds the broker and Redis may take to answer at start (then exit 3 / 4)
     # Redis
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: str = ""
-    redis_tls: bool = False
-    redis_tls_cafile: str = ""
     redis_retry_max_seconds: float = 5.0  # back-off cap while Redis is unreachable
-    key_prefix: str = "regimetry"
     dedupe_window: int = 1024  # bars and events kept per symbol so a redelivery re-emits its event
     # Model and inference
     bundle: str = "exported_models"
@@ -62,7 +34,7 @@ class Settings:
     classify_threads: int = 1
     batch_size: int = 1024  # bars per micro-batch at most: per-batch costs (Redis calls per symbol) amortise
     batch_within: float = 0.05  # seconds a partial micro-batch may wait
-    # Records go from Faust's consumer straight into the micro-batch buffer (worker/faust_tuning.py); false
+    # Records go from Faust's consumer straight into the micro-batch buffer (worker/kafka_boundary.py); false
     # sends them through Faust's agent stream instead: slower, same results, an escape hatch
     direct_records: bool = True
     # Input checks
@@ -78,91 +50,12 @@ class Settings:
     log_level: str = "info"
     audit_log: str = ""  # JSON-lines audit of model loads and version changes (regimetry.audit); "" = off
 
-    def __repr__(self) -> str:
-        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.redacted().items())})"
-
-    def redacted(self) -> dict[str, Any]:
-        """All settings with secrets masked: safe for logs."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in SECRET_FIELDS:
-            out[name] = "***" if out[name] else ""
-        for name in ("redis_url", "broker_url"):
-            out[name] = mask_url(out[name])
-        return out
-
     @property
     def faust_broker(self) -> str:
         url = self.broker_url
         return url if "://" in url else f"kafka://{url}"
 
 
-_URL_START = re.compile(r"(?=\b[A-Za-z][A-Za-z0-9+.-]*://)")
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^:/@]*):(.*)@([^@]*)$", re.S)
-
-
-def mask_url(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host (a password may live in the URL too).
-
-    The password runs to the LAST '@' of its URL: a raw '@' inside it (which clients accept) must not leave
-    its tail in the log. Several URLs in one setting (`kafka://b1;kafka://b2`) are masked one by one."""
-    out = []
-    for piece in _URL_START.split(url):
-        m = _USERINFO.match(piece)
-        out.append(f"{m.group(1)}{m.group(2)}:***@{m.group(4)}" if m else piece)
-    return "".join(out)
-
-
-def _parse(name: str, kind: Any, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        return tuple(raw) if kind == tuple[str, ...] else raw
-    try:
-        if kind is bool:
-            if raw.strip().lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.strip().lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(raw)
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if kind == tuple[str, ...]:
-            return tuple(s.strip() for s in raw.split(",") if s.strip())
-        return raw
-    except ValueError:
-        raise SettingsError(
-            f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {getattr(kind, '__name__', kind)}"
-        ) from None
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise SettingsError(f"settings file {path} (from {SETTINGS_FILE_ENV}) does not exist")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise SettingsError(f"settings file {path} must hold a mapping of setting names to values")
-    return data
-
-
 def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Defaults, then the file named by REGIMETRY_SETTINGS, then REGIMETRY_* variables, then overrides."""
-    env = dict(os.environ if env is None else env)
-    hints = get_type_hints(Settings)
-    known = {f.name for f in fields(Settings)}
-    values: dict[str, Any] = {}
-    if env.get(SETTINGS_FILE_ENV):
-        for k, v in _read_file(Path(env[SETTINGS_FILE_ENV])).items():
-            if k not in known:
-                raise SettingsError(f"unknown setting {k!r} in {env[SETTINGS_FILE_ENV]}")
-            values[k] = _parse(k, hints[k], v)
-    for name in known:
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = _parse(name, hints[name], raw)
-    return replace(Settings(**values), **overrides)
+    return load(Settings, env, **overrides)

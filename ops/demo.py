@@ -1,6 +1,6 @@
 """`regimetry demo`: the whole live path on one machine with nothing but this repository installed.
 
-Starts the embedded Tansu broker and Redis (regimetry.stack), a worker process serving the committed bundle,
+Starts the embedded Tansu broker and Redis (devstack.stack), a worker process serving the committed bundle,
 replays the EURUSD sample into `bars` (plus three deliberately bad messages so the dead-letter path shows),
 prints regime events as they arrive, and ends with a summary: events, transitions, regime shares against the
 training baseline, the worker's drift gauges, dead letters by reason, and how many live regimes equal the
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from devstack.kafka_kit import bar_message
 from regimetry.data import BarSeries
-from regimetry.feed import bar_message
 
 # The bad messages the demo sends after the sample, and the dead-letter reason each must get.
 BAD_BARS_EXPECTED = {"malformed_json": 1, "high_below_low": 1, "out_of_order": 1}
@@ -69,7 +69,7 @@ def scrape(port: int) -> dict:
     """Drift gauges, dead letters by reason and latency figures from the worker's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from regimetry.stack import metrics_text
+    from devstack.stack import metrics_text
 
     out: dict = {"drift": {}, "dlq": {}}
     for family in text_string_to_metric_families(metrics_text(port)):
@@ -158,7 +158,7 @@ class _Feeder(threading.Thread):
         self.prod.send("bars", key=symbol.encode(), value=msg)
 
     def run(self) -> None:
-        from regimetry.ops.replay import Pace, replay
+        from ops.replay import Pace, replay
 
         try:
             replay([self.series], self._send, Pace(rate=self.rate), on_sent=self.on_sent)
@@ -183,7 +183,7 @@ def _collect(
     log: Path,
 ) -> list[dict]:
     """Unique events from regime-events until `expected` arrived (printing them per `show`), with a deadline."""
-    from regimetry.ops.events_view import Seen, decode, line
+    from ops.events_view import Seen, decode, line
 
     seen, events = Seen(), []
     deadline = time.monotonic() + timeout
@@ -207,7 +207,7 @@ def _collect(
 
 def _final_metrics(port: int, dead_letters: int) -> dict:
     """The worker's figures once it has counted every bad message (they trail the last event)."""
-    from regimetry.stack import wait_until
+    from devstack.stack import wait_until
 
     def counted() -> dict | None:
         m = scrape(port)
@@ -220,12 +220,12 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     """Run the demo; returns the summary. Raises TimeoutError if the events do not all arrive in time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from devstack.kafka_kit import Collector, producer
+    from devstack.stack import start_stack, start_worker
+    from ops.events_view import HEADER
+    from ops.replay import load_series
     from regimetry.bundle import resolve_bundle_dir
-    from regimetry.feed import Collector, producer
     from regimetry.inference import RegimeModel
-    from regimetry.ops.events_view import HEADER
-    from regimetry.ops.replay import load_series
-    from regimetry.stack import start_stack, start_worker
 
     bundle_dir = resolve_bundle_dir(locate_bundle(opts.bundle)).resolve()  # the worker runs in the demo workdir
     model = RegimeModel(bundle_dir)

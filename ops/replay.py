@@ -2,7 +2,7 @@
 
 Pacing follows a schedule fixed at the start (message i is due at start + offset_i), so a slow send is caught
 up rather than accumulated, and `--speed 60x` really plays one hour of bars in one minute. Messages use the
-worker's wire format (regimetry.feed.bar_message) with the symbol as key, so per-symbol order is kept by
+worker's wire format (devstack.kafka_kit.bar_message) with the symbol as key, so per-symbol order is kept by
 Kafka's per-partition order.
 """
 
@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from devstack.kafka_kit import bar_message
 from regimetry.data import BarSeries
-from regimetry.feed import bar_message
 
 
 class PaceError(ValueError):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from regimetry.ops.events_view import Seen, decode, wanted
+from ops.events_view import Seen, decode, wanted
 
 
 @dataclass(frozen=True)

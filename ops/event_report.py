@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from regimetry.ops.events_view import CSV_COLUMNS, decode, flat, unique
+from ops.events_view import CSV_COLUMNS, decode, flat, unique
 
 
 def parse_time(text: str | None) -> int | None:
@@ -37,7 +37,7 @@ def read_all(
 
     The consumer must not be subscribed: all partitions are assigned here, so no group is joined or moved.
     """
-    from regimetry.ops.kafka import assign_all
+    from ops.kafka import assign_all
 
     deadline = clock() + timeout
     targets = consumer.end_offsets(assign_all(consumer, topic, from_beginning=True))

@@ -16,10 +16,10 @@ from regimetry.console import console, fail
 
 
 def _settings(broker: str | None):
-    from worker.settings import SettingsError, load_settings
+    from connect.settings import SettingsError, load_connection_settings
 
     try:
-        return load_settings(**({"broker_url": broker} if broker else {}))
+        return load_connection_settings(**({"broker_url": broker} if broker else {}))
     except SettingsError as exc:
         fail(str(exc))
 
@@ -47,9 +47,9 @@ def replay_cmd(
         TimeRemainingColumn,
     )
 
+    from ops.kafka import producer
+    from ops.replay import Pace, PaceError, load_series, replay
     from regimetry.data import BarDataError
-    from regimetry.ops.kafka import producer
-    from regimetry.ops.replay import Pace, PaceError, load_series, replay
 
     sources = [str(p) for p in csv] + list(sample)
     if not sources:
@@ -111,9 +111,9 @@ def tail_cmd(
     """Follow regime events as a strategy would: a table or JSON lines on stdout."""
     from rich.console import Console
 
-    from regimetry.ops.events_view import HEADER, line
-    from regimetry.ops.kafka import assign_all, consumer
-    from regimetry.ops.tail import TailOptions, follow, json_line, kafka_poller
+    from ops.events_view import HEADER, line
+    from ops.kafka import assign_all, consumer
+    from ops.tail import TailOptions, follow, json_line, kafka_poller
 
     s = _settings(broker)
     out = Console(highlight=False, soft_wrap=True)
@@ -160,8 +160,8 @@ def report_cmd(
     broker: str | None = BROKER,
 ) -> None:
     """Write the regime events of a bar-time range (de-duplicated) to CSV and/or JSON; CSV to stdout if neither."""
-    from regimetry.ops.kafka import consumer
-    from regimetry.ops.report import parse_time, read_all, select, to_csv, write
+    from ops.event_report import parse_time, read_all, select, to_csv, write
+    from ops.kafka import consumer
 
     try:
         t0, t1 = parse_time(since), parse_time(until)
@@ -193,7 +193,7 @@ def topics_cmd(
     broker: str | None = BROKER,
 ) -> None:
     """Create the bars, regime-events and bars-dlq topics if missing (idempotent; run before the worker)."""
-    from regimetry.ops.topics import ensure_topics, plan
+    from ops.topics import ensure_topics, plan
 
     s = _settings(broker)
     found = ensure_topics(s, plan(s, bars_partitions, events_partitions, dlq_partitions), replication, timeout)
@@ -214,11 +214,11 @@ def demo_cmd(
     """Embedded Kafka (Tansu) + Redis + worker, replay the EURUSD sample, show events and a summary; then stop."""
     from rich.console import Console
 
+    from devstack.stack import StackError
+    from ops.demo import DemoOptions, run_demo
+    from ops.render import print_summary
     from regimetry.bundle import BundleError
     from regimetry.data import BarDataError
-    from regimetry.ops.demo import DemoOptions, run_demo
-    from regimetry.ops.render import print_summary
-    from regimetry.stack import StackError
 
     if show not in ("all", "transitions", "none"):
         fail("--show must be all, transitions or none")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.settings import Settings
+from connect.settings import ConnectionSettings as Settings
 
 # Environment variables read by `regimetry topics` (besides the worker's own settings), with defaults.
 TOPIC_ENV = {
@@ -39,8 +39,8 @@ def ensure_topics(s: Settings, topics: list[TopicPlan], replication: int = 1, ti
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from regimetry.ops.kafka import admin
-    from regimetry.stack import wait_until
+    from devstack.stack import wait_until
+    from ops.kafka import admin
 
     client = wait_until(lambda: admin(s), timeout, "Kafka answering the admin client", interval=1.0)
     try:

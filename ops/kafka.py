@@ -1,4 +1,4 @@
-"""kafka-python clients built from the worker's Settings.
+"""kafka-python clients built from the connection settings the worker reads too (connect/settings.py).
 
 One translation of REGIMETRY_BROKER_URL and the SASL/TLS settings into kafka-python keyword arguments, so
 `replay`, `tail`, `report-events` and `topics` authenticate exactly like the worker (which goes through
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from worker.settings import Settings
+from connect.settings import ConnectionSettings as Settings
 
 
 def bootstrap_servers(broker_url: str) -> list[str]:
