@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,11 +156,6 @@ class Collector:
     def wait_for_bars(self, n: int, timeout: float, what: str) -> list[dict]:
         """Wait until events for `n` distinct (symbol, bar_time) pairs have arrived."""
         return self.wait_for(lambda v: len({(e["symbol"], e["bar_time"]) for e in v}) >= n, timeout, what)
-
-    def stream(self) -> Iterator:
-        while True:
-            self.poll()
-            yield from self.records
 
     def close(self) -> None:
         self._consumer.close()

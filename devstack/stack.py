@@ -27,7 +27,7 @@ class StackError(RuntimeError):
     """A stack component did not start or answer in time; the message includes its log tail."""
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
     """Poll `check` until it returns a truthy value or `timeout` seconds pass (then raise naming `what`)."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -330,7 +330,7 @@ def start_worker(
     Ready means: bundle verified, Redis scripts loaded, Kafka group joined and partitions assigned
     (regimetry_worker_ready == 1).
     """
-    port = int(settings.pop("metrics_port", 0) or free_port())  # type: ignore[arg-type]
+    port = int(str(settings.pop("metrics_port", 0) or free_port()))
     env = {**os.environ, **stack.env(metrics_port=port, **settings)}
     env.setdefault("PYTHONUNBUFFERED", "1")
     proc = _spawn(name, [sys.executable, "-m", "worker"], workdir, port, env)

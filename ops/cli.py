@@ -19,7 +19,7 @@ def _settings(broker: str | None):
     from connect.settings import SettingsError, load_connection_settings
 
     try:
-        return load_connection_settings(**({"broker_url": broker} if broker else {}))
+        return load_connection_settings(None, **({"broker_url": broker} if broker else {}))
     except SettingsError as exc:
         fail(str(exc))
 

@@ -185,7 +185,7 @@ def _collect(
     """Unique events from regime-events until `expected` arrived (printing them per `show`), with a deadline."""
     from ops.events_view import Seen, decode, line
 
-    seen, events = Seen(), []
+    seen, events = Seen(), list[dict]()
     deadline = time.monotonic() + timeout
     while len(events) < expected:
         if feeder.failure is not None:

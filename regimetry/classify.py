@@ -9,8 +9,9 @@ tree, built once at load (~2.5x faster than a full distance matrix for the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class KNNClassifier:
     labels: np.ndarray  # (M,) int64 regime ids
     n_classes: int
     k: int = 15
+    _tree: Any = field(init=False, repr=False, compare=False)  # scipy cKDTree over `reference`
 
     def __post_init__(self) -> None:
         from scipy.spatial import cKDTree

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
 if not console.is_terminal:  # logs and CI: do not squeeze tables and progress into 80 columns
@@ -32,7 +32,7 @@ def stage_progress() -> Iterator:
         console=console,
         transient=False,
     )
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def update(stage: str, step: int, total: int, message: str = "") -> None:
         if stage not in tasks:

@@ -111,7 +111,7 @@ def training_overlap(window_end: np.ndarray, symbol: str, manifest: dict) -> dic
     same symbol those are windows the bundle was trained on, so their scores are in-sample."""
     d = manifest.get("data") or {}
     t0, t1 = d.get("start"), d.get("train_end")
-    out = {"training_windows": 0, "share": 0.0, "same_symbol": None, "warning": None}
+    out: dict[str, object] = {"training_windows": 0, "share": 0.0, "same_symbol": None, "warning": None}
     if t0 is None or t1 is None or len(window_end) == 0:
         return out
     inside = (window_end >= int(t0)) & (window_end <= int(t1))
@@ -186,6 +186,7 @@ def score_bundle(
     # flat-next: each step's window extended by `stride` flat bars, embedded, and decoded one step ahead from
     # the decoder's values at that step, like any window
     flat_w = flat_next_windows(sub.values, end_bar[steps], b.spec, b.scaler, b.window_size, n_flat=s)
+    assert r.values is not None, "run_series always returns the decoder values"
     flat_next = next_window_regimes(model.space, model.decoder, r.values[steps], flat_w, model.embed(flat_w))
 
     reg = r.regime[rows]

@@ -59,11 +59,6 @@ class RegimeModel:
         self.decoder = JumpDecoder.from_dict(b.manifest["regimes"]["decoder"])
 
     # -- the three steps, each batched ------------------------------------------------------------------
-    def windows(self, histories: np.ndarray) -> np.ndarray:
-        """(B, >= history_bars, 5) bars -> (B, W, F) scaled feature windows ending at each history's last bar."""
-        b = self.bundle
-        return scaled_windows(histories[:, -b.history_bars :, :], b.spec, b.scaler, b.window_size)[:, 0]
-
     # ONNX Runtime's per-window cost of the encoder grows with the batch once its attention tensors leave the
     # CPU cache: ~60 us per window in blocks of <= 64, ~90 us in one call of 256 (2-core test machine).
     ENCODER_BLOCK = 64

@@ -172,7 +172,7 @@ def _verdict(report: dict, baselines: list[str]) -> tuple[dict, bool, str]:
     over all steps (strictly; a tie is not a win). Otherwise say which baseline it loses to or ties with on
     which measure."""
     comparisons: dict = {}
-    shortfalls = []
+    shortfalls: list[tuple[int, str]] = []
     for key, label in MEASURES:
         for b in baselines:
             f, v = _measure(report, "forecaster", key), _measure(report, b, key)
@@ -192,7 +192,7 @@ def _verdict(report: dict, baselines: list[str]) -> tuple[dict, bool, str]:
             elif outcome == "undefined":
                 shortfalls.append((2, f"cannot be compared with {b} on {label} (no steps)"))
     beats = not shortfalls
-    shortfalls = [text for _, text in sorted(shortfalls, key=lambda x: x[0])]  # losses first, then ties
+    reasons = [text for _, text in sorted(shortfalls, key=lambda x: x[0])]  # losses first, then ties
     skipped = "" if "flat_next" in baselines else " (flat_next baseline not computed)"
     if beats:
         best = {key: max(baselines, key=lambda b: comparisons[b][key]["baseline"]) for key, _ in MEASURES}
@@ -202,7 +202,7 @@ def _verdict(report: dict, baselines: list[str]) -> tuple[dict, bool, str]:
             for key, label in MEASURES
         )
     else:
-        text = f"forecaster does NOT beat the baselines{skipped}: " + "; ".join(shortfalls)
+        text = f"forecaster does NOT beat the baselines{skipped}: " + "; ".join(reasons)
     return comparisons, beats, text
 
 

@@ -88,7 +88,3 @@ def permute_clustering(cl: Clustering, perm: np.ndarray) -> Clustering:
         cl.decoder,
         cl.selection,
     )
-
-
-def is_permutation(perm: np.ndarray, n: int) -> bool:
-    return sorted(np.asarray(perm).tolist()) == list(range(n))

@@ -147,7 +147,7 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> Train
     `regimetry lock`, whose frozen config and seed are used after its feature hash is checked.
     """
     values = yaml.safe_load(Path(path).read_text()) if path else {}
-    if isinstance(values, dict) and values.get("kind") == "regimetry-locked-profile":
+    if path and isinstance(values, dict) and values.get("kind") == "regimetry-locked-profile":
         from trainer.locked_profile import load as load_locked
 
         values = load_locked(path).config.to_dict()

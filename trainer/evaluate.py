@@ -40,7 +40,7 @@ def planted_recovery(
     """
     from sklearn.metrics import adjusted_rand_score
 
-    out = {"ari_regimetry": float(adjusted_rand_score(planted, found))}
+    out: dict[str, object] = {"ari_regimetry": float(adjusted_rand_score(planted, found))}
     try:
         from hmmlearn.hmm import GaussianHMM
     except ImportError:  # pragma: no cover

@@ -162,7 +162,7 @@ def share_bars(shares: np.ndarray, durations: np.ndarray, path: Path, names: Seq
         )
     ax.axhline(1.0 / k, color="grey", linestyle="--", linewidth=0.8, label="balanced (1/K)")
     ax.set_xticks(range(k))
-    ax.set_xticklabels([regime_label(r, names) for r in range(k)], **({"fontsize": 8} if names else {}))
+    ax.set_xticklabels([regime_label(r, names) for r in range(k)], fontsize=8 if names else None)
     ax.set_ylim(0, max(float(np.max(shares)) * 1.3, 1.0 / k * 1.3))
     ax.set_ylabel("share of bars")
     ax.set_title("Regime shares (label: share, mean duration)")

@@ -117,7 +117,7 @@ class Aligner:
 
     def overlap(self, end_time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices of new windows the previous bundle labelled too, the previous labels of those windows)."""
-        if self.prev.times is None:
+        if self.prev.times is None or self.prev.labels is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         pos = np.searchsorted(self.prev.times, end_time)
         pos = np.minimum(pos, len(self.prev.times) - 1)
@@ -246,7 +246,7 @@ def refresh(
     record = aligner.record if aligner else None
     flagged = bool(record and record["flagged"])
     log("aligned", model_version=version, **(record or {"method": "none", "reason": "no previous bundle"}))
-    if flagged:
+    if record is not None and flagged:
         log(
             "flagged",
             model_version=version,

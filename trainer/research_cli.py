@@ -23,7 +23,7 @@ def search_cmd(
 ) -> None:
     """Train and score every configuration of a grid; rank them; write ranking.csv, shortlist.json and
     best_config.yaml. Rerun the same command to resume an interrupted search."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from trainer.search import run_search
     from trainer.search_spec import load_search
@@ -44,7 +44,7 @@ def search_cmd(
         TextColumn("{task.description}"),
         console=console,
     )
-    task = None
+    task: TaskID | None = None
 
     def on_start(todo: int, done: int) -> None:
         nonlocal task
@@ -56,6 +56,7 @@ def search_cmd(
 
     def on_done(record: dict, how: str) -> None:
         style = {"trained": "green", "skipped": "dim", "failed": "red"}[how]
+        assert task is not None, "on_start comes first"
         bar.update(task, advance=1, description=f"[{style}]{how}[/] {record['id']}")
         if how == "failed":
             console.print(f"[red]candidate {record['id']} failed:[/] {record['error'].splitlines()[0]}")

@@ -140,7 +140,8 @@ def run_search(
     on_start(len(todo), len(finished))
     for rec in finished.values():
         on_done(rec, "skipped")
-    trained, failed = [], []
+    trained: list[str] = []  # candidate ids
+    failed: list[str] = []
 
     def collect(rec: dict) -> None:
         finished[rec["id"]] = rec

@@ -20,8 +20,13 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.pipeline import BatchProcessor
+    from worker.serving import Serving
 
 log = logging.getLogger("regimetry.worker")
 
@@ -44,8 +49,8 @@ class Runtime:
         self._record_model()
         self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols, settings.max_future_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regimetry-infer")
-        self.processor = None
-        self.pending = None  # a verified Serving waiting for the next batch boundary
+        self.processor: BatchProcessor | None = None
+        self.pending: Serving | None = None  # a verified Serving waiting for the next batch boundary
         self.connected = False
         self.assigned = False
         self._partitions: dict[tuple[str, bytes], int] = {}  # (topic, key) -> partition of keyed sends
@@ -234,7 +239,7 @@ def create_app(settings: Settings, runtime: Runtime):
     )
     bars = app.topic(settings.bars_topic, key_type=bytes, value_type=bytes)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # Faust awaits async receivers too
     async def _assigned(sender, assigned, **kwargs) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
         # Faust passes the whole new assignment: whatever is not in it was revoked
@@ -312,6 +317,7 @@ def create_app(settings: Settings, runtime: Runtime):
     async def _process(batch: list):
         runtime.apply_pending()
         messages, checked = zip(*batch)  # Faust messages carry every field of a Record: no copy per bar
+        assert runtime.processor is not None, "batches are taken only once connected"
         return await runtime.processor.process(messages, checked)
 
     async def _confirm_and_ack(batch: list, out, t0: float) -> None:

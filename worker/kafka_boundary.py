@@ -36,7 +36,7 @@ def limit_fetch_wait(fetch_max_wait_ms: int) -> None:
 
     scoped = types.ModuleType("aiokafka")
     scoped.__dict__.update(aiokafka.__dict__)
-    scoped.AIOKafkaConsumer = Consumer
+    scoped.AIOKafkaConsumer = Consumer  # type: ignore[attr-defined]
     driver.aiokafka = scoped
 
 
@@ -114,7 +114,7 @@ def deliver_fetches_whole() -> bool:
                     continue  # already delivered (a re-fetch after a seek)
                 if last and offset - last > 1 and acks_enabled_for(message.topic):
                     await self._add_gap(tp, last + 1, offset)  # compacted or transactional hole: ack it
-                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                if self._commit_every is not None and self._n_acked >= self._commit_every:  # type: ignore[has-type]
                     self._n_acked = 0
                     await self.commit()
                 if message.topic in sinks:

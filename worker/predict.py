@@ -323,8 +323,8 @@ class Summary:
         n = sum(self.rows)
         trained = {int(p["id"]): p for p in manifest.get("regime_profiles") or []}
         console.print(
-            f"[bold]{symbol}[/]: {n} bars with a full window, {iso_utc(self.first_time)} .. "
-            f"{iso_utc(self.last_time)}; model {manifest['model_version']}; {self.transitions} transitions, "
+            f"[bold]{symbol}[/]: {n} bars with a full window, {iso_utc(self.first_time or 0)} .. "
+            f"{iso_utc(self.last_time or 0)}; model {manifest['model_version']}; {self.transitions} transitions, "
             f"{self.ood} OOD bars ({self.ood / n:.1%})"
         )
         t = Table(title="regimes")
@@ -418,7 +418,7 @@ def predict_cmd(
         k = serving.n_clusters
         summary = Summary(k, tail)
         sym = symbol or series.symbol
-        if out is not None:
+        if out is not None and fmt is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             writer = WRITERS[fmt](out, k)
         console.print(

@@ -146,8 +146,7 @@ class SymbolState:
     regime: int | None
     pred: int | None
     model_version: str | None
-    bar_times: np.ndarray  # the last history - 1 stored bars (all of them: read_bars)
-    bars: np.ndarray
+    bars: np.ndarray  # (n, 5) the last history - 1 stored bars (all of them: read_bars)
     emb: bytes  # concatenated packed members (embedding + costs), oldest first
     oldest_time: int | None
     lookups: dict[int, tuple[bytes, bytes]]  # bar time <= last_time -> (stored bar, stored event) or b""
@@ -228,13 +227,12 @@ class RedisStore:
         out = {}
         for s, (meta_pairs, bars, emb, oldest, lookups, n_bars) in zip(symbols, replies):
             meta = dict(zip(meta_pairs[::2], meta_pairs[1::2]))
-            times, values = unpack_bars(bars)
+            _, values = unpack_bars(bars)
             out[s] = SymbolState(
                 last_time=_int_or_none(meta.get(b"last_time")),
                 regime=_int_or_none(meta.get(b"regime")),
                 pred=_int_or_none(meta.get(b"pred")),
                 model_version=meta[b"model_version"].decode() if b"model_version" in meta else None,
-                bar_times=times,
                 bars=values,
                 emb=emb,
                 oldest_time=int(float(oldest)) if oldest not in (b"", "") else None,
