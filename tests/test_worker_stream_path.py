@@ -1,4 +1,5 @@
-"""The escape hatch REGIMETRY_DIRECT_RECORDS=false: records through Faust's agent stream give the same events.
+"""The escape hatch REGIMETRY_DIRECT_RECORDS=false: stock Faust (its own transport, consumer, Monitor and
+producer.send, nothing of worker/kafka_boundary.py) gives the same events, the batch reference.
 
 Runs its own worker on its own topics, consumer group and Redis key prefix, so the session worker is not
 disturbed.
@@ -43,7 +44,9 @@ def test_stream_path_gives_the_batch_reference_and_reemits_duplicates(stack, mod
         events.wait_for(lambda v: len(v) >= expected + 5, 90, "the duplicates' events re-emitted")
     finally:
         worker.stop()
-    assert "through Faust's agent stream" in worker.log.read_text()
+    log = worker.log.read_text()
+    assert "through Faust's agent stream" in log
+    assert "consumer transport faust.transport.drivers.aiokafka.Transport" in log  # Faust's own class
     for s, b in data.items():
         assert_matches_reference(model, b, by_symbol(vals[:expected], s))
     by_id = events.copies_by_event_id()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
@@ -274,45 +273,6 @@ def test_compiled_schema_agrees_with_jsonschema(doc):
     except fastjsonschema.JsonSchemaValueException:
         accepted = False
     assert accepted == schema_validator("bar.schema.json").is_valid(doc)
-
-
-def test_faust_consumer_fetch_wait_is_bounded():
-    """Faust hard-codes fetch_max_wait_ms=1500 (~450 ms extra latency per bar on Tansu); the worker caps it
-    for Faust's consumers only."""
-    import aiokafka
-    import faust.transport.drivers.aiokafka as driver
-
-    from worker.kafka_boundary import limit_fetch_wait
-
-    async def build():
-        return driver.aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=1500)
-
-    original = driver.aiokafka
-    try:
-        limit_fetch_wait(100)
-        consumer = asyncio.run(build())
-        assert consumer._fetch_max_wait_ms == 100
-        assert aiokafka.AIOKafkaConsumer is not driver.aiokafka.AIOKafkaConsumer  # nobody else is affected
-    finally:
-        driver.aiokafka = original
-
-
-def test_installed_faust_takes_the_direct_record_path():
-    """The worker's throughput relies on records bypassing Faust's per-record stream path
-    (worker/kafka_boundary.py); with another Faust it falls back to the stream, slower. This fails first when
-    an upgrade changes the consumer internals the override needs, so the fallback is never silent in CI."""
-    import faust
-    import faust.transport.drivers.aiokafka as driver
-
-    from worker.kafka_boundary import RECORD_SINKS, deliver_records_to
-
-    async def sink(messages: list) -> None:
-        return None
-
-    app = faust.App("units-direct-path", broker="kafka://127.0.0.1:1")
-    assert deliver_records_to(app, "bars", sink)
-    assert getattr(app, RECORD_SINKS) == {"bars": sink}
-    assert getattr(driver.Transport.Consumer, "delivers_fetches_whole", False)
 
 
 def test_current_regime_forgets_symbols_of_partitions_moved_away():

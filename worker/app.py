@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from worker.settings import Settings
 
@@ -150,13 +150,21 @@ class Runtime:
         m.batch_latency.observe(time.perf_counter() - t0)
         m.set_drift(self.serving.drift.snapshot())
 
+    async def _send_stock(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> list:
+        """Stock Faust (REGIMETRY_DIRECT_RECORDS=false): one public ``producer.send`` per message, in order."""
+        return [
+            await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
+            for topic, key, value in messages
+        ]
+
     async def _deliver(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> None:
         """Send and await broker acknowledgement; on failure resend everything (duplicates are harmless,
         losses are not) with capped back-off."""
         delay = 0.1
         while True:
             try:
-                await asyncio.gather(*await self._send_batches(app, messages))
+                send = self._send_batches if self.settings.direct_records else self._send_stock
+                await asyncio.gather(*await send(app, messages))
                 return
             except Exception as exc:  # broker trouble: keep the batch unacknowledged and try again
                 log.warning("sending %d messages failed (%r); retrying in %.1f s", len(messages), exc, delay)
@@ -172,7 +180,9 @@ class Runtime:
         debug line, ~25 us of event-loop time per event at full load; a record batch takes an append per
         message. Partitions come from the same default partitioner a keyed send uses (murmur2 of the key,
         via Faust's key_partition), cached per key, so events land where a keyed send would put them."""
-        producer = app.producer._ensure_producer()  # the aiokafka producer Faust started and stops
+        from worker.kafka_boundary import aiokafka_producer
+
+        producer = aiokafka_producer(app)  # the aiokafka producer Faust started and stops
         for topic in {topic for topic, _, _ in messages} - self._topics_ready:
             await producer.partitions_for(topic)  # waits for the topic's metadata, as a keyed send would
             self._topics_ready.add(topic)
@@ -213,13 +223,13 @@ def create_app(settings: Settings, runtime: Runtime):
     """The Faust app with raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's."""
     import faust
 
+    from worker import kafka_boundary
     from worker.batching import MicroBatcher
     from worker.client_security import faust_credentials
-    from worker.kafka_boundary import deliver_fetches_whole, deliver_records_to, limit_fetch_wait, quiet_monitor
 
-    limit_fetch_wait(settings.fetch_max_wait_ms)
-    deliver_fetches_whole()
-
+    direct = settings.direct_records
+    # stock Faust (direct_records false) keeps Faust's own Monitor too: nothing of kafka_boundary is used
+    extra: dict[str, Any] = {"Monitor": kafka_boundary.quiet_monitor()} if direct else {}
     app = faust.App(
         settings.group_id,
         broker=settings.faust_broker,
@@ -235,7 +245,7 @@ def create_app(settings: Settings, runtime: Runtime):
         broker_commit_interval=settings.commit_interval,
         producer_acks=-1,
         topic_allow_declare=True,
-        Monitor=quiet_monitor(),
+        **extra,
     )
     bars = app.topic(settings.bars_topic, key_type=bytes, value_type=bytes)
 
@@ -268,12 +278,16 @@ def create_app(settings: Settings, runtime: Runtime):
         await batches.feed(messages, prepare)
         runtime.metrics.buffered.set(len(batches))
 
-    direct = settings.direct_records and deliver_records_to(app, settings.bars_topic, accept)
+    if direct:  # this app's own consumer (worker/kafka_boundary.py); stock Faust otherwise
+        kafka_boundary.install(app, settings.fetch_max_wait_ms, {settings.bars_topic: accept})
+    transport = type(app.transport)
     log.info(
-        "bar records go %s",
+        "bar records go %s; consumer transport %s.%s",
         "straight from the consumer into the micro-batch buffer"
         if direct
-        else "through Faust's agent stream into the micro-batch buffer",
+        else "through Faust's agent stream into the micro-batch buffer (stock Faust, public API only)",
+        transport.__module__,
+        transport.__qualname__,
     )
 
     @app.agent(bars, name="regimetry-bars")
