@@ -1,12 +1,8 @@
-"""The Faust application: bars topic -> micro-batches -> BatchProcessor -> regime-events / bars-dlq.
+"""The worker process, wired: settings, the model in force (Runtime), the Faust app, and `main`.
 
-Records of the bars topic go from Faust's consumer into a micro-batch buffer (worker/batching.py, via
-worker/kafka_boundary.deliver_records_to), where they are tracked as unacknowledged; Faust commits no offset
-past an unacknowledged record. A batch's records are acknowledged only after Redis holds the batch and the
-broker has confirmed every event and dead letter it produced. A crash anywhere before that leaves the
-offsets uncommitted and the batch is redelivered; the Redis state turns the redelivery into byte-identical
-re-emissions. Exactly-once and idempotent producers are deliberately not used (Tansu does not support them,
-and the event id already makes duplicates harmless for subscribers).
+The loop itself (take -> process -> deliver -> ack, with the commit steps numbered) is worker/runner.py; the
+processing steps are worker/pipeline.py; the send path worker/delivery.py; everything below Faust's public
+API worker/kafka_boundary.py.
 """
 
 from __future__ import annotations
@@ -22,7 +18,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from worker.runner import EXIT_BROKEN_BATCH, Runner
 from worker.settings import Settings
+
+__all__ = ["EXIT_BAD_BUNDLE", "EXIT_BROKEN_BATCH", "Runtime", "create_app", "main"]
 
 if TYPE_CHECKING:
     from worker.pipeline import BatchProcessor
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("regimetry.worker")
 
 EXIT_BAD_BUNDLE = 2
-EXIT_BROKEN_BATCH = 70  # EX_SOFTWARE: a bug while processing; exit without acknowledging the batch
 
 
 class Runtime:
@@ -53,8 +51,6 @@ class Runtime:
         self.pending: Serving | None = None  # a verified Serving waiting for the next batch boundary
         self.connected = False
         self.assigned = False
-        self._partitions: dict[tuple[str, bytes], int] = {}  # (topic, key) -> partition of keyed sends
-        self._topics_ready: set[str] = set()  # topics whose metadata the producer has
 
     @property
     def model(self):
@@ -114,6 +110,13 @@ class Runtime:
         self._record_model()
         log.info("model switched from %s to %s", old.version, self.serving.version)
 
+    async def process(self, messages, checked):
+        """Commit step 1 of one batch (worker/runner.py): the bundle in force (a verified new one switches
+        here, between batches), then plan, infer, store and build (worker/pipeline.py)."""
+        self.apply_pending()
+        assert self.processor is not None, "batches are taken only once connected"
+        return await self.processor.process(messages, checked)
+
     def on_assigned(self) -> None:
         self.assigned = True
         self._update_ready()
@@ -129,14 +132,8 @@ class Runtime:
                 )
             self.metrics.ready.set(1)
 
-    async def confirm(self, app, out, t0: float) -> None:
-        """Stage 2: send the batch's events and dead letters and wait until the broker confirmed them all.
-        It overlaps stage 1 of the next batch, whose sends start only after this returns, so the output
-        topics keep bar order per symbol even when a send has to be repeated."""
-        s = self.settings
-        messages = [(s.events_topic, key, value) for key, value in out.events]
-        messages += [(s.dlq_topic, key, value) for key, value, _ in out.dead]
-        await self._deliver(app, messages)
+    def record(self, out, t0: float) -> None:
+        """A delivered batch's metrics and drift gauges."""
         now = time.time()
         m = self.metrics
         m.events_emitted.inc(len(out.events))
@@ -150,64 +147,6 @@ class Runtime:
         m.batch_latency.observe(time.perf_counter() - t0)
         m.set_drift(self.serving.drift.snapshot())
 
-    async def _send_stock(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> list:
-        """Stock Faust (REGIMETRY_DIRECT_RECORDS=false): one public ``producer.send`` per message, in order."""
-        return [
-            await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=None)
-            for topic, key, value in messages
-        ]
-
-    async def _deliver(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> None:
-        """Send and await broker acknowledgement; on failure resend everything (duplicates are harmless,
-        losses are not) with capped back-off."""
-        delay = 0.1
-        while True:
-            try:
-                send = self._send_batches if self.settings.direct_records else self._send_stock
-                await asyncio.gather(*await send(app, messages))
-                return
-            except Exception as exc:  # broker trouble: keep the batch unacknowledged and try again
-                log.warning("sending %d messages failed (%r); retrying in %.1f s", len(messages), exc, delay)
-                self._partitions.clear()  # the topic may have changed (re-created with other partitions)
-                self._topics_ready.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.redis_retry_max_seconds)
-
-    async def _send_batches(self, app, messages: list[tuple[str, bytes | None, bytes]]) -> list:
-        """Queue the messages as one record batch per partition (in order) and return the delivery futures.
-
-        Why not one producer.send per message: each send is a coroutine, a future, a partitioner hash and a
-        debug line, ~25 us of event-loop time per event at full load; a record batch takes an append per
-        message. Partitions come from the same default partitioner a keyed send uses (murmur2 of the key,
-        via Faust's key_partition), cached per key, so events land where a keyed send would put them."""
-        from worker.kafka_boundary import aiokafka_producer
-
-        producer = aiokafka_producer(app)  # the aiokafka producer Faust started and stops
-        for topic in {topic for topic, _, _ in messages} - self._topics_ready:
-            await producer.partitions_for(topic)  # waits for the topic's metadata, as a keyed send would
-            self._topics_ready.add(topic)
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        for topic, key, value in messages:
-            by_partition.setdefault((topic, self._partition(app, topic, key)), []).append((key, value))
-        futures = []
-        for (topic, partition), items in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send, start another
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
-
-    def _partition(self, app, topic: str, key: bytes | None) -> int:
-        if key is None:  # keyless (a dead letter without a key): the partitioner picks one
-            return app.producer.key_partition(topic, key).partition
-        cached = self._partitions.get((topic, key))
-        if cached is None:
-            cached = self._partitions[(topic, key)] = app.producer.key_partition(topic, key).partition
-        return cached
-
 
 def _scratch_dir() -> str:
     """Faust wants a data folder even without tables; ours holds nothing worth keeping, so it goes at exit."""
@@ -220,12 +159,17 @@ def _scratch_dir() -> str:
 
 
 def create_app(settings: Settings, runtime: Runtime):
-    """The Faust app with raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's."""
+    """The Faust app, wired: bars topic -> Runner (worker/runner.py) -> regime-events / bars-dlq.
+
+    Raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's. With direct records (the
+    default) the app has its own consumer (worker/kafka_boundary.py) that hands the bars topic's fetched
+    records to `Runner.accept`; otherwise (stock Faust) the agent reads them from its stream."""
     import faust
 
     from worker import kafka_boundary
     from worker.batching import MicroBatcher
     from worker.client_security import faust_credentials
+    from worker.delivery import Delivery, RecordBatchSender, StockSender
 
     direct = settings.direct_records
     # stock Faust (direct_records false) keeps Faust's own Monitor too: nothing of kafka_boundary is used
@@ -263,22 +207,21 @@ def create_app(settings: Settings, runtime: Runtime):
     if settings.reload_interval > 0:
         app.timer(settings.reload_interval)(runtime.check_for_new_bundle)
 
-    batches: MicroBatcher = MicroBatcher(settings.batch_size, settings.batch_within)
+    delivery = Delivery(RecordBatchSender(app) if direct else StockSender(app), settings.redis_retry_max_seconds)
+    runner = Runner(
+        MicroBatcher(settings.batch_size, settings.batch_within),
+        check=runtime.validator.check,
+        process=runtime.process,
+        deliver=lambda out: delivery.deliver(out.messages(settings.events_topic, settings.dlq_topic)),
+        ack=lambda message: app.consumer.ack(message),
+        record=runtime.record,
+    )
 
-    async def accept(messages: list) -> None:
-        """Take fetched bar messages into the micro-batch buffer (waiting while it is full, which holds the
-        consumer back) and track them, so Faust commits no offset past them until `ack`."""
-        track, check = app.consumer.track_message, runtime.validator.check
+    async def accept(messages: list) -> None:  # the consumer's sink for the bars topic (direct records)
+        await runner.accept(messages, track=app.consumer.track_message)
+        runtime.metrics.buffered.set(len(runner.batches))
 
-        def prepare(piece: list) -> list:
-            for message in piece:
-                track(message)
-            return [(message, check(message.key, message.value)) for message in piece]
-
-        await batches.feed(messages, prepare)
-        runtime.metrics.buffered.set(len(batches))
-
-    if direct:  # this app's own consumer (worker/kafka_boundary.py); stock Faust otherwise
+    if direct:
         kafka_boundary.install(app, settings.fetch_max_wait_ms, {settings.bars_topic: accept})
     transport = type(app.transport)
     log.info(
@@ -292,71 +235,26 @@ def create_app(settings: Settings, runtime: Runtime):
 
     @app.agent(bars, name="regimetry-bars")
     async def consume(stream) -> None:
-        """Subscribes the bars topic and runs the pipeline for as long as Faust runs this agent. Records reach
-        `accept` straight from the consumer (worker/kafka_boundary.py); only if that could not be installed do
-        they come through this stream."""
+        """Subscribes the bars topic (so the group assigns its partitions) and runs the runner for as long as
+        Faust runs this agent. Stock Faust: the records come through this stream (Faust's conductor tracked
+        them already); acks are the runner's, after the broker confirmed the output."""
         await runtime.connect()
-        pipeline = asyncio.ensure_future(_pipeline())
+        running = asyncio.ensure_future(runner.run())
         try:
             if direct:
-                await pipeline
+                await running
             else:
-                stream.enable_acks = False  # acked by _confirm_and_ack, after the broker confirmed the output
+                stream.enable_acks = False
                 async for event in stream.events():
-                    await accept([event.message])
+                    await runner.accept([event.message])
+                    runtime.metrics.buffered.set(len(runner.batches))
         finally:
-            if not pipeline.done():  # shutting down: finish the batch in flight (its acks precede the commit)
-                pipeline.cancel()
+            if not running.done():  # shutting down: finish the batch in flight (its acks precede the commit)
+                running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await pipeline
-
-    async def _pipeline() -> None:
-        """Two stages: while the broker confirms batch N's output, batch N+1 is inferred and stored;
-        meanwhile the consumer validates batch N+2's records into the buffer. Batch N+1's sends start only
-        after N is confirmed, so the output keeps bar order per symbol even when a send is repeated."""
-        confirming: asyncio.Task | None = None
-        try:
-            while True:
-                batch = await batches.take()
-                runtime.metrics.buffered.set(len(batches))
-                t0 = time.perf_counter()
-                out = await _unless_broken(_process(batch))
-                if confirming is not None:
-                    await confirming
-                confirming = asyncio.ensure_future(_unless_broken(_confirm_and_ack(batch, out, t0)))
-        finally:
-            if confirming is not None:
-                await asyncio.wait_for(asyncio.shield(confirming), timeout=30)
-
-    async def _process(batch: list):
-        runtime.apply_pending()
-        messages, checked = zip(*batch)  # Faust messages carry every field of a Record: no copy per bar
-        assert runtime.processor is not None, "batches are taken only once connected"
-        return await runtime.processor.process(messages, checked)
-
-    async def _confirm_and_ack(batch: list, out, t0: float) -> None:
-        await runtime.confirm(app, out, t0)
-        ack = app.consumer.ack
-        for message, _ in batch:
-            ack(message)
+                await running
 
     return app
-
-
-async def _unless_broken(awaitable):
-    """Await a pipeline stage; a bug (input never raises) exits the process without acknowledging anything,
-    so the supervisor restarts the worker and the batches are redelivered. A shutdown lets the stage finish."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            await asyncio.wait_for(task, timeout=30)
-        raise
-    except Exception:
-        log.exception("micro-batch failed; exiting without acknowledging it")
-        logging.shutdown()
-        os._exit(EXIT_BROKEN_BATCH)
 
 
 def main() -> int:

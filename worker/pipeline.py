@@ -72,6 +72,10 @@ class Outgoing:
     warming: int = 0  # new bars stored without an event: the symbol's window is not full yet
     rebuilt: list[tuple[str, str, str]] = field(default_factory=list)  # (symbol, result, detail) per rebuild
 
+    def messages(self, events_topic: str, dlq_topic: str) -> list[tuple[str, bytes | None, bytes]]:
+        """(topic, key, value) of everything the batch sends: its events in order, then its dead letters."""
+        return [(events_topic, k, v) for k, v in self.events] + [(dlq_topic, k, v) for k, v, _ in self.dead]
+
 
 @dataclass
 class _SymbolPlan:
