@@ -13,8 +13,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -39,11 +37,13 @@ class Runtime:
         from regimetry.bundle import resolve_bundle_dir
         from worker.metrics import WorkerMetrics
         from worker.serving import load_serving
+        from worker.telemetry import Telemetry
         from worker.validate import BarValidator
 
         self.settings = settings
         self.serving = load_serving(resolve_bundle_dir(settings.bundle), settings)
         self.metrics = WorkerMetrics(self.serving.n_clusters, settings.symbol_label_limit)
+        self.telemetry = Telemetry(self.metrics)
         self._record_model()
         self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols, settings.max_future_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regimetry-infer")
@@ -75,7 +75,7 @@ class Runtime:
         s, sv = self.settings, self.serving
         store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.keep_emb, s.dedupe_window, sv.version)
         processor = BatchProcessor(
-            sv, store, self.validator, self.metrics, self.executor, s.max_payload_bytes, s.redis_retry_max_seconds
+            sv, store, self.validator, self.telemetry, self.executor, s.max_payload_bytes, s.redis_retry_max_seconds
         )
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
@@ -115,7 +115,7 @@ class Runtime:
         here, between batches), then plan, infer, store and build (worker/pipeline.py)."""
         self.apply_pending()
         assert self.processor is not None, "batches are taken only once connected"
-        return await self.processor.process(messages, checked)
+        return await self.processor.compute(messages, checked)
 
     def on_assigned(self) -> None:
         self.assigned = True
@@ -132,20 +132,9 @@ class Runtime:
                 )
             self.metrics.ready.set(1)
 
-    def record(self, out, t0: float) -> None:
-        """A delivered batch's metrics and drift gauges."""
-        now = time.time()
-        m = self.metrics
-        m.events_emitted.inc(len(out.events))
-        m.events_reemitted.inc(out.reemitted)
-        m.duplicates.inc(out.duplicates)
-        m.bars_warming.inc(out.warming)
-        for reason, n in Counter(reason for _, _, reason in out.dead).items():
-            m.dead_lettered.labels(reason=reason).inc(n)
-        for ts in out.new_event_timestamps:
-            m.e2e_latency.observe(max(now - ts, 0.0))
-        m.batch_latency.observe(time.perf_counter() - t0)
-        m.set_drift(self.serving.drift.snapshot())
+    def record(self, out, started: float) -> None:
+        """A delivered batch's telemetry: every metric and drift update, one call (worker/telemetry.py)."""
+        self.telemetry.record(out, started)
 
 
 def _scratch_dir() -> str:

@@ -1,0 +1,164 @@
+"""The pure steps of a batch (worker/steps.py) with no broker and no Redis: a fake SymbolState stands in for
+what Redis would return, the tiny bundle for the model.
+
+plan sorts bars into typed actions; window/infer/build give the batch reference's events; a second batch
+built on the state the first batch's write describes continues the series exactly (live equals batch).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from regimetry.synthetic import generate_bars
+from worker import steps
+from worker.redis_store import SymbolState, pack_bar, unpack_bars
+from worker.serving import load_serving
+from worker.settings import load_settings
+from worker.steps import Action, BarAction, Outgoing, Record
+from worker.validate import Bar, Reason
+
+
+@pytest.fixture(scope="module")
+def serving(tiny_bundle):
+    return load_serving(tiny_bundle, load_settings({}, bundle=str(tiny_bundle)))
+
+
+def bars_of(symbol: str, n: int, seed: int) -> list[Bar]:
+    b = generate_bars(n_bars=n, seed=seed, symbol=symbol).bars
+    return [Bar(symbol, int(t), *map(float, row)) for t, row in zip(b.times.tolist(), b.values.tolist())]
+
+
+def items(bars: list[Bar], offset: int = 0) -> list[tuple[Bar, Record]]:
+    return [(bar, Record(bar.symbol.encode(), b"{}", "bars", 0, offset + i, 1.0)) for i, bar in enumerate(bars)]
+
+
+def empty_state() -> SymbolState:
+    return SymbolState(None, None, None, None, np.zeros((0, 5)), b"", None, {})
+
+
+class FakeRedis:
+    """The state one symbol's writes leave, as the read script would return it (no trimming needed here)."""
+
+    def __init__(self) -> None:
+        self.bars: dict[int, bytes] = {}
+        self.emb: dict[int, bytes] = {}
+        self.events: dict[int, bytes] = {}
+        self.meta: dict = {}
+
+    def apply(self, write, keep_emb: int) -> None:
+        if write.reset_emb:
+            self.emb.clear()
+        self.bars.update(write.bars)
+        self.emb.update(write.emb)
+        self.events.update(write.events)
+        for t in sorted(self.emb)[:-keep_emb]:
+            del self.emb[t]
+        self.meta.update(write.meta)
+
+    def state(self, serving, candidates: list[int]) -> SymbolState:
+        times = sorted(self.bars)
+        _, values = unpack_bars(b"".join(self.bars[t] for t in times[-(serving.history - 1) :]))
+
+        def opt(name):
+            v = self.meta.get(name, "")
+            return None if v == "" else int(v)
+
+        last = opt("last_time")
+        return SymbolState(
+            last_time=last,
+            regime=opt("regime"),
+            pred=opt("pred"),
+            model_version=serving.version if self.meta else None,
+            bars=values,
+            emb=b"".join(self.emb[t] for t in sorted(self.emb)),
+            oldest_time=times[0] if times else None,
+            lookups={t: (self.bars.get(t, b""), self.events.get(t, b"")) for t in candidates if last and t <= last},
+            dwell=opt("dwell"),
+            n_bars=len(times),
+        )
+
+
+def run_batch(serving, redis: FakeRedis, batch: list[tuple[Bar, Record]]) -> Outgoing:
+    """plan -> window -> infer -> build -> emit for one symbol, its write applied to the fake Redis."""
+    symbol = batch[0][0].symbol
+    plan = steps.plan(serving, symbol, batch, redis.state(serving, [bar.time for bar, _ in batch]))
+    win = steps.window(serving, [plan])
+    inf = steps.infer(serving, [plan], win)
+    result = steps.build(serving, plan, win, 0, inf, now=123.0, keep_bars=10_000)
+    if result.write is not None:
+        redis.apply(result.write, serving.keep_emb)
+    out = Outgoing(steps.BatchReport(serving.version, serving.drift, serving.rebuild_bars))
+    steps.emit(plan, result, out, dlq_limit=512)
+    return out
+
+
+def test_plan_sorts_every_bar_into_a_typed_action(serving):
+    bars = bars_of("PL", 8, seed=1)
+    stored = {bars[2].time: (pack_bar(bars[2].time, bars[2].values()), b"stored-event-2")}
+    other = bars[3]._replace(close=bars[3].close * 1.01)
+    stored[other.time] = (pack_bar(other.time, other.values()), b"e3")
+    state = SymbolState(
+        bars[4].time, None, None, serving.version, np.zeros((0, 5)), b"", bars[1].time, stored, n_bars=3
+    )
+    late = bars[0]  # before the oldest stored bar, not stored: out of order
+    batch = [bars[2], bars[3], late, bars[5], bars[5], bars[6], bars[6]._replace(volume=bars[6].volume + 1)]
+    plan = steps.plan(serving, "PL", items(batch), state)
+
+    assert [a.action for a in plan.actions] == [
+        Action.STORED,
+        Action.REJECT,
+        Action.REJECT,
+        Action.NEW,
+        Action.AGAIN,
+        Action.NEW,
+        Action.REJECT,
+    ]
+    assert plan.actions[0] == BarAction(Action.STORED, stored_event=b"stored-event-2")
+    assert [a.dead.reason for a in plan.actions if a.dead] == [
+        Reason.CONFLICTING_DUPLICATE,
+        Reason.OUT_OF_ORDER,
+        Reason.CONFLICTING_DUPLICATE,
+    ]
+    assert "dedupe window" in plan.actions[2].dead.detail
+    assert plan.actions[4].new_index == 0 and [b.time for b in plan.new] == [bars[5].time, bars[6].time]
+    assert plan.doubt is None and plan.prior is not None and not plan.rebuilding
+
+
+def test_plan_doubts_another_models_state(serving):
+    bars = bars_of("PD", 3, seed=2)
+    state = SymbolState(bars[0].time, None, None, "other-model", np.zeros((0, 5)), b"", bars[0].time, {}, n_bars=1)
+    plan = steps.plan(serving, "PD", items(bars[1:]), state)
+    assert plan.prior is None and plan.doubt == "state of model other-model"
+
+
+def test_infer_and_build_give_the_batch_reference_and_a_second_batch_continues_it(serving):
+    h = serving.history
+    bars = bars_of("BR", h + 40, seed=3)
+    redis = FakeRedis()
+    first = run_batch(serving, redis, items(bars[: h + 10]))
+    second = run_batch(serving, redis, items(bars[h + 10 :], h + 10))
+    again = run_batch(serving, redis, items(bars[-3:]))  # a redelivery: the stored events, byte for byte
+
+    events = [json.loads(v) for _, v in first.events + second.events]
+    ref = serving.model.run_series(np.asarray([b.values() for b in bars]))
+    assert [e["bar_time"] for e in events] == [b.time for b in bars[ref.offset :]]
+    np.testing.assert_array_equal([e["regime"]["id"] for e in events], ref.regime)
+    np.testing.assert_array_equal([e["bars_in_regime"] for e in events], ref.dwell)
+    np.testing.assert_allclose([e["regime"]["probabilities"] for e in events], ref.proba, atol=1e-5)
+    np.testing.assert_array_equal([e["predicted"]["regime"] if e["predicted"] else -1 for e in events], ref.next_regime)
+    assert first.warming == h - 1 and second.warming == 0
+    assert len(first.report.observations) == 11 and first.report.regimes[-1][:2] == ("BR", events[10]["regime"]["id"])
+    assert again.events == second.events[-3:] and again.duplicates == 3 and again.reemitted == 3
+
+
+def test_a_batch_without_full_windows_infers_nothing(serving):
+    bars = bars_of("SH", 5, seed=4)
+    plan = steps.plan(serving, "SH", items(bars), empty_state())
+    win = steps.window(serving, [plan])
+    assert steps.infer(serving, [plan], win) is None
+    result = steps.build(serving, plan, win, 0, None, now=1.0, keep_bars=10_000)
+    assert result.events == {} and result.warming == 5 and result.write is not None
+    assert result.write.meta == {"last_time": bars[-1].time} and len(result.write.bars) == 5
