@@ -217,6 +217,18 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def latency_run(stack, worker, args, history: int) -> dict:
+    n_lat = int(args.rate * args.seconds)
+    lat_symbols = max(1, min(args.symbols, n_lat // (history + 50)))
+    lat_msgs = make_messages("LAT", lat_symbols, n_lat // lat_symbols, seed=2000)
+    lat = latency(stack, worker, lat_msgs, args.rate, history, lat_symbols, args.seconds + 60)
+    print(
+        f"latency at {args.rate:,.0f} bars/s offered ({lat['events']}/{lat['expected']} events): "
+        f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
+    )
+    return lat
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", default="exported_models")
@@ -225,20 +237,33 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=1000.0, help="offered bars/s for the latency run")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--within", type=float, default=0.05, help="seconds a partial micro-batch may wait")
+    ap.add_argument(
+        "--within", type=float, default=0.0, help="seconds a partial micro-batch may wait to fill (worker default 0)"
+    )
     ap.add_argument("--ort-threads", type=int, default=1)
+    ap.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=None,
+        help="the worker's REGIMETRY_FETCH_MAX_WAIT_MS (default: its own)",
+    )
+    ap.add_argument(
+        "--latency-only", action="store_true", help="skip start-up, throughput and pure inference: latency only"
+    )
     args = ap.parse_args()
+    tuning = {} if args.fetch_max_wait_ms is None else {"fetch_max_wait_ms": args.fetch_max_wait_ms}
 
     bundle = resolve_bundle_dir(args.bundle).resolve()
     history = RegimeModel(bundle).bundle.history_bars
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     print(f"bundle {bundle.name}, history {history} bars; workdir {work}")
     with start_stack(work, {"bars": 4, "regime-events": 4, "bars-dlq": 1}) as stack:
-        t0 = time.perf_counter()
-        first = start_worker(stack, work, name="startup", bundle=str(bundle), log_level="warning")
-        startup = time.perf_counter() - t0
-        print(f"worker start-up (spawn -> ready, default settings): {startup:.1f} s")
-        first.stop()
+        if not args.latency_only:
+            t0 = time.perf_counter()
+            first = start_worker(stack, work, name="startup", bundle=str(bundle), log_level="warning")
+            startup = time.perf_counter() - t0
+            print(f"worker start-up (spawn -> ready, default settings): {startup:.1f} s")
+            first.stop()
         # the measured worker stays in the group while paused with SIGSTOP for the backlog run
         worker = start_worker(
             stack,
@@ -250,9 +275,14 @@ def main() -> None:
             dedupe_window=history,
             log_level="warning",
             session_timeout=20,
+            **tuning,
         )
         warm = make_messages("WARM", 4, history + 200, seed=900)
         throughput(stack, worker, warm, len(warm) - 4 * (history - 1), 120)
+        if args.latency_only:
+            latency_run(stack, worker, args, history)
+            worker.stop()
+            return
 
         pids = {"worker": worker.pid, "broker": stack.kafka.pid, "redis": stack.redis.pid, "bench": None}
         msgs = make_messages("TPUT", args.symbols, args.bars, seed=1000)
@@ -282,14 +312,7 @@ def main() -> None:
             f"inference {infer:.1f} s of {batch_sum:.1f} s in batch handling"
         )
 
-        n_lat = int(args.rate * args.seconds)
-        lat_symbols = max(1, min(args.symbols, n_lat // (history + 50)))
-        lat_msgs = make_messages("LAT", lat_symbols, n_lat // lat_symbols, seed=2000)
-        lat = latency(stack, worker, lat_msgs, args.rate, history, lat_symbols, args.seconds + 60)
-        print(
-            f"latency at {args.rate:,.0f} bars/s offered ({lat['events']}/{lat['expected']} events): "
-            f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
-        )
+        latency_run(stack, worker, args, history)
         rss, peak = rss_mb(worker.pid)
         print(f"worker RSS: {rss:.0f} MiB (peak {peak:.0f} MiB)")
         worker.stop()

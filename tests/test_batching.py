@@ -1,4 +1,5 @@
-"""MicroBatcher: whole batches in arrival order, partial batches after `within`, back-pressure at capacity."""
+"""MicroBatcher: batches in arrival order, a lone item at once, partial batches after an opt-in `within`,
+back-pressure at capacity."""
 
 from __future__ import annotations
 
@@ -24,6 +25,26 @@ def test_full_batches_come_in_arrival_order_and_never_exceed_max_size():
     batches, left = run(scenario())
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert left == 2
+
+
+def test_a_lone_item_is_taken_at_once_and_batches_grow_with_what_arrived_meanwhile():
+    """No wait for company by default: an idle taker gets a lone item immediately; items that arrive while
+    the previous batch is being processed come out together as the next batch."""
+
+    async def scenario():
+        b = MicroBatcher(max_size=100)
+        taker = asyncio.ensure_future(b.take())
+        b.extend(["lone"])
+        t0 = asyncio.get_running_loop().time()
+        first = await taker
+        waited = asyncio.get_running_loop().time() - t0
+        for x in range(5):  # arrive while "batch 1 is processed"
+            b.extend([x])
+        return first, waited, await b.take()
+
+    first, waited, second = run(scenario())
+    assert first == ["lone"] and waited < 0.005
+    assert second == [0, 1, 2, 3, 4]
 
 
 def test_a_partial_batch_is_released_after_within():

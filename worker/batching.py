@@ -1,16 +1,19 @@
 """Micro-batches of bar records, gathered while the previous batch is still being processed.
 
+The consumer appends each fetched chunk to a bounded buffer (``feed``: ``room`` then ``extend``) while the
+runner takes batches from it (``take``). ``take`` hands over whatever is buffered, up to ``max_size``, as soon
+as there is one record: no fixed wait for company. An idle worker therefore processes a lone bar the moment
+it arrives, and under load the records that arrive while batch N is processed form batch N+1, so batches
+grow with the load by themselves (a backlog gives full batches). Before issue 13 a partial batch waited up to
+``within`` (50 ms) for more; ``within`` > 0 still does that (an opt-in upper bound, default 0).
+
 Why not Faust's ``stream.take_events``: it stops filling its buffer for as long as the loop body runs (its
-``add_to_buffer`` waits on ``buffer_consuming``), so every batch first spends ~55 ms of event-loop time
-pulling its ~1,000 records through the stream and only then starts its ~110 ms of inference: the two never
-overlap, and the worker sat at ~85 % of one core. Here the consumer appends each fetched chunk to a bounded
-buffer (``room`` then ``extend``) while the pipeline takes whole batches from it (``take``), so the
-per-record work for batch N+1 happens while batch N is in ONNX Runtime. Same semantics otherwise: at most
-``max_size`` records per batch, a partial batch waits at most ``within`` seconds for more, and a full buffer
-(``capacity``, two batches by default) holds the consumer back, as a slow take_events loop would. Bound: the
-buffer holds fewer than ``capacity + max_size`` records (three batches by default; ``feed`` appends large
-fetched chunks in pieces). Records the consumer has fetched but not yet handed over sit in aiokafka's fetch
-buffers, bounded by its fetch sizes per partition, not here.
+``add_to_buffer`` waits on ``buffer_consuming``), so every batch first spent ~55 ms of event-loop time pulling
+its ~1,000 records through the stream and only then started its ~110 ms of inference. Here the per-record
+work for batch N+1 happens while batch N is in ONNX Runtime. A full buffer (``capacity``, two batches by
+default) holds the consumer back. Bound: the buffer holds fewer than ``capacity + max_size`` records (three
+batches by default; ``feed`` appends large fetched chunks in pieces). Records the consumer has fetched but not
+yet handed over sit in aiokafka's fetch buffers, bounded by its fetch sizes per partition, not here.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ T = TypeVar("T")
 
 
 class MicroBatcher(Generic[T]):
-    def __init__(self, max_size: int, within: float, capacity: int | None = None):
+    def __init__(self, max_size: int, within: float = 0.0, capacity: int | None = None):
         if max_size < 1:
             raise ValueError("max_size must be >= 1")
         self.max_size = max_size
@@ -63,8 +66,8 @@ class MicroBatcher(Generic[T]):
             self._full.set()
 
     async def take(self) -> list[T]:
-        """The next batch, in arrival order: `max_size` items as soon as they are there, otherwise what is
-        there after waiting `within` seconds for more (waiting first for at least one)."""
+        """The next batch, in arrival order: what is buffered (at most `max_size`) once there is one item;
+        with `within` > 0 a partial batch first waits up to that long to fill."""
         await self._has_items.wait()
         if not self._full.is_set() and self.within > 0:
             try:

@@ -33,7 +33,9 @@ class Settings(ConnectionSettings):
     # parsed so settings files and environments that set it keep starting (a warning says it is ignored)
     classify_threads: int = 1
     batch_size: int = 1024  # bars per micro-batch at most: per-batch costs (Redis calls per symbol) amortise
-    batch_within: float = 0.05  # seconds a partial micro-batch may wait
+    # seconds a partial micro-batch may wait to fill (an opt-in upper bound; 0: a batch is whatever arrived while
+    # the previous one was processed, so a lone bar is processed at once: worker/batching.py)
+    batch_within: float = 0.0
     # Records go from Faust's consumer straight into the micro-batch buffer (worker/kafka_boundary.py); false
     # sends them through Faust's agent stream instead: slower, same results, an escape hatch
     direct_records: bool = True
