@@ -29,7 +29,7 @@ Faust, ``faust.transport.drivers.aiokafka``
     stops, so events go out as one aiokafka record batch per partition (worker/delivery.py).
 Faust, ``faust.transport.consumer.Consumer`` (the fetch loop, replaced by ``AppConsumer._drain_messages``)
   - ``_drain_messages`` (overridden whole): one guarded step per fetched chunk instead of per record, and the
-    bars topic's records handed straight to the runner's buffer (``deliver_records_to``) instead of through
+    bars topic's records handed straight to the runner's buffer (``install``'s sinks) instead of through
     Faust's conductor, channel and stream: ~30 us of event-loop time per bar and four tasks plus an
     ``asyncio.wait`` per record (``Service.wait_first``) were the largest shares left in the worker.
   - used by it: ``getmany`` (async generator), ``wait_first`` and ``sleep`` (mode.Service coroutines),
