@@ -384,7 +384,7 @@ def train(
             else {
                 "from": warm.source,
                 "encoder_epochs": e_cfg.epochs,
-                **{k2: cl.selection[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
+                **{k2: (cl.selection or {})[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
             },
         ),
     )
