@@ -15,7 +15,8 @@ COPY regimetry ./regimetry
 COPY connect ./connect
 COPY worker ./worker
 COPY ops ./ops
-RUN pip install ".[worker]" \
+COPY archive ./archive
+RUN pip install ".[worker,archive]" \
     && useradd --system --uid 10001 --home /app regimetry \
     && mkdir -p /var/log/regimetry /models \
     && chown regimetry /var/log/regimetry
