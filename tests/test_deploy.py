@@ -42,7 +42,6 @@ from worker.settings import Settings, load_settings
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 needs_prometheus = pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian prometheus not installed")
 REGIMETRY_SERVICES = ("topics", "worker")
-# Symbols of this module on the shared session worker: T20-T22 (test_ops uses T23, T24; the worker tests others).
 
 
 def code_env_names() -> set[str]:
@@ -235,15 +234,16 @@ def test_every_dashboard_and_alert_query_is_valid_promql(tmp_path):
 
 # -- against a running worker ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fed_worker(stack, worker, model):
+def fed_worker(stack, worker, model, fresh_symbols):
     """The session worker after events for two symbols and one dead letter of this module."""
-    from fixtures_stack import series
+    from helpers import series
 
     from devstack.kafka_kit import interleave, produce, series_messages
     from devstack.stack import metric_value, metrics_text, wait_until
 
     history = model.bundle.history_bars
-    data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(["T20", "T21"])}
+    *served, malformed = fresh_symbols(3)
+    data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(served)}
     before = metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") or 0.0
     dead_before = metric_value(
         metrics_text(worker.port), "regimetry_bars_dead_lettered_total", {"reason": "malformed_json"}
@@ -251,12 +251,13 @@ def fed_worker(stack, worker, model):
     produce(
         stack.bootstrap,
         "bars",
-        interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]) + [(b"T22", b"{not json")],
+        interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
+        + [(malformed.encode(), b"{not json")],
     )
     wait_until(
         lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + 2 * 31,
         90,
-        "events of T20/T21 emitted",
+        f"events of {served} emitted",
     )
     wait_until(
         lambda: (

@@ -43,6 +43,7 @@ def test_contingency_and_greedy_trap():
 
 def test_centroid_matching_and_permuted_clustering():
     from regimetry.classify import KNNClassifier
+    from regimetry.regimes import JumpDecoder, RegimeSpace
     from trainer.clustering import Clustering
 
     rng = np.random.default_rng(1)
@@ -52,11 +53,17 @@ def test_centroid_matching_and_permuted_clustering():
 
     ref = rng.normal(size=(30, 5)).astype(np.float32)
     labels = np.arange(30) % 3
-    cl = Clustering(np.zeros(5), np.ones(5), labels, centroids, KNNClassifier(ref, labels, 3, 1))
+    space = RegimeSpace((0, 1), (1.0, 0.5), 1.0, centroids)  # 2 risk columns + a 3-dim embedding: P = 5
+    decoder = JumpDecoder(4.0, 32)
+    cl = Clustering(np.zeros(5), np.ones(5), labels, centroids, KNNClassifier(ref, labels, 3, 1), space, decoder)
     pc = alignment.permute_clustering(cl, PERM)
     np.testing.assert_array_equal(pc.classifier.predict(ref), PERM[labels])
     np.testing.assert_array_equal(pc.train_labels, PERM[labels])
     np.testing.assert_allclose(pc.centroids[PERM], centroids)
+    # the geometry's centres move with their ids; its weights and the decoder are the same
+    np.testing.assert_allclose(pc.space.centroids, pc.centroids)
+    assert (pc.space.risk_columns, pc.space.risk_weights, pc.space.embedding_weight) == ((0, 1), (1.0, 0.5), 1.0)
+    assert pc.decoder == decoder
 
 
 # -- locked profile -------------------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def test_permuted_bundle_helper_renames_every_id(tiny_bundle, tmp_path):
     for i in range(3):
         assert mb["baseline"]["cluster_distribution"][PERM[i]] == ma["baseline"]["cluster_distribution"][i]
         assert mb["regime_profiles"][PERM[i]]["volatility"] == ma["regime_profiles"][i]["volatility"]
-    if (copy / "regimes.csv").exists():
-        ra = [r.split(",")[2] for r in (Path(tiny_bundle) / "regimes.csv").read_text().splitlines()[1:]]
-        rb = [r.split(",")[2] for r in (copy / "regimes.csv").read_text().splitlines()[1:]]
-        assert rb == [str(PERM[int(x)]) for x in ra]
+    # the tiny bundle has a regimes.csv (test_trainer checks it), so its ids must be renamed too
+    ra = [r.split(",")[2] for r in (Path(tiny_bundle) / "regimes.csv").read_text().splitlines()[1:]]
+    rb = [r.split(",")[2] for r in (copy / "regimes.csv").read_text().splitlines()[1:]]
+    assert ra and rb == [str(PERM[int(x)]) for x in ra]
