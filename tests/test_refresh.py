@@ -192,6 +192,7 @@ def test_refresh_exit_codes_for_bad_inputs(tmp_path, locked):
 def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot_label():
     from regimetry.classify import KNNClassifier
     from regimetry.data import BarSeries
+    from regimetry.regimes import JumpDecoder, RegimeSpace
     from trainer.clustering import Clustering
     from trainer.refresh import Aligner, Previous
 
@@ -203,7 +204,10 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
     close = 100 * np.exp(np.cumsum(drift + vol * rng.standard_normal(n)))
     series = BarSeries(3600 * np.arange(n), np.stack([close] * 4 + [np.ones(n)], 1))
     z = np.eye(3, dtype=np.float32)[new_ids] * 10  # embeddings that the classifier maps to new_ids
-    cl = Clustering(np.zeros(3), np.ones(3), new_ids, np.eye(3) * 10, KNNClassifier(z, new_ids, 3, 1))
+    space = RegimeSpace((), (), 1.0, np.eye(3) * 10)  # the embedding alone: P = D = 3
+    cl = Clustering(
+        np.zeros(3), np.ones(3), new_ids, np.eye(3) * 10, KNNClassifier(z, new_ids, 3, 1), space, JumpDecoder(4.0, 32)
+    )
     # the previous bundle called the calm regime 2, the middle one 0, the wild one 1 (PERM)
     profiles = [
         {"id": int(PERM[i]), "mean_return": [0.0005, 0.0, -0.0005][i], "volatility": [0.001, 0.004, 0.012][i]}
@@ -220,6 +224,7 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
     assert rec["method"] == "profile_centroids" and rec["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
     assert rec["agreement"] is None and rec["flagged"] and "gone" in rec["reason"]
     np.testing.assert_array_equal(aligned.classifier.predict(z), PERM[new_ids])
+    np.testing.assert_allclose(aligned.space.centroids, aligned.centroids)  # the geometry's centres moved too
 
 
 def test_overlapping_refreshes_are_refused(tmp_path, locked):
