@@ -54,10 +54,11 @@ class ArchiveMetrics:
         )
         self.ready = Gauge("regimetry_archive_ready", "1 once partitions are assigned", registry=r)
 
-    def serve(self, host: str, port: int) -> None:
+    def serve(self, host: str, port: int):
+        """Serve /metrics on a daemon thread; returns (server, thread) so a caller may shut it down."""
         from prometheus_client import start_http_server
 
-        start_http_server(port, host, registry=self.registry)
+        return start_http_server(port, host, registry=self.registry)
 
 
 class Archiver:
