@@ -322,6 +322,26 @@ def metric_value(text: str, name: str, labels: Mapping[str, str] | None = None) 
     return None
 
 
+def start_archiver(
+    stack: Stack, workdir: Path, timeout: float = 60.0, name: str = "archive", ready: bool = True, **settings: object
+) -> Process:
+    """`python -m archive` on this stack (settings: archive_dir, bars_topic, ...); returns once its partitions
+    are assigned (regimetry_archive_ready == 1), or at once with ready=False (a run meant to crash)."""
+    port = int(str(settings.pop("archive_metrics_port", 0) or free_port()))
+    env = {**os.environ, **stack.env(archive_metrics_port=port, **settings)}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    proc = _spawn(name, [sys.executable, "-m", "archive"], workdir, port, env)
+    stack.processes.append(proc)
+    if ready:
+        _await(
+            proc,
+            lambda: metric_value(metrics_text(port), "regimetry_archive_ready") == 1.0,
+            timeout,
+            "ready (regimetry_archive_ready 1)",
+        )
+    return proc
+
+
 def start_worker(
     stack: Stack, workdir: Path, timeout: float = 90.0, name: str = "worker", **settings: object
 ) -> Process:

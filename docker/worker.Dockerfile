@@ -15,8 +15,9 @@ COPY regimetry ./regimetry
 COPY connect ./connect
 COPY worker ./worker
 COPY ops ./ops
+COPY archive ./archive
 # faust-streaming and aiokafka pinned to the range worker/kafka_boundary.py was tested against (as in pyproject.toml)
-RUN pip install ".[worker]" "faust-streaming>=0.15.3,<0.16" "aiokafka>=0.14,<0.15" \
+RUN pip install ".[worker,archive]" "faust-streaming>=0.15.3,<0.16" "aiokafka>=0.14,<0.15" \
     && useradd --system --uid 10001 --home /app regimetry \
     && mkdir -p /var/log/regimetry /models \
     && chown regimetry /var/log/regimetry

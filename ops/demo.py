@@ -10,6 +10,7 @@ including on Ctrl-C, SIGTERM and errors. No Docker, no TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -217,12 +218,11 @@ def _final_metrics(port: int, dead_letters: int) -> dict:
 
 
 def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console) -> dict:
-    """Run the demo; returns the summary. Raises TimeoutError if the events do not all arrive in time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run the demo; returns the summary. Raises TimeoutError if the events do not all arrive in time.
 
-    from devstack.kafka_kit import Collector, producer
-    from devstack.stack import start_stack, start_worker
-    from ops.events_view import HEADER
+    Everything it starts (Tansu, Redis, the worker, the feeder thread, Kafka clients) is stopped on every
+    path, Ctrl-C and SIGTERM included; the work folder is removed after a clean run, kept (and named) after
+    a failed one."""
     from ops.replay import load_series
     from regimetry.bundle import resolve_bundle_dir
     from regimetry.inference import RegimeModel
@@ -231,81 +231,98 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     model = RegimeModel(bundle_dir)
     series = load_series([opts.source], [opts.symbol], opts.bars)[0]
     bad = bad_messages(series) if opts.bad_bars else []
-    expected = max(0, len(series) - model.bundle.history_bars + 1)
-    timeout = opts.timeout or 60.0 + len(series) / 100.0
     say(f"[bold]regimetry demo[/]: {len(series)} {series.symbol} bars, model {model.bundle.version}")
 
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="regimetry-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     in_main = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
-    stack = collector = prod = feeder = None
     ok = False
     try:
-        t0 = time.monotonic()
-        stack = start_stack(workdir)
-        say(
-            f"started Tansu (Kafka) on {stack.bootstrap} (pid {stack.kafka.pid}) and Redis on port "
-            f"{stack.redis.port} (pid {stack.redis.pid})"
-        )
-        worker = start_worker(stack, workdir, bundle=str(bundle_dir), audit_log=str(workdir / "audit.jsonl"))
-        say(
-            f"started worker pid {worker.pid}: metrics on http://127.0.0.1:{worker.port}/metrics "
-            f"(ready in {time.monotonic() - t0:.1f} s)"
-        )
-        collector = Collector(stack.bootstrap, "regime-events")
-        prod = producer(stack.bootstrap)
-        progress = Progress(
-            TextColumn("{task.description:<18}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=progress_console,
-            transient=False,
-        )
-        sent_task = progress.add_task("bars -> Kafka", total=len(series) + len(bad))
-        events_task = progress.add_task("events <- worker", total=expected)
-        feeder = _Feeder(prod, series, bad, opts.rate, lambda n: progress.update(sent_task, completed=n))
-        started = time.monotonic()
-        with progress:
-            if opts.show != "none":
-                progress.console.print(HEADER, style="bold", soft_wrap=True)
-            feeder.start()
-            # soft_wrap: an event row stays one line however narrow the terminal (the terminal folds it)
-            events = _collect(
-                collector,
-                expected,
-                timeout,
-                opts.show,
-                feeder,
-                lambda row: progress.console.print(row, soft_wrap=True),
-                lambda n: progress.update(events_task, completed=n),
-                worker.log,
-            )
-            feeder.join(timeout=30)
-        seconds = time.monotonic() - started
-        metrics = _final_metrics(worker.port, sum(BAD_BARS_EXPECTED.values()) if bad else 0)
-        summary = summarize(events, series, model, metrics, len(series), len(bad), seconds)
-        summary["processes"] = {"tansu": stack.kafka.pid, "redis": stack.redis.pid, "worker": worker.pid}
-        audit = workdir / "audit.jsonl"
-        summary["audit_log"] = [json.loads(x) for x in audit.read_text().splitlines()] if audit.exists() else []
-        ok = True
-        return summary
+        with contextlib.ExitStack() as cleanup:  # stops what was started, last started first
+            stack, worker = _start_processes(workdir, bundle_dir, say, cleanup)
+            events, seconds = _feed_and_collect(opts, stack, worker, model, series, bad, progress_console, cleanup)
+            metrics = _final_metrics(worker.port, sum(BAD_BARS_EXPECTED.values()) if bad else 0)
+            summary = summarize(events, series, model, metrics, len(series), len(bad), seconds)
+            summary["processes"] = {"tansu": stack.kafka.pid, "redis": stack.redis.pid, "worker": worker.pid}
+            audit = workdir / "audit.jsonl"
+            summary["audit_log"] = [json.loads(x) for x in audit.read_text().splitlines()] if audit.exists() else []
+            ok = True
+            return summary
     except KeyboardInterrupt:
-        say("[yellow]interrupted[/]: stopping everything the demo started")
+        say("[yellow]interrupted[/]: stopped everything the demo started")
         raise
     finally:
-        if feeder is not None:
-            feeder.stopping.set()
-        if prod is not None:
-            prod.close(timeout=5)
-        if collector is not None:
-            collector.close()
-        if stack is not None:
-            stack.stop()
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
         if ok and not opts.keep_workdir and opts.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
         elif not ok:
             say(f"logs kept in {workdir}")
+
+
+def _start_processes(workdir: Path, bundle_dir: Path, say: Callable[[object], None], cleanup: contextlib.ExitStack):
+    """Tansu and Redis, then a worker serving the bundle, once its metrics say it is ready: (stack, worker)."""
+    from devstack.stack import start_stack, start_worker
+
+    t0 = time.monotonic()
+    stack = start_stack(workdir)
+    cleanup.callback(stack.stop)  # the worker is one of the stack's processes: stopped with it
+    say(
+        f"started Tansu (Kafka) on {stack.bootstrap} (pid {stack.kafka.pid}) and Redis on port "
+        f"{stack.redis.port} (pid {stack.redis.pid})"
+    )
+    worker = start_worker(stack, workdir, bundle=str(bundle_dir), audit_log=str(workdir / "audit.jsonl"))
+    say(
+        f"started worker pid {worker.pid}: metrics on http://127.0.0.1:{worker.port}/metrics "
+        f"(ready in {time.monotonic() - t0:.1f} s)"
+    )
+    return stack, worker
+
+
+def _feed_and_collect(
+    opts: DemoOptions, stack, worker, model, series: BarSeries, bad: list, progress_console, cleanup
+) -> tuple[list[dict], float]:
+    """Replay the bars (and the bad ones) at the demo's rate while collecting the events, with two progress
+    bars: (events, seconds from the first bar sent to the last event)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from devstack.kafka_kit import Collector, producer
+    from ops.events_view import HEADER
+
+    expected = max(0, len(series) - model.bundle.history_bars + 1)
+    timeout = opts.timeout or 60.0 + len(series) / 100.0
+    collector = Collector(stack.bootstrap, "regime-events")
+    cleanup.callback(collector.close)
+    prod = producer(stack.bootstrap)
+    cleanup.callback(prod.close, timeout=5)
+    progress = Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=progress_console,
+        transient=False,
+    )
+    sent_task = progress.add_task("bars -> Kafka", total=len(series) + len(bad))
+    events_task = progress.add_task("events <- worker", total=expected)
+    feeder = _Feeder(prod, series, bad, opts.rate, lambda n: progress.update(sent_task, completed=n))
+    cleanup.callback(feeder.stopping.set)
+    started = time.monotonic()
+    with progress:
+        if opts.show != "none":
+            progress.console.print(HEADER, style="bold", soft_wrap=True)
+        feeder.start()
+        # soft_wrap: an event row stays one line however narrow the terminal (the terminal folds it)
+        events = _collect(
+            collector,
+            expected,
+            timeout,
+            opts.show,
+            feeder,
+            lambda row: progress.console.print(row, soft_wrap=True),
+            lambda n: progress.update(events_task, completed=n),
+            worker.log,
+        )
+        feeder.join(timeout=30)
+    return events, time.monotonic() - started

@@ -7,16 +7,12 @@ Faust/aiokafka with the same settings) and an operator configures a cluster once
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from connect.kafka import bootstrap_servers
 from connect.settings import ConnectionSettings as Settings
 
-
-def bootstrap_servers(broker_url: str) -> list[str]:
-    """'kafka://a:9092;kafka://b:9092' or 'a:9092,b:9092' -> ['a:9092', 'b:9092'] (Faust's URL form or Kafka's)."""
-    parts = [p.strip() for p in re.split(r"[;,]", broker_url) if p.strip()]
-    return [re.sub(r"^[a-z]+://", "", p).rstrip("/") for p in parts]
+__all__ = ["admin", "assign_all", "bootstrap_servers", "client_config", "consumer", "producer"]
 
 
 def client_config(s: Settings) -> dict[str, Any]:

@@ -1,6 +1,8 @@
-"""Reading and verifying an exported model bundle (exported_models/<model_version>/).
+"""The bundle contract (exported_models/<model_version>/): writing its manifest, reading and verifying it.
 
-The worker trusts nothing it cannot check: the manifest must match its schema, every file must match the
+Writer and reader of manifest.json live here together, so the contract has one home: the trainer hands a
+Manifest over and `write_manifest` lays it out, hashes every file beside it and seals the whole with its
+content digest; the worker trusts nothing it cannot check: the manifest must match its schema, every file must match the
 sha256 recorded at export, and the feature spec must hash to what this very feature code produces. A bundle
 failing any of these is refused with a message saying which check failed and how to fix it.
 """
@@ -16,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from regimetry.classify import KNNClassifier
-from regimetry.features import FEATURE_CODE_VERSION, FeatureSpec, Scaler
+from regimetry.features import FEATURE_CODE_VERSION, FeatureSpec, Scaler, history_needed
+from regimetry.regimes import JumpDecoder, RegimeSpace
 
 MANIFEST = "manifest.json"
 POINTER = "CURRENT"  # text file in the models root naming the bundle in force
@@ -62,6 +65,98 @@ def manifest_digest(manifest: dict) -> str:
     body = json.loads(json.dumps(manifest))
     body.get("hashes", {}).pop("manifest", None)
     return sha256_json(body)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a bundle's manifest records, as the trainer hands it over; ``to_dict`` lays it out per
+    schemas/manifest.schema.json and `write_manifest` seals it. Arrays: emb_mean, emb_std (D,) of the
+    embedding scaler; centroids (K, P) in the regime geometry (RegimeSpace)."""
+
+    model_version: str
+    created_at: str  # ISO 8601 UTC
+    seed: int
+    spec: FeatureSpec
+    scaler: Scaler
+    window_size: int
+    stride: int
+    emb_mean: np.ndarray
+    emb_std: np.ndarray
+    centroids: np.ndarray
+    space: RegimeSpace
+    decoder: JumpDecoder
+    classifier: KNNClassifier  # diagnostic only, saved as classifier.npz
+    forecaster: dict  # name, input_length, loss
+    onnx: dict  # encoder / forecaster: input and output names, shapes, opset, parity
+    regime_profiles: list[dict]
+    baseline: dict  # training shares, transition matrix, OOD distance quantiles, confidence, hit rate
+    data: dict  # source, symbol, n_bars, start, end, train_end (epoch seconds)
+    libraries: dict
+    alignment: dict | None = None  # how a refresh renumbered the ids (trainer/alignment.py)
+    warm_start: dict | None = None  # what a warm-started refit started from (trainer/warm_start.py)
+
+    def to_dict(self) -> dict:
+        spec, space, decoder = self.spec, self.space, self.decoder
+        emb_scaler = {"mean": np.asarray(self.emb_mean).tolist(), "std": np.asarray(self.emb_std).tolist()}
+        centroids = np.asarray(self.centroids).tolist()
+        return {
+            "schema_version": 1,
+            "model_version": self.model_version,
+            "created_at": self.created_at,
+            "seed": self.seed,
+            "feature_spec": spec.to_dict(),
+            "feature_spec_hash": spec.hash(),
+            "feature_scaler": self.scaler.to_dict(),
+            "window_size": self.window_size,
+            "stride": self.stride,
+            "history_bars": history_needed(spec, self.window_size),
+            "embedding_dim": len(emb_scaler["mean"]),
+            "embedding_scaler": emb_scaler,
+            "n_clusters": len(centroids),
+            "centroids": centroids,
+            "classifier": {
+                "kind": "knn",
+                "file": "classifier.npz",
+                "k": self.classifier.k,
+                "n_reference": int(len(self.classifier.reference)),
+                "geometry": "standardised embedding",
+                "role": "diagnostic only: served regimes come from the decoder",
+            },
+            "regimes": {
+                "space": {k: v for k, v in space.to_dict().items() if k != "centroids"},
+                "risk_features": [spec.names[i] for i in space.risk_columns],
+                "decoder": decoder.to_dict(),
+                "geometry": "regimetry/regimes.py RegimeSpace; centroids above",
+            },
+            "forecaster": self.forecaster,
+            "onnx": self.onnx,
+            "regime_profiles": self.regime_profiles,
+            "baseline": self.baseline,
+            "hashes": {
+                "regimes": sha256_json({"space": space.to_dict(), "decoder": decoder.to_dict()}),
+                "feature_scaler": sha256_json(self.scaler.to_dict()),
+                "embedding_scaler": sha256_json(emb_scaler),
+                "centroids": sha256_json(centroids),
+            },
+            "alignment": self.alignment,
+            "warm_start": self.warm_start,
+            "libraries": self.libraries,
+            "data": self.data,
+            "files": {},
+        }
+
+
+def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> dict:
+    """Write manifest.json into a bundle folder whose other files are final: the sha256 of every file in it,
+    then the content digest over everything (hashes.manifest); validated against the schema before it is
+    written. Returns the manifest as written."""
+    d = Path(bundle_dir)
+    out = manifest.to_dict()
+    out["files"] = {p.name: sha256_file(p) for p in sorted(d.iterdir()) if p.name != MANIFEST}
+    out["hashes"]["manifest"] = manifest_digest(out)  # checked at every load (verify_bundle)
+    validate_manifest(out)
+    (d / MANIFEST).write_text(json.dumps(out, indent=2))
+    return out
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:

@@ -18,7 +18,14 @@ app = typer.Typer(
 )
 
 # Modules exposing register(app: typer.Typer), in help order; each must stay import-light.
-COMMAND_MODULES = ["trainer.cli", "regimetry.evaluate_cli", "trainer.research_cli", "worker.cli", "ops.cli"]
+COMMAND_MODULES = [
+    "trainer.cli",
+    "regimetry.evaluate_cli",
+    "trainer.research_cli",
+    "worker.cli",
+    "archive.cli",
+    "ops.cli",
+]
 
 
 def installed_parts() -> list[str]:

@@ -152,8 +152,40 @@ def load_sample(name: str) -> BarSeries:
     raise BarDataError(f"unknown sample {name!r}: use 'eurusd', 'synthetic' or a path to a CSV/parquet file")
 
 
+ARCHIVE_PREFIX = "archive:"
+
+
+def load_archive(spec: str) -> BarSeries:
+    """``archive:DIR`` or ``archive:DIR#SYMBOL``: one symbol's bars from a bar archive (regimetry/bar_archive.py,
+    written by `regimetry archive`). Without #SYMBOL the archive must hold exactly one symbol."""
+    from regimetry.bar_archive import read_archive
+
+    body = spec[len(ARCHIVE_PREFIX) :]
+    root, _, symbol = body.partition("#")
+    if not Path(root).is_dir():
+        raise BarDataError(f"{spec}: no archive folder {root!r}")
+    try:
+        held = read_archive(root, [symbol] if symbol else None)
+    except ImportError as exc:
+        raise BarDataError(f"{spec}: reading an archive needs pyarrow ({exc})") from None
+    if symbol and symbol not in held:
+        raise BarDataError(f"{spec}: the archive holds no bars of {symbol!r}")
+    if not held:
+        raise BarDataError(f"{spec}: the archive holds no bars")
+    if len(held) > 1:
+        raise BarDataError(
+            f"{spec}: the archive holds {len(held)} symbols ({', '.join(sorted(held)[:10])}); "
+            f"name one: {ARCHIVE_PREFIX}{root}#SYMBOL"
+        )
+    name, (times, values) = next(iter(held.items()))
+    validate_bars(times, values, spec)
+    return BarSeries(times, values, name)
+
+
 def resolve_data(source: str) -> BarSeries:
-    """A path to a file, or the name of a sample."""
+    """A path to a file, an archive (``archive:DIR[#SYMBOL]``), or the name of a sample."""
+    if source.startswith(ARCHIVE_PREFIX):
+        return load_archive(source)
     p = Path(source)
     if p.suffix.lower() in (".csv", ".parquet", ".pq") or p.exists():
         return load_bars(p)

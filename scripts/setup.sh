@@ -4,7 +4,7 @@
 #   EXTRAS=worker,dev bash scripts/setup.sh   serving only: no TensorFlow
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-worker,train,dev}"
+EXTRAS="${EXTRAS:-worker,archive,train,dev}"
 PY="${PYTHON:-python3}"
 
 need_apt=()

@@ -64,8 +64,11 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60)
 
 
-def embedded_prometheus_config(targets: list[str], rules: Path, interval: str = "1s") -> dict:
-    """The repository's prometheus.yml with the worker job scraping `targets` instead of Docker DNS."""
+def embedded_prometheus_config(
+    targets: list[str], rules: Path, interval: str = "1s", others: dict[str, list[str]] | None = None
+) -> dict:
+    """The repository's prometheus.yml with the worker job scraping `targets` instead of Docker DNS, and the
+    jobs named in `others` (archive, refresher) scraping the targets given for them; other jobs dropped."""
     cfg = load_yaml(PROM_DIR / "prometheus.yml")
     cfg["global"].update(scrape_interval=interval, evaluation_interval=interval)
     cfg["rule_files"] = [str(rules)]
@@ -75,5 +78,7 @@ def embedded_prometheus_config(targets: list[str], rules: Path, interval: str = 
             job = {k: v for k, v in job.items() if k != "dns_sd_configs"}
             job.update(scrape_interval=interval, static_configs=[{"targets": targets}])
             jobs.append(job)
+        elif job["job_name"] in (others or {}):
+            jobs.append({**job, "scrape_interval": interval, "static_configs": [{"targets": others[job["job_name"]]}]})
     cfg["scrape_configs"] = jobs
     return cfg

@@ -7,14 +7,26 @@ is a condition with a deadline (devstack.stack.wait_until / Collector.wait_for),
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import pytest
 
+# Symbols handed out by the `fresh_symbols` fixture: a test asks for as many as it needs and gets names no
+# other test of the session has had, so tests sharing the topic `bars` and the session worker (or the session
+# Redis) never see each other's bars, whatever order they run in. Extend the range if the pool runs out.
+POOL = tuple(f"T{i:02d}" for i in range(64))
+# Symbols kept explicit, each used by one test that is about the name or a property of it, not drawn from POOL:
+#   EQ.A, EQ.B, EQ:C  punctuation in a symbol (Redis keys, event ids, the allow-list): EQ.A is served next to
+#                     pool symbols in test_worker_e2e; EQ.B and EQ:C are accepted, for a test of such names
+#   DUP, BAD          test_worker_e2e's duplicate/redelivery and bad-input tests; BAD is spelled inside the literal
+#                     payloads of its dead-letter table (test_worker_e2e.BAD)
+#   CALM, WILD        test_worker_metrics' in-distribution and shifted phases; WILD is looked up by name in
+#                     regimetry_current_regime
+#   PART0-PART7       test_worker_e2e's partitioner test: these eight names hash (murmur2) to more than one of the
+#                     4 partitions, which that test asserts; other names might not
+NAMED = ("EQ.A", "EQ.B", "EQ:C", "DUP", "BAD", "CALM", "WILD") + tuple(f"PART{i}" for i in range(8))
 # Symbols the session worker accepts (REGIMETRY_ALLOWED_SYMBOLS); anything else is `unknown_symbol`.
-TEST_SYMBOLS = (
-    tuple(f"T{i:02d}" for i in range(40))
-    + ("EQ.A", "EQ.B", "EQ:C", "DUP", "BAD", "CALM", "WILD")
-    + tuple(f"PART{i}" for i in range(8))
-)
+TEST_SYMBOLS = POOL + NAMED
 WORKER_SETTINGS = {
     "batch_size": 32,
     "batch_within": 0.05,
@@ -83,17 +95,31 @@ def redis_client(stack):
     client.close()
 
 
-def schema_validator(name: str):
-    """A compiled validator for one of schemas/*.json."""
-    from jsonschema import Draft202012Validator
+class SymbolPool:
+    """Hands out names from `names`, each at most once."""
 
-    from regimetry.bundle import load_schema
+    def __init__(self, names: Iterable[str]):
+        self._names = tuple(names)
+        self._next = 0
 
-    return Draft202012Validator(load_schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    def take(self, n: int) -> list[str]:
+        """n names never handed out before by this pool; RuntimeError if fewer than n are left."""
+        if n < 1:
+            raise ValueError(f"take({n}): ask for at least one symbol")
+        left = len(self._names) - self._next
+        if n > left:
+            raise RuntimeError(
+                f"symbol pool exhausted: asked for {n}, {left} of {len(self._names)} left "
+                f"({self._names[0]}..{self._names[-1]}); extend POOL in tests/fixtures_stack.py"
+            )
+        out = list(self._names[self._next : self._next + n])
+        self._next += n
+        return out
 
 
-def series(symbol: str, n_bars: int, seed: int, **kwargs):
-    """Seeded synthetic bars for one symbol (regimetry.synthetic), optionally with other regimes."""
-    from regimetry.synthetic import generate_bars
-
-    return generate_bars(n_bars=n_bars, seed=seed, symbol=symbol, **kwargs).bars
+@pytest.fixture(scope="session")
+def fresh_symbols() -> Callable[[int], list[str]]:
+    """take(n) -> n symbols of POOL no other test of this session has been given (all accepted by the session
+    worker). Use it for every symbol that only needs to be a test's own; spell a name out (see NAMED) only when
+    the test is about the name itself or a property of it."""
+    return SymbolPool(POOL).take

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_import_light import BLOCKER
+from helpers import BLOCKER
 
 pytestmark = pytest.mark.slow
 BARS = 250

@@ -41,14 +41,15 @@ from worker.settings import Settings, load_settings
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 needs_prometheus = pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian prometheus not installed")
-REGIMETRY_SERVICES = ("topics", "worker")
-# Symbols of this module on the shared session worker: T20-T22 (test_ops uses T23, T24; the worker tests others).
+REGIMETRY_SERVICES = ("topics", "worker", "archive", "refresher")
 
 
 def code_env_names() -> set[str]:
     """REGIMETRY_* names the code reads: one per Settings field, plus literal names in the sources."""
-    names = {f"REGIMETRY_{f.name.upper()}" for f in fields(Settings)}
-    for folder in ("regimetry", "connect", "worker", "ops", "trainer"):
+    from archive.settings import ArchiveSettings
+
+    names = {f"REGIMETRY_{f.name.upper()}" for cls in (Settings, ArchiveSettings) for f in fields(cls)}
+    for folder in ("regimetry", "connect", "worker", "archive", "ops", "trainer"):
         for path in (ROOT / folder).rglob("*.py"):
             names |= set(re.findall(r"[\"'](REGIMETRY_[A-Z0-9_]+)[\"']", path.read_text()))
     return names
@@ -173,6 +174,24 @@ def test_prometheus_scrapes_the_worker_service_on_its_metrics_port():
     sd = job["dns_sd_configs"][0]
     assert sd["names"] == ["worker"] and "worker" in services
     assert sd["port"] == s.metrics_port and str(s.metrics_port) in map(str, services["worker"]["expose"])
+    from archive.settings import load_archive_settings
+
+    a = load_archive_settings(env=service_env(services["archive"]))
+    archive_job = next(
+        j for j in load_yaml(PROM_DIR / "prometheus.yml")["scrape_configs"] if j["job_name"] == "regimetry-archive"
+    )
+    assert archive_job["static_configs"][0]["targets"] == [f"archive:{a.archive_metrics_port}"]
+    assert str(a.archive_metrics_port) in map(str, services["archive"]["expose"])
+    assert a.archive_metrics_host == "0.0.0.0" and a.archive_group_id != s.group_id  # its own consumer group
+    assert any(v.split(":")[1] == a.archive_dir for v in services["archive"]["volumes"])
+    ref_env = service_env(services["refresher"])
+    ref_job = next(
+        j for j in load_yaml(PROM_DIR / "prometheus.yml")["scrape_configs"] if j["job_name"] == "regimetry-refresher"
+    )
+    assert ref_job["static_configs"][0]["targets"] == [f"refresher:{ref_env['REGIMETRY_REFRESH_METRICS_PORT']}"]
+    assert ref_env["REGIMETRY_ARCHIVE_DIR"] == a.archive_dir  # reads what the archive writes
+    mounts = {v.split(":")[1]: v for v in services["refresher"]["volumes"]}
+    assert mounts[a.archive_dir].endswith(":ro") and ref_env["REGIMETRY_REFRESH_MODELS"] in mounts
     prom = services["prometheus"]
     mounts = {v.split(":")[0]: v.split(":")[1] for v in prom["volumes"]}
     assert mounts["./deploy/prometheus"] == "/etc/prometheus"
@@ -204,7 +223,7 @@ def test_grafana_provisioning_matches_mounts_and_dashboard():
 def test_dockerfiles_keep_tensorflow_out_of_the_worker_image():
     worker = (ROOT / "docker" / "worker.Dockerfile").read_text()
     trainer = (ROOT / "docker" / "trainer.Dockerfile").read_text()
-    assert 'pip install ".[worker]"' in worker
+    assert 'pip install ".[worker,archive]"' in worker
     instructions = "\n".join(ln for ln in worker.splitlines() if not ln.lstrip().startswith("#"))
     assert not re.search(r"tensorflow|\.\[[^\]]*train", instructions), (
         "the worker image must not install the train extra"
@@ -235,15 +254,16 @@ def test_every_dashboard_and_alert_query_is_valid_promql(tmp_path):
 
 # -- against a running worker ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fed_worker(stack, worker, model):
+def fed_worker(stack, worker, model, fresh_symbols):
     """The session worker after events for two symbols and one dead letter of this module."""
-    from fixtures_stack import series
+    from helpers import series
 
     from devstack.kafka_kit import interleave, produce, series_messages
     from devstack.stack import metric_value, metrics_text, wait_until
 
     history = model.bundle.history_bars
-    data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(["T20", "T21"])}
+    *served, malformed = fresh_symbols(3)
+    data = {s: series(s, history + 30, seed=300 + i) for i, s in enumerate(served)}
     before = metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") or 0.0
     dead_before = metric_value(
         metrics_text(worker.port), "regimetry_bars_dead_lettered_total", {"reason": "malformed_json"}
@@ -251,12 +271,13 @@ def fed_worker(stack, worker, model):
     produce(
         stack.bootstrap,
         "bars",
-        interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]) + [(b"T22", b"{not json")],
+        interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
+        + [(malformed.encode(), b"{not json")],
     )
     wait_until(
         lambda: metric_value(metrics_text(worker.port), "regimetry_events_emitted_total") >= before + 2 * 31,
         90,
-        "events of T20/T21 emitted",
+        f"events of {served} emitted",
     )
     wait_until(
         lambda: (
@@ -270,13 +291,18 @@ def fed_worker(stack, worker, model):
 
 
 @pytest.mark.slow
-def test_every_queried_metric_is_exported_by_a_running_worker(fed_worker):
+def test_every_queried_metric_is_exported_by_a_running_worker(fed_worker, service_metrics):
+    """... or by the archive or the refresher (their panels and alerts)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from devstack.stack import metrics_text
 
-    text = metrics_text(fed_worker.port)
-    exported = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    exported = {
+        s.name
+        for port in (fed_worker.port, *service_metrics.values())
+        for fam in text_string_to_metric_families(metrics_text(port))
+        for s in fam.samples
+    }
     wanted = queried_metrics(dashboard_exprs() + [r["expr"] for r in alert_rules()])
     assert {
         "regimetry_drift_psi",
@@ -286,7 +312,7 @@ def test_every_queried_metric_is_exported_by_a_running_worker(fed_worker):
         "regimetry_bars_dead_lettered_total",
     } <= wanted
     missing = sorted(wanted - exported)
-    assert not missing, f"queried but not exported by the worker: {missing}"
+    assert not missing, f"queried but exported by none of the services: {missing}"
 
 
 @pytest.mark.slow
@@ -318,8 +344,28 @@ def prom_query(port: int, query: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def prometheus(fed_worker, tmp_path_factory):
-    """Debian's prometheus on a free loopback port, scraping the session worker every second."""
+def service_metrics():
+    """The archive's and the refresher's real metrics (their own registries and HTTP servers, in-process, as
+    the services serve them): {job name: port}."""
+    from archive.service import ArchiveMetrics
+    from devstack.stack import free_port
+    from trainer.refresher import RefresherMetrics
+
+    servers, ports = [], {}
+    for job, metrics in (("regimetry-archive", ArchiveMetrics()), ("regimetry-refresher", RefresherMetrics())):
+        ports[job] = free_port()
+        servers.append(metrics.serve("127.0.0.1", ports[job]))
+    yield ports
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def prometheus(fed_worker, service_metrics, tmp_path_factory):
+    """Debian's prometheus on a free loopback port, scraping the session worker, and the archive's and the
+    refresher's metrics, every second."""
     from devstack.stack import Process, free_port, wait_until
 
     assert Path(PROMETHEUS).exists(), "Debian prometheus is required: bash scripts/setup.sh installs it"
@@ -327,7 +373,8 @@ def prometheus(fed_worker, tmp_path_factory):
     rules = work / "alerts.yml"
     rules.write_text((PROM_DIR / "alerts.yml").read_text())
     cfg = work / "prometheus.yml"
-    cfg.write_text(yaml.safe_dump(embedded_prometheus_config([f"127.0.0.1:{fed_worker.port}"], rules)))
+    others = {job: [f"127.0.0.1:{port}"] for job, port in service_metrics.items()}
+    cfg.write_text(yaml.safe_dump(embedded_prometheus_config([f"127.0.0.1:{fed_worker.port}"], rules, others=others)))
     assert promtool("check", "config", str(cfg)).returncode == 0
     port = free_port()
     log = work / "prometheus.log"

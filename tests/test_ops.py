@@ -16,12 +16,10 @@ from datetime import UTC
 
 import numpy as np
 import pytest
+from helpers import TIMEOUT
 
 from ops.replay import Pace, PaceError, merged, replay
 from regimetry.data import BarSeries
-
-TIMEOUT = 90
-# Symbols of this module on the shared session worker: T23, T24 (test_deploy uses T20-T22; the worker tests others).
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -37,7 +35,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
 
 
 def hourly(symbol: str, start: int, n: int, seed: int = 0) -> BarSeries:
-    from fixtures_stack import series
+    from helpers import series
 
     s = series(symbol, n, seed=seed)
     return BarSeries(start + 3600 * np.arange(n, dtype=np.int64), s.values, symbol)
@@ -146,25 +144,32 @@ def test_replay_refuses_bad_arguments():
 
 # -- tail and report-events on the worker's events ---------------------------------------------------------
 @pytest.fixture(scope="module")
-def t23_events(stack, worker, model):
-    """Events of symbol T23 (its bars sent twice: the second time the worker re-emits the same ids)."""
-    from fixtures_stack import series
+def ops_symbol(fresh_symbols) -> str:
+    """The symbol whose events the tail, report-events and subscriber tests read."""
+    return fresh_symbols(1)[0]
+
+
+@pytest.fixture(scope="module")
+def ops_events(stack, worker, model, ops_symbol):
+    """Events of ops_symbol (its bars sent twice: the second time the worker re-emits the same ids)."""
+    from helpers import series
 
     from devstack.kafka_kit import Collector, produce, series_messages
 
+    sym = ops_symbol
     history = model.bundle.history_bars
-    bars = series("T23", history + 120, seed=23)
-    msgs = series_messages("T23", bars.times, bars.values)
+    bars = series(sym, history + 120, seed=23)
+    msgs = series_messages(sym, bars.times, bars.values)
     n = len(bars) - history + 1
     col = Collector(stack.bootstrap, "regime-events")
     try:
         produce(stack.bootstrap, "bars", msgs)
-        col.wait_for(lambda v: sum(e["symbol"] == "T23" for e in v) >= n, TIMEOUT, "T23 events")
+        col.wait_for(lambda v: sum(e["symbol"] == sym for e in v) >= n, TIMEOUT, f"{sym} events")
         produce(stack.bootstrap, "bars", msgs)  # redelivery: same event ids again
-        vals = col.wait_for(lambda v: sum(e["symbol"] == "T23" for e in v) >= 2 * n, TIMEOUT, "T23 re-emissions")
+        vals = col.wait_for(lambda v: sum(e["symbol"] == sym for e in v) >= 2 * n, TIMEOUT, f"{sym} re-emissions")
     finally:
         col.close()
-    events = [e for e in vals if e["symbol"] == "T23"]
+    events = [e for e in vals if e["symbol"] == sym]
     assert len({e["event_id"] for e in events}) == n
     first = {}
     for e in events:
@@ -173,15 +178,15 @@ def t23_events(stack, worker, model):
 
 
 @pytest.mark.slow
-def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t23_events):
-    want = [e for e in t23_events if e["regime_changed"]]
+def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, ops_symbol, ops_events):
+    want = [e for e in ops_events if e["regime_changed"]]
     assert want, "the series must contain regime changes for this test to mean anything"
     r = run_cli(
         "tail",
         "--from-beginning",
         "--json",
         "--symbol",
-        "T23",
+        ops_symbol,
         "--transitions-only",
         "--idle-timeout",
         "3",
@@ -191,30 +196,30 @@ def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, t23_even
     assert r.returncode == 0, r.stderr
     got = [json.loads(x) for x in r.stdout.splitlines()]
     assert [e["event_id"] for e in got] == [e["event_id"] for e in want]
-    assert all(e["symbol"] == "T23" and e["regime_changed"] and e["previous_regime"] is not None for e in got)
+    assert all(e["symbol"] == ops_symbol and e["regime_changed"] and e["previous_regime"] is not None for e in got)
 
 
 @pytest.mark.slow
-def test_tail_table_stops_after_max(stack, t23_events, model):
-    r = run_cli("tail", "--from-beginning", "--symbol", "T23", "--max", "5", "--broker", stack.bootstrap)
+def test_tail_table_stops_after_max(stack, ops_symbol, ops_events, model):
+    r = run_cli("tail", "--from-beginning", "--symbol", ops_symbol, "--max", "5", "--broker", stack.bootstrap)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("bar time (UTC)") and len(lines) == 6
     assert lines[0].split()[4:6] == ["regime", "name"]
-    assert all(" T23 " in ln for ln in lines[1:])
+    assert all(f" {ops_symbol} " in ln for ln in lines[1:])
     # each row names its regime as the bundle does (the name column follows the id)
     names = model.bundle.regime_names
-    for ln, e in zip(lines[1:], t23_events[:5]):
+    for ln, e in zip(lines[1:], ops_events[:5]):
         assert e["regime"]["name"] == names[e["regime"]["id"]]
         assert f" {e['regime']['id']} {names[e['regime']['id']]} " in ln, ln
 
 
 @pytest.mark.slow
-def test_report_events_writes_the_range_once_each(stack, t23_events, tmp_path):
+def test_report_events_writes_the_range_once_each(stack, ops_symbol, ops_events, tmp_path):
     from datetime import datetime
 
-    since, until = t23_events[10]["bar_time"], t23_events[50]["bar_time"]
-    want = [e for e in t23_events if since <= e["bar_time"] < until]
+    since, until = ops_events[10]["bar_time"], ops_events[50]["bar_time"]
+    want = [e for e in ops_events if since <= e["bar_time"] < until]
     since_iso = datetime.fromtimestamp(since, tz=UTC).isoformat()
     out_csv, out_json = tmp_path / "ev.csv", tmp_path / "ev.json"
     r = run_cli(
@@ -224,7 +229,7 @@ def test_report_events_writes_the_range_once_each(stack, t23_events, tmp_path):
         "--until",
         str(until),
         "--symbol",
-        "T23",
+        ops_symbol,
         "--csv",
         str(out_csv),
         "--json",
@@ -313,7 +318,7 @@ def test_audit_log_records_loads_and_version_changes(tmp_path):
 
 
 @pytest.mark.slow
-def test_strategy_subscriber_example_in_the_docs_runs(stack, t23_events, tmp_path):
+def test_strategy_subscriber_example_in_the_docs_runs(stack, ops_symbol, ops_events, tmp_path):
     """The kafka-python example of docs/operations.md, run as written against the embedded broker."""
     import os
     import re
@@ -336,26 +341,27 @@ def test_strategy_subscriber_example_in_the_docs_runs(stack, t23_events, tmp_pat
         env={**os.environ, "KAFKA_BOOTSTRAP": stack.bootstrap, "EXIT_AFTER_IDLE_MS": "3000"},
     )
     assert r.returncode == 0, r.stderr
-    want = [e for e in t23_events if e["regime_changed"] and e["regime"]["confidence"] >= 0.6]
-    got = [ln for ln in r.stdout.splitlines() if ln.startswith("T23:")]
+    want = [e for e in ops_events if e["regime_changed"] and e["regime"]["confidence"] >= 0.6]
+    got = [ln for ln in r.stdout.splitlines() if ln.startswith(f"{ops_symbol}:")]
     assert got and len(got) == len(want)
-    assert got[0].startswith(f"T23: regime {want[0]['previous_regime']} -> {want[0]['regime']['id']} ")
+    assert got[0].startswith(f"{ops_symbol}: regime {want[0]['previous_regime']} -> {want[0]['regime']['id']} ")
 
 
 @pytest.mark.slow
-def test_tail_follows_new_events_from_the_end(stack, worker, model):
+def test_tail_follows_new_events_from_the_end(stack, worker, model, fresh_symbols):
     """Started before the bars exist, tail shows the new events: nothing sent after "following" is skipped.
 
     (Tansu reports end offsets too low, so older events of other symbols may show first: --symbol filters them.)"""
     import os
     import time
 
-    from fixtures_stack import series
+    from helpers import series
 
     from devstack.kafka_kit import produce, series_messages
 
+    (symbol,) = fresh_symbols(1)
     history = model.bundle.history_bars
-    bars = series("T24", history + 9, seed=24)
+    bars = series(symbol, history + 9, seed=24)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -364,7 +370,7 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
             "tail",
             "--json",
             "--symbol",
-            "T24",
+            symbol,
             "--max",
             "10",
             "--broker",
@@ -381,12 +387,12 @@ def test_tail_follows_new_events_from_the_end(stack, worker, model):
         while "following" not in line:  # positions resolved: from here on nothing is skipped
             assert time.monotonic() < deadline and proc.poll() is None, line
             line = proc.stderr.readline()
-        produce(stack.bootstrap, "bars", series_messages("T24", bars.times, bars.values))
+        produce(stack.bootstrap, "bars", series_messages(symbol, bars.times, bars.values))
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
     got = [json.loads(x) for x in out.splitlines()]
-    assert [e["symbol"] for e in got] == ["T24"] * 10
+    assert [e["symbol"] for e in got] == [symbol] * 10
     assert sorted(e["bar_time"] for e in got) == bars.times[history - 1 :].tolist()

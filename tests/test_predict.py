@@ -15,8 +15,7 @@ import textwrap
 import time
 
 import pytest
-from fixtures_stack import schema_validator, series
-from test_worker_imports import run as run_blocked
+from helpers import run_blocked, schema_validator, series
 
 from devstack.kafka_kit import series_messages
 from worker.events import encode

@@ -43,6 +43,7 @@ def test_contingency_and_greedy_trap():
 
 def test_centroid_matching_and_permuted_clustering():
     from regimetry.classify import KNNClassifier
+    from regimetry.regimes import JumpDecoder, RegimeSpace
     from trainer.clustering import Clustering
 
     rng = np.random.default_rng(1)
@@ -52,11 +53,17 @@ def test_centroid_matching_and_permuted_clustering():
 
     ref = rng.normal(size=(30, 5)).astype(np.float32)
     labels = np.arange(30) % 3
-    cl = Clustering(np.zeros(5), np.ones(5), labels, centroids, KNNClassifier(ref, labels, 3, 1))
+    space = RegimeSpace((0, 1), (1.0, 0.5), 1.0, centroids)  # 2 risk columns + a 3-dim embedding: P = 5
+    decoder = JumpDecoder(4.0, 32)
+    cl = Clustering(np.zeros(5), np.ones(5), labels, centroids, KNNClassifier(ref, labels, 3, 1), space, decoder)
     pc = alignment.permute_clustering(cl, PERM)
     np.testing.assert_array_equal(pc.classifier.predict(ref), PERM[labels])
     np.testing.assert_array_equal(pc.train_labels, PERM[labels])
     np.testing.assert_allclose(pc.centroids[PERM], centroids)
+    # the geometry's centres move with their ids; its weights and the decoder are the same
+    np.testing.assert_allclose(pc.space.centroids, pc.centroids)
+    assert (pc.space.risk_columns, pc.space.risk_weights, pc.space.embedding_weight) == ((0, 1), (1.0, 0.5), 1.0)
+    assert pc.decoder == decoder
 
 
 # -- locked profile -------------------------------------------------------------------------------------------
@@ -185,6 +192,7 @@ def test_refresh_exit_codes_for_bad_inputs(tmp_path, locked):
 def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot_label():
     from regimetry.classify import KNNClassifier
     from regimetry.data import BarSeries
+    from regimetry.regimes import JumpDecoder, RegimeSpace
     from trainer.clustering import Clustering
     from trainer.refresh import Aligner, Previous
 
@@ -196,7 +204,10 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
     close = 100 * np.exp(np.cumsum(drift + vol * rng.standard_normal(n)))
     series = BarSeries(3600 * np.arange(n), np.stack([close] * 4 + [np.ones(n)], 1))
     z = np.eye(3, dtype=np.float32)[new_ids] * 10  # embeddings that the classifier maps to new_ids
-    cl = Clustering(np.zeros(3), np.ones(3), new_ids, np.eye(3) * 10, KNNClassifier(z, new_ids, 3, 1))
+    space = RegimeSpace((), (), 1.0, np.eye(3) * 10)  # the embedding alone: P = D = 3
+    cl = Clustering(
+        np.zeros(3), np.ones(3), new_ids, np.eye(3) * 10, KNNClassifier(z, new_ids, 3, 1), space, JumpDecoder(4.0, 32)
+    )
     # the previous bundle called the calm regime 2, the middle one 0, the wild one 1 (PERM)
     profiles = [
         {"id": int(PERM[i]), "mean_return": [0.0005, 0.0, -0.0005][i], "volatility": [0.001, 0.004, 0.012][i]}
@@ -213,6 +224,7 @@ def test_aligner_falls_back_to_profile_centroids_when_the_previous_bundle_cannot
     assert rec["method"] == "profile_centroids" and rec["mapping"] == {str(i): int(PERM[i]) for i in range(3)}
     assert rec["agreement"] is None and rec["flagged"] and "gone" in rec["reason"]
     np.testing.assert_array_equal(aligned.classifier.predict(z), PERM[new_ids])
+    np.testing.assert_allclose(aligned.space.centroids, aligned.centroids)  # the geometry's centres moved too
 
 
 def test_overlapping_refreshes_are_refused(tmp_path, locked):
@@ -247,7 +259,7 @@ def test_permuted_bundle_helper_renames_every_id(tiny_bundle, tmp_path):
     for i in range(3):
         assert mb["baseline"]["cluster_distribution"][PERM[i]] == ma["baseline"]["cluster_distribution"][i]
         assert mb["regime_profiles"][PERM[i]]["volatility"] == ma["regime_profiles"][i]["volatility"]
-    if (copy / "regimes.csv").exists():
-        ra = [r.split(",")[2] for r in (Path(tiny_bundle) / "regimes.csv").read_text().splitlines()[1:]]
-        rb = [r.split(",")[2] for r in (copy / "regimes.csv").read_text().splitlines()[1:]]
-        assert rb == [str(PERM[int(x)]) for x in ra]
+    # the tiny bundle has a regimes.csv (test_trainer checks it), so its ids must be renamed too
+    ra = [r.split(",")[2] for r in (Path(tiny_bundle) / "regimes.csv").read_text().splitlines()[1:]]
+    rb = [r.split(",")[2] for r in (copy / "regimes.csv").read_text().splitlines()[1:]]
+    assert ra and rb == [str(PERM[int(x)]) for x in ra]

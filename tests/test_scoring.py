@@ -1,12 +1,9 @@
 """Forecast scoring (regimetry/scoring.py) and the flat-next baseline (regimetry/flat_next.py): hand-computed
 figures, no training, no TensorFlow."""
 
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
+from helpers import run_blocked
 
 from regimetry.evaluation import parse_when
 from regimetry.features import FeatureSpec, Scaler, compute_features, history_needed, scaled_windows
@@ -238,14 +235,8 @@ def test_next_window_regimes_is_the_decoder_one_bar_ahead():
 
 
 def test_core_scoring_imports_without_scikit_learn_or_tensorflow():
-    code = textwrap.dedent(
+    r = run_blocked(
         """
-        import sys, importlib.abc
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("sklearn", "tensorflow", "keras"):
-                    raise ImportError(name + " is blocked")
-        sys.meta_path.insert(0, Block())
         import numpy as np
         import regimetry.scoring as s, regimetry.flat_next
         cur = np.array([0, 0, 1, 1, 2]); nxt = np.array([0, 1, 1, 2, 2])
@@ -254,7 +245,6 @@ def test_core_scoring_imports_without_scikit_learn_or_tensorflow():
         print("ok")
         """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
 

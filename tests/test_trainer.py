@@ -178,7 +178,13 @@ def test_tampered_bundle_is_refused(tiny_training, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="manifest does not match"):
         verify_bundle(copy)
+    # a file the manifest lists is gone (with the manifest intact, so this is the check that fails)
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_training.bundle_dir, copy)
+    verify_bundle(copy)
     (copy / "encoder.onnx").unlink()
+    with pytest.raises(BundleError, match="file encoder.onnx listed in the manifest is missing"):
+        verify_bundle(copy)
 
 
 @pytest.mark.parametrize("edit", ["scaler", "centroid", "model_version", "penalty", "ood_quantile"])
@@ -221,7 +227,7 @@ def test_worker_path_reproduces_trainer_regimes(tiny_training):
 
 
 def test_same_seed_same_model(tiny_training, tmp_path):
-    from tests_helpers import tiny_again
+    from helpers import tiny_again
 
     again = tiny_again(tmp_path)
     a, b = tiny_training.manifest, again.manifest

@@ -13,8 +13,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from fixtures_stack import series
-from test_worker_e2e import assert_matches_reference
+from helpers import assert_matches_reference, series
 
 from devstack.kafka_kit import Collector, interleave, produce, series_messages
 from devstack.stack import (
@@ -32,9 +31,9 @@ pytestmark = pytest.mark.slow
 TOPICS = {"bars": 2, "regime-events": 2, "bars-dlq": 1}
 
 
-def test_worker_survives_a_broker_restart_and_continues(model, tiny_bundle, tmp_path):
+def test_worker_survives_a_broker_restart_and_continues(model, tiny_bundle, tmp_path, fresh_symbols):
     history = model.bundle.history_bars
-    data = {s: series(s, history + 60, seed=950 + i) for i, s in enumerate(["T05", "T06"])}
+    data = {s: series(s, history + 60, seed=950 + i) for i, s in enumerate(fresh_symbols(2))}
     split = history + 20  # bars before the restart
     late = history + 50  # bars from here on go to a worker started after the first one stopped
     with start_stack(tmp_path, TOPICS) as stack:

@@ -9,7 +9,7 @@ and Redis key prefix, so the session worker used by the other tests is not distu
 from __future__ import annotations
 
 import pytest
-from fixtures_stack import series
+from helpers import series
 
 from devstack.kafka_kit import Collector, PacedFeed, interleave, series_messages
 from devstack.stack import create_topics, start_worker
@@ -29,10 +29,10 @@ SETTINGS = {
 }
 
 
-def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_client, tmp_path):
+def test_sigkill_three_times_loses_nothing(stack, model, tiny_bundle, redis_client, tmp_path, fresh_symbols):
     create_topics(stack.bootstrap, TOPICS)
     history = model.bundle.history_bars
-    symbols = [f"T2{i}" for i in range(4)]
+    symbols = fresh_symbols(4)
     data = {s: series(s, history + 150, seed=300 + i) for i, s in enumerate(symbols)}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
     n_expected = sum(len(b) - history + 1 for b in data.values())

@@ -8,49 +8,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from fixtures_stack import schema_validator, series
+from helpers import TIMEOUT, assert_matches_reference, by_symbol, schema_validator, series
 
 from devstack.kafka_kit import bar_message, interleave, produce, series_messages
-from worker.events import event_id
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 90
 
 
-def by_symbol(values: list[dict], symbol: str) -> list[dict]:
-    return sorted((v for v in values if v["symbol"] == symbol), key=lambda v: v["bar_time"])
-
-
-def assert_matches_reference(model, bars, got: list[dict]) -> None:
-    """Events of one symbol equal the batch reference, bar for bar: regimes and dwell exactly, probabilities
-    (the decoder's) and OOD scores to float noise (ONNX Runtime's embeddings vary in the last bits with the
-    batch they are computed in)."""
-    ref = model.run_series(bars.values)
-    times = bars.times[ref.offset :]
-    assert [e["bar_time"] for e in got] == times.tolist(), "exactly one event per bar with a complete window"
-    np.testing.assert_array_equal([e["regime"]["id"] for e in got], ref.regime)
-    np.testing.assert_allclose([e["regime"]["probabilities"] for e in got], ref.proba, atol=1e-5)
-    np.testing.assert_allclose([e["regime"]["confidence"] for e in got], ref.proba.max(1), atol=1e-5)
-    np.testing.assert_array_equal([e["bars_in_regime"] for e in got], ref.dwell)
-    np.testing.assert_allclose([e["ood_score"] for e in got], ref.ood, atol=1e-5, rtol=1e-5)
-    np.testing.assert_array_equal([e["predicted"]["regime"] if e["predicted"] else -1 for e in got], ref.next_regime)
-    has_fc = ref.next_regime >= 0
-    np.testing.assert_allclose(
-        [e["predicted"]["probabilities"] for e, f in zip(got, has_fc) if f], ref.next_proba[has_fc], atol=1e-5
-    )
-    version = model.bundle.version
-    for prev, e in zip([None] + got[:-1], got):
-        assert e["event_id"] == event_id(e["symbol"], e["bar_time"], version)
-        assert e["model_version"] == version
-        changed = prev is not None and prev["regime"]["id"] != e["regime"]["id"]
-        assert e["regime_changed"] == changed
-        assert e["previous_regime"] == (prev["regime"]["id"] if changed else None)
-
-
-def test_events_equal_batch_reference(stack, worker, model, events):
-    symbols = ["T00", "T01", "EQ.A"]
+def test_events_equal_batch_reference(stack, worker, model, events, fresh_symbols):
+    symbols = [*fresh_symbols(2), "EQ.A"]  # EQ.A: a symbol with punctuation, served like any other
     data = {s: series(s, model.bundle.history_bars + 80, seed=i) for i, s in enumerate(symbols)}
     produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]))
     expected = {s: len(b) - model.bundle.history_bars + 1 for s, b in data.items()}
@@ -72,7 +39,7 @@ def test_events_go_to_the_partition_of_their_key(stack, worker, model, events):
     partitioner (murmur2 of the key, as any keyed producer and subscriber assume) gives each symbol."""
     from kafka.partitioner.default import DefaultPartitioner
 
-    symbols = [f"PART{i}" for i in range(8)]
+    symbols = [f"PART{i}" for i in range(8)]  # named, not fresh: they hash to several partitions (fixtures_stack)
     data = {s: series(s, model.bundle.history_bars + 5, seed=40 + i) for i, s in enumerate(symbols)}
     produce(stack.bootstrap, "bars", interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()]))
     events.wait_for(lambda v: all(len(by_symbol(v, s)) >= 6 for s in symbols), TIMEOUT, "events of every symbol")

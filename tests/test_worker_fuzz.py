@@ -11,23 +11,23 @@ import json
 import random
 
 import pytest
-from fixtures_stack import series
-from test_worker_e2e import assert_matches_reference, by_symbol
+from helpers import assert_matches_reference, by_symbol, series
 
 from devstack.kafka_kit import interleave, produce, series_messages
 from devstack.stack import metric_value, metrics_text
 
 pytestmark = pytest.mark.slow
 N_BAD = 10_000
-SYMBOLS = ["T32", "T33", "T34", "T35"]
+N_SYMBOLS = 4
 
 
 def good_doc(symbol: str, t: int) -> dict:
     return {"symbol": symbol, "time": t, "open": 1.10, "high": 1.20, "low": 1.00, "close": 1.15, "volume": 10.0}
 
 
-def adversarial(rng: random.Random, symbol: str, t: int) -> tuple[bytes, bytes, str]:
-    """(key, value, expected DLQ reason) of one hostile message for `symbol` around bar time `t`."""
+def adversarial(rng: random.Random, symbol: str, t: int, others: list[str]) -> tuple[bytes, bytes, str]:
+    """(key, value, expected DLQ reason) of one hostile message for `symbol` around bar time `t`; `others` are
+    accepted symbols other than `symbol` (for a body that names another symbol than its key)."""
     key = symbol.encode()
     d = good_doc(symbol, t)
     kind = rng.randrange(16)
@@ -74,28 +74,30 @@ def adversarial(rng: random.Random, symbol: str, t: int) -> tuple[bytes, bytes, 
         d["symbol"] = rng.choice(["T3{2}", "", "x" * 40, "bad symbol"])
         return key, json.dumps(d).encode(), "schema_violation"
     if kind == 14:
-        return key, json.dumps(good_doc(rng.choice(["T00", "T01"]), t)).encode(), "key_mismatch"
+        return key, json.dumps(good_doc(rng.choice(others), t)).encode(), "key_mismatch"
     d["time"] = t - 3600 * rng.randrange(10_000, 20_000)  # older than anything stored for this symbol
     return key, json.dumps(d).encode(), "out_of_order"
 
 
-def test_ten_thousand_hostile_messages(stack, worker, model, events, dead_letters):
+def test_ten_thousand_hostile_messages(stack, worker, model, events, dead_letters, fresh_symbols):
     rng = random.Random(20261127)
+    symbols = fresh_symbols(N_SYMBOLS)
     history = model.bundle.history_bars
-    data = {s: series(s, history + 40, seed=500 + i) for i, s in enumerate(SYMBOLS)}
+    data = {s: series(s, history + 40, seed=500 + i) for i, s in enumerate(symbols)}
     good = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
     per_good = N_BAD // len(good) + 1
     stream, expected = [], {}
     sent_bad = 0
     for i, (key, value) in enumerate(good):
         stream.append((key, value))
-        if i < len(SYMBOLS):  # out-of-order bars need a stored bar of their symbol before them
+        if i < len(symbols):  # out-of-order bars need a stored bar of their symbol before them
             continue
         doc = json.loads(value)
         for _ in range(per_good):
             if sent_bad == N_BAD:
                 break
-            k, v, reason = adversarial(rng, doc["symbol"], doc["time"])
+            others = [s for s in symbols if s != doc["symbol"]]
+            k, v, reason = adversarial(rng, doc["symbol"], doc["time"], others)
             stream.append((k, v))
             expected[reason] = expected.get(reason, 0) + 1
             sent_bad += 1
@@ -105,7 +107,7 @@ def test_ten_thousand_hostile_messages(stack, worker, model, events, dead_letter
     assert sent_bad == N_BAD
     produce(stack.bootstrap, "bars", stream)
 
-    keys = set(SYMBOLS) | {f"UNK{i}" for i in range(100)}
+    keys = set(symbols) | {f"UNK{i}" for i in range(100)}
 
     def mine(v: list[dict]) -> list[dict]:
         return [d for d in v if d["source"]["key"] in keys]
@@ -119,7 +121,7 @@ def test_ten_thousand_hostile_messages(stack, worker, model, events, dead_letter
     n_events = sum(len(b) - history + 1 for b in data.values())
     n_dupe_events = sum(1 for k, v in dupes if json.loads(v)["time"] >= int(data[k.decode()].times[history - 1]))
     vals = events.wait_for(
-        lambda v: sum(len(by_symbol(v, s)) for s in SYMBOLS) >= n_events + n_dupe_events,
+        lambda v: sum(len(by_symbol(v, s)) for s in symbols) >= n_events + n_dupe_events,
         300,
         "events of every good bar",
     )

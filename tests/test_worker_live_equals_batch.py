@@ -15,8 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from fixtures_stack import schema_validator, series
-from test_worker_e2e import assert_matches_reference
+from helpers import assert_matches_reference, schema_validator, series
 
 from regimetry.regimes import JumpDecoder, dwell
 

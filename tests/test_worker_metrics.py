@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from fixtures_stack import WORKER_SETTINGS, series
+from fixtures_stack import WORKER_SETTINGS
+from helpers import TIMEOUT, series
 
 from devstack.kafka_kit import interleave, produce, series_messages
 from devstack.stack import metric_value, metrics_text, wait_until
 from regimetry.synthetic import Regime
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 90
 
 # Ten times the volatility and volume of anything in training: the encoder has never seen such windows.
 WILD = (
@@ -38,7 +38,7 @@ def feed_and_wait(stack, worker, bars: dict, history: int) -> dict[str, float]:
     return drift(worker.port)
 
 
-def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model):
+def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model, fresh_symbols):
     history = model.bundle.history_bars
     text = metrics_text(worker.port)
     for name in [
@@ -63,11 +63,12 @@ def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model):
 
     horizon = WORKER_SETTINGS["drift_horizon"]
     per_symbol = horizon // 2 + history  # two symbols fill the whole horizon
+    calm_too, wild_too = fresh_symbols(2)  # CALM and WILD name the phases (WILD is looked up below)
     # Phase 1: the distribution the bundle was trained on (the tiny bundle trains on generate_bars defaults).
-    calm = {s: series(s, per_symbol, seed=100 + i) for i, s in enumerate(["CALM", "T10"])}
+    calm = {s: series(s, per_symbol, seed=100 + i) for i, s in enumerate(["CALM", calm_too])}
     d1 = feed_and_wait(stack, worker, calm, history)
     # Phase 2: a market the model never saw.
-    wild = {s: series(s, per_symbol, seed=200 + i, regimes=WILD) for i, s in enumerate(["WILD", "T11"])}
+    wild = {s: series(s, per_symbol, seed=200 + i, regimes=WILD) for i, s in enumerate(["WILD", wild_too])}
     d2 = feed_and_wait(stack, worker, wild, history)
 
     assert d1["horizon_events"] == d2["horizon_events"] == horizon

@@ -11,8 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from fixtures_stack import series
-from test_worker_e2e import assert_matches_reference
+from helpers import assert_matches_reference, series
 
 from devstack.kafka_kit import Collector, PacedFeed, interleave, series_messages
 from devstack.stack import create_topics, metric_value, metrics_text, start_redis, start_worker, wait_until
@@ -35,14 +34,14 @@ def redis_errors(worker) -> float:
     return metric_value(metrics_text(worker.port), "regimetry_redis_errors_total") or 0.0
 
 
-def test_redis_stop_and_restart_loses_nothing(stack, model, tiny_bundle, tmp_path):
+def test_redis_stop_and_restart_loses_nothing(stack, model, tiny_bundle, tmp_path, fresh_symbols):
     import redis
 
     create_topics(stack.bootstrap, TOPICS)
     folder = tmp_path / "redis-aof"
     store = start_redis(folder, appendonly=True)
     history = model.bundle.history_bars
-    data = {s: series(s, history + 150, seed=800 + i) for i, s in enumerate(["T37", "T38", "T39"])}
+    data = {s: series(s, history + 150, seed=800 + i) for i, s in enumerate(fresh_symbols(3))}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
     n_expected = sum(len(b) - history + 1 for b in data.values())
     worker = start_worker(
@@ -87,7 +86,7 @@ def test_redis_stop_and_restart_loses_nothing(stack, model, tiny_bundle, tmp_pat
     )
 
 
-def test_redis_back_empty_refills_windows_without_partial_events(stack, model, tiny_bundle, tmp_path):
+def test_redis_back_empty_refills_windows_without_partial_events(stack, model, tiny_bundle, tmp_path, fresh_symbols):
     """Redis (no persistence) stops mid-stream and a fresh, empty one starts on the same port. The consumed
     offsets are committed, so the windows refill from the new bars: after the wipe each symbol's events
     equal the batch reference run on the bars the new Redis received (so no event before history_bars
@@ -101,7 +100,7 @@ def test_redis_back_empty_refills_windows_without_partial_events(stack, model, t
     history = model.bundle.history_bars
     # long enough that, after the ~40 bars per symbol the wipe waits for plus the history the refill needs,
     # a good number of events remain to compare (bars_in_regime included)
-    data = {s: series(s, history + 250, seed=850 + i) for i, s in enumerate(["T34", "T35", "T36"])}
+    data = {s: series(s, history + 250, seed=850 + i) for i, s in enumerate(fresh_symbols(3))}
     msgs = interleave(*[series_messages(s, b.times, b.values) for s, b in data.items()])
     settings = {
         **SETTINGS,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_stack import series
+from helpers import series
 
 from devstack.kafka_kit import series_messages
 from regimetry.bundle import resolve_bundle_dir
@@ -31,7 +31,7 @@ def records(msgs: list, start: int = 0) -> list[Record]:
     return [Record(k, v, "bars", 0, start + i, time.time()) for i, (k, v) in enumerate(msgs)]
 
 
-def test_switch_at_batch_boundary_and_refuse_a_bad_bundle(stack, tiny_bundle, tmp_path):
+def test_switch_at_batch_boundary_and_refuse_a_bad_bundle(stack, tiny_bundle, tmp_path, fresh_symbols):
     from worker.app import Runtime
 
     second = resolve_bundle_dir(DEFAULT_MODELS)
@@ -42,8 +42,9 @@ def test_switch_at_batch_boundary_and_refuse_a_bad_bundle(stack, tiny_bundle, tm
     (root / "CURRENT").write_text(tiny_bundle.name)
     rt = Runtime(load_settings({}, bundle=str(root), redis_url=stack.redis_url, key_prefix="reload"))
     new_model = RegimeModel(root / second.name)
-    bars = series("T30", new_model.bundle.history_bars + 60, seed=44)
-    msgs = series_messages("T30", bars.times, bars.values)
+    (symbol,) = fresh_symbols(1)
+    bars = series(symbol, new_model.bundle.history_bars + 60, seed=44)
+    msgs = series_messages(symbol, bars.times, bars.values)
     cut = len(msgs) - 30
 
     async def run() -> tuple[list[dict], list[dict], float]:

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from fixtures_stack import series
-from test_worker_e2e import assert_matches_reference
+from helpers import assert_matches_reference, series
 
 from devstack.kafka_kit import Collector, PacedFeed, interleave, series_messages
 from devstack.stack import create_topics, metric_value, metrics_text, start_worker, wait_until
@@ -67,6 +66,16 @@ def assert_complete_and_consistent(events: Collector, data: dict, model, n_expec
     return len(events.records) - n_expected
 
 
+def symbols_on_every_partition(fresh_symbols, n: int, partitions: int) -> list[str]:
+    """At least n fresh symbols, more if needed until every partition of the bars topic has one: then whichever
+    partitions a member of the group is assigned, it has bars to consume (the tests wait for every member to
+    consume, and the killed one must hold a symbol)."""
+    symbols = fresh_symbols(n)
+    while {bar_partition(s, partitions) for s in symbols} != set(range(partitions)):
+        symbols += fresh_symbols(1)
+    return symbols
+
+
 def scale_feed(model, symbols: list[str], seed: int, extra_bars: int) -> tuple[dict, list, int]:
     """Seeded bars per symbol, interleaved into one message list, and the number of events expected."""
     history = model.bundle.history_bars
@@ -75,10 +84,12 @@ def scale_feed(model, symbols: list[str], seed: int, extra_bars: int) -> tuple[d
     return data, msgs, sum(len(b) - history + 1 for b in data.values())
 
 
-def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tiny_bundle, tmp_path):
-    topics, base = scale_settings("scale", 4)
+def test_two_workers_share_partitions_and_survive_one_stopping(stack, model, tiny_bundle, tmp_path, fresh_symbols):
+    partitions = 4
+    topics, base = scale_settings("scale", partitions)
     create_topics(stack.bootstrap, topics)
-    data, msgs, n_expected = scale_feed(model, [f"T{i}" for i in range(12, 20)], 700, 120)
+    symbols = symbols_on_every_partition(fresh_symbols, 8, partitions)
+    data, msgs, n_expected = scale_feed(model, symbols, 700, 120)
     settings = {**base, "bundle": str(tiny_bundle)}
     a = start_worker(stack, tmp_path, name="scale-a", **settings)
     b = start_worker(stack, tmp_path, name="scale-b", **settings)
@@ -108,14 +119,15 @@ def current_symbols(worker) -> set[str]:
     return set(re.findall(r'regimetry_current_regime\{symbol="([^"]+)"\}', metrics_text(worker.port)))
 
 
-def test_three_workers_one_killed_mid_stream(stack, model, tiny_bundle, tmp_path):
+def test_three_workers_one_killed_mid_stream(stack, model, tiny_bundle, tmp_path, fresh_symbols):
     """Three members on 6 partitions; one is SIGKILLed (no goodbye to the group: the coordinator notices
     after the session timeout). Its partitions move to the two survivors; the rebalance time is measured from
     the kill to the first new event of a symbol the killed worker was serving."""
     partitions = 6
     topics, base = scale_settings("scale3", partitions)
     create_topics(stack.bootstrap, topics)
-    data, msgs, n_expected = scale_feed(model, [f"T{i}" for i in range(26, 38)], 900, 100)
+    symbols = symbols_on_every_partition(fresh_symbols, 12, partitions)
+    data, msgs, n_expected = scale_feed(model, symbols, 900, 100)
     settings = {**base, "bundle": str(tiny_bundle)}
     with ThreadPoolExecutor(3) as pool:  # start-ups overlap: ~7 s each, mostly waiting for the group
         workers = list(pool.map(lambda c: start_worker(stack, tmp_path, name=f"scale3-{c}", **settings), "abc"))

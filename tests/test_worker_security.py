@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from fixtures_stack import series
+from helpers import series
 
 from devstack.kafka_kit import Collector, produce, series_messages
 from devstack.stack import create_topics, metrics_text, start_redis, start_worker
@@ -28,7 +28,7 @@ def auth_redis(tmp_path):
     proc.stop()
 
 
-def test_redis_password_is_used_and_never_shown(stack, tiny_bundle, model, auth_redis, tmp_path):
+def test_redis_password_is_used_and_never_shown(stack, tiny_bundle, model, auth_redis, tmp_path, fresh_symbols):
     create_topics(stack.bootstrap, TOPICS)
     url = f"redis://127.0.0.1:{auth_redis.port}/0"
     settings = {
@@ -49,8 +49,9 @@ def test_redis_password_is_used_and_never_shown(stack, tiny_bundle, model, auth_
 
     worker = start_worker(stack, tmp_path, name="auth-worker", redis_password=SECRET, **settings)
     try:
-        b = series("T36", model.bundle.history_bars + 5, seed=61)
-        produce(stack.bootstrap, "bars-auth", series_messages("T36", b.times, b.values))
+        (symbol,) = fresh_symbols(1)
+        b = series(symbol, model.bundle.history_bars + 5, seed=61)
+        produce(stack.bootstrap, "bars-auth", series_messages(symbol, b.times, b.values))
         col = Collector(stack.bootstrap, "regime-events-auth")
         col.wait_for(lambda v: len(v) >= 6, 90, "events through a password-protected Redis")
         col.close()

@@ -8,8 +8,7 @@ disturbed.
 from __future__ import annotations
 
 import pytest
-from fixtures_stack import series
-from test_worker_e2e import assert_matches_reference, by_symbol
+from helpers import assert_matches_reference, by_symbol, series
 
 from devstack.kafka_kit import Collector, interleave, produce, series_messages
 from devstack.stack import create_topics, start_worker

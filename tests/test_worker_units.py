@@ -8,7 +8,7 @@ import math
 import jsonschema
 import numpy as np
 import pytest
-from fixtures_stack import schema_validator
+from helpers import schema_validator
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st

@@ -32,8 +32,8 @@ class Clustering:
     train_labels: np.ndarray  # spectral labels of the training windows (renumbered)
     centroids: np.ndarray  # (K, P) in the regime geometry
     classifier: KNNClassifier
-    space: RegimeSpace | None = None
-    decoder: JumpDecoder | None = None
+    space: RegimeSpace
+    decoder: JumpDecoder
     selection: dict | None = None  # how the switch penalty was chosen (validation figures per candidate)
 
 
@@ -103,7 +103,12 @@ def refine(
     from jumpmodels.jump import dp, jump_penalty_to_mx
 
     pen = jump_penalty_to_mx(float(penalty), n)
-    cent = np.array(init_centroids, dtype=np.float64) if init_centroids is not None else centroids_of(g, labels, n)
+    if init_centroids is not None:
+        cent = np.array(init_centroids, dtype=np.float64)
+    elif labels is not None:
+        cent = centroids_of(g, labels, n)
+    else:
+        raise ValueError("refine needs a partition or initial centres")
     if labels is None:
         labels = np.full(len(g), -1, dtype=np.int64)
     for _ in range(max_iter):

@@ -119,6 +119,33 @@ def mask_windows(x: np.ndarray, ratio: float, rng: np.random.Generator) -> tuple
     return masked, np.where(hidden, 3.0, 1.0).astype(np.float32)
 
 
+def objective(encoder: keras.Model, decoder: keras.Model, projector: keras.Model, cfg: EncoderConfig) -> Callable:
+    """The two pretraining losses of a batch: (masked reconstruction MSE over the masked bars, InfoNCE of each
+    window against its positive). Arrays: masked, target, positive (B, W, F); weight (B, W), 1 where masked."""
+    import tensorflow as tf
+
+    tau, lam = cfg.temperature, cfg.contrast_weight
+
+    def losses(masked, target, weight, positive, training):
+        ea = encoder(masked, training=training)
+        rec = decoder(ea, training=training)
+        rec_loss = tf.reduce_sum(weight * tf.reduce_mean(tf.square(rec - target), -1)) / tf.reduce_sum(weight)
+        if lam == 0:
+            return rec_loss, tf.constant(0.0)
+        pa = tf.math.l2_normalize(projector(ea, training=training), -1)
+        pb = tf.math.l2_normalize(projector(encoder(positive, training=training), training=training), -1)
+        logits = tf.matmul(pa, pb, transpose_b=True) / tau
+        labels = tf.range(tf.shape(logits)[0])
+        ce = keras.losses.sparse_categorical_crossentropy
+        nce = 0.5 * (
+            tf.reduce_mean(ce(labels, logits, from_logits=True))
+            + tf.reduce_mean(ce(labels, tf.transpose(logits), from_logits=True))
+        )
+        return rec_loss, nce
+
+    return losses
+
+
 def pretrain(
     encoder: keras.Model,
     train: np.ndarray,
@@ -141,27 +168,11 @@ def pretrain(
     w, f = train.shape[1:]
     decoder, projector = build_decoder(w, f, cfg), build_projector(cfg)
     opt = keras.optimizers.Adam(cfg.learning_rate)
-    tau, lam = cfg.temperature, cfg.contrast_weight
+    lam = cfg.contrast_weight
     weights = encoder.trainable_variables + decoder.trainable_variables
     if lam:
         weights += projector.trainable_variables
-
-    def losses(masked, target, weight, positive, training):
-        ea = encoder(masked, training=training)
-        rec = decoder(ea, training=training)
-        rec_loss = tf.reduce_sum(weight * tf.reduce_mean(tf.square(rec - target), -1)) / tf.reduce_sum(weight)
-        if lam == 0:
-            return rec_loss, tf.constant(0.0)
-        pa = tf.math.l2_normalize(projector(ea, training=training), -1)
-        pb = tf.math.l2_normalize(projector(encoder(positive, training=training), training=training), -1)
-        logits = tf.matmul(pa, pb, transpose_b=True) / tau
-        labels = tf.range(tf.shape(logits)[0])
-        ce = keras.losses.sparse_categorical_crossentropy
-        nce = 0.5 * (
-            tf.reduce_mean(ce(labels, logits, from_logits=True))
-            + tf.reduce_mean(ce(labels, tf.transpose(logits), from_logits=True))
-        )
-        return rec_loss, nce
+    losses = objective(encoder, decoder, projector, cfg)
 
     @tf.function(reduce_retracing=True)
     def step(masked, target, weight, positive):

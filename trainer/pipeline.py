@@ -18,9 +18,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from regimetry import diagnostics, naming, scoring
-from regimetry.bundle import MANIFEST, POINTER, manifest_digest, sha256_file, sha256_json, validate_manifest
+from regimetry.bundle import POINTER, Manifest, sha256_json, write_manifest
 from regimetry.data import BarSeries, iso_utc, resolve_data
-from regimetry.features import FeatureSpec, history_needed
+from regimetry.features import FeatureSpec
 from trainer.config import TrainConfig, dump_config, recipe
 from trainer.separation import separation
 
@@ -343,74 +343,51 @@ def train(
 
     dists = centroid_distance(g[: ws.n_train], cl.centroids)
     hits = next_regime_of(t_all[in_train], np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
-    manifest = {
-        "schema_version": 1,
-        "model_version": version,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "seed": cfg.seed,
-        "feature_spec": spec.to_dict(),
-        "feature_spec_hash": spec.hash(),
-        "feature_scaler": ws.scaler.to_dict(),
-        "window_size": cfg.window_size,
-        "stride": cfg.stride,
-        "history_bars": history_needed(spec, cfg.window_size),
-        "embedding_dim": int(z.shape[1]),
-        "embedding_scaler": {"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()},
-        "n_clusters": k,
-        "centroids": cl.centroids.tolist(),
-        "classifier": {
-            "kind": "knn",
-            "file": "classifier.npz",
-            "k": cl.classifier.k,
-            "n_reference": int(len(cl.classifier.reference)),
-            "geometry": "standardised embedding",
-            "role": "diagnostic only: served regimes come from the decoder",
-        },
-        "regimes": {
-            "space": {kk: v for kk, v in cl.space.to_dict().items() if kk != "centroids"},
-            "risk_features": [spec.names[i] for i in cl.space.risk_columns],
-            "decoder": cl.decoder.to_dict(),
-            "geometry": "regimetry/regimes.py RegimeSpace; centroids above",
-        },
-        "forecaster": {"name": f_cfg.name, "input_length": f_cfg.input_length, "loss": f_cfg.loss},
-        "onnx": onnx_info,
-        "regime_profiles": profiles,
-        "baseline": {
-            "cluster_distribution": diagnostics.shares(train_reg, k).tolist(),
-            "transition_matrix": diagnostics.transition_matrix(train_reg, k).tolist(),
-            "centroid_distance_quantiles": {f"q{q}": float(np.quantile(dists, q / 100)) for q in (50, 90, 95, 99)},
-            "mean_confidence": float(proba[: ws.n_train].max(1).mean()),
-            "next_regime_hit_rate": float(np.mean(hits == regimes[t_all[in_train] + 1])),
-        },
-        "hashes": {
-            "regimes": sha256_json({"space": cl.space.to_dict(), "decoder": cl.decoder.to_dict()}),
-            "feature_scaler": sha256_json(ws.scaler.to_dict()),
-            "embedding_scaler": sha256_json({"mean": cl.emb_mean.tolist(), "std": cl.emb_std.tolist()}),
-            "centroids": sha256_json(cl.centroids.tolist()),
-        },
-        "alignment": alignment,
-        "warm_start": None
-        if warm is None
-        else {
-            "from": warm.source,
-            "encoder_epochs": e_cfg.epochs,
-            **{k2: cl.selection[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
-        },
-        "libraries": library_versions(),
-        "data": {
-            "source": cfg.data,
-            "symbol": series.symbol,
-            "n_bars": len(series),
-            "start": int(series.times[0]),
-            "end": int(series.times[-1]),
-            "train_end": int(ws.end_time[ws.n_train - 1]),
-        },
-        "files": {},
-    }
-    manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != MANIFEST}
-    manifest["hashes"]["manifest"] = manifest_digest(manifest)  # checked at every load (regimetry/bundle.py)
-    validate_manifest(manifest)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest = write_manifest(
+        tmp,
+        Manifest(
+            model_version=version,
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            seed=cfg.seed,
+            spec=spec,
+            scaler=ws.scaler,
+            window_size=cfg.window_size,
+            stride=cfg.stride,
+            emb_mean=cl.emb_mean,
+            emb_std=cl.emb_std,
+            centroids=cl.centroids,
+            space=cl.space,
+            decoder=cl.decoder,
+            classifier=cl.classifier,
+            forecaster={"name": f_cfg.name, "input_length": f_cfg.input_length, "loss": f_cfg.loss},
+            onnx=onnx_info,
+            regime_profiles=profiles,
+            baseline={
+                "cluster_distribution": diagnostics.shares(train_reg, k).tolist(),
+                "transition_matrix": diagnostics.transition_matrix(train_reg, k).tolist(),
+                "centroid_distance_quantiles": {f"q{q}": float(np.quantile(dists, q / 100)) for q in (50, 90, 95, 99)},
+                "mean_confidence": float(proba[: ws.n_train].max(1).mean()),
+                "next_regime_hit_rate": float(np.mean(hits == regimes[t_all[in_train] + 1])),
+            },
+            data={
+                "source": cfg.data,
+                "symbol": series.symbol,
+                "n_bars": len(series),
+                "start": int(series.times[0]),
+                "end": int(series.times[-1]),
+                "train_end": int(ws.end_time[ws.n_train - 1]),
+            },
+            libraries=library_versions(),
+            alignment=alignment,
+            warm_start=None
+            if warm is None
+            else {
+                "from": warm.source,
+                "encoder_epochs": e_cfg.epochs,
+                **{k2: (cl.selection or {})[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
+            },
+        ),
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     if cfg.set_current:

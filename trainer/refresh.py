@@ -264,3 +264,48 @@ def refresh(
     point_current(models, version)
     log("published", model_version=version, bundle=str(result.bundle_dir), regime_changes=len(changes))
     return Outcome("published", EXIT_PUBLISHED, version, result.bundle_dir, record, len(changes))
+
+
+def run_guarded(
+    profile_path: Path,
+    data: str,
+    load_series: Callable[[], BarSeries],
+    models: Path,
+    previous: Path | None,
+    min_agreement: float,
+    min_windows: int,
+    transitions: Path | None,
+    log: Log,
+) -> tuple[int, Outcome | None]:
+    """One refresh as `regimetry refresh` and the refresher service run it: every failure becomes an exit code
+    and one JSON log line (the schedule needs a code and a line, not a traceback alone); (exit code, outcome)."""
+    from regimetry.data import BarDataError
+    from trainer import locked_profile
+
+    def stop(code: int, message: str) -> tuple[int, None]:
+        log("error", exit_code=code, message=message)
+        return code, None
+
+    try:
+        prof = locked_profile.load(profile_path)
+    except locked_profile.ProfileMismatch as exc:
+        return stop(EXIT_PROFILE, str(exc))
+    except locked_profile.ProfileError as exc:
+        return stop(EXIT_USAGE, str(exc))
+    try:
+        series = load_series()
+    except BarDataError as exc:
+        return stop(EXIT_USAGE, str(exc))
+    log("start", profile=str(profile_path), data=data, bars=len(series), symbol=series.symbol, models=str(models))
+    try:
+        with exclusive(models):
+            outcome = refresh(prof, data, series, models, previous, min_agreement, min_windows, transitions, log)
+    except Busy as exc:
+        return stop(EXIT_BUSY, str(exc))
+    except locked_profile.ProfileMismatch as exc:
+        return stop(EXIT_PROFILE, str(exc))
+    except BundleError as exc:
+        return stop(EXIT_USAGE, str(exc))
+    except Exception as exc:
+        return stop(EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+    return outcome.exit_code, outcome

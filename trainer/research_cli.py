@@ -239,50 +239,73 @@ def refresh_cmd(
     Exit codes: 0 published or up to date; 2 bad input; 3 flagged (agreement below --min-agreement, bundle
     written but CURRENT not moved); 4 profile mismatch; 5 training failed; 6 another refresh is running.
     Logs are JSON lines on stdout."""
-    from regimetry.bundle import BundleError
-    from regimetry.data import BarDataError, resolve_data
-    from trainer import locked_profile
+    from regimetry.data import resolve_data
     from trainer import refresh as rf
 
-    log = json_logger(log_file)
+    code, _ = rf.run_guarded(
+        profile,
+        data,
+        lambda: resolve_data(data),
+        models,
+        previous,
+        min_agreement,
+        min_windows,
+        transitions or models / "transitions.jsonl",
+        json_logger(log_file),
+    )
+    raise typer.Exit(code)
 
-    def stop(code: int, message: str) -> None:
-        log("error", exit_code=code, message=message)
-        raise typer.Exit(code)
+
+def refresher_cmd(
+    profile: Path = typer.Option(..., envvar="REGIMETRY_REFRESH_PROFILE", help="locked_profile.yaml."),
+    archive: Path = typer.Option(..., envvar="REGIMETRY_ARCHIVE_DIR", help="The bar archive (regimetry archive)."),
+    symbol: str | None = typer.Option(
+        None, envvar="REGIMETRY_REFRESH_SYMBOL", help="Symbol to refit on (default: the profile's)."
+    ),
+    models: Path = typer.Option(
+        Path("exported_models"), envvar="REGIMETRY_REFRESH_MODELS", help="Models root holding CURRENT."
+    ),
+    every: str = typer.Option("24h", envvar="REGIMETRY_REFRESH_EVERY", help="Interval between runs (30m, 24h)."),
+    window: str = typer.Option(
+        "180d", envvar="REGIMETRY_REFRESH_WINDOW", help="Bars of the last WINDOW before the newest (or 'all')."
+    ),
+    min_agreement: float = typer.Option(0.9, envvar="REGIMETRY_REFRESH_MIN_AGREEMENT"),
+    min_windows: int = typer.Option(50, envvar="REGIMETRY_REFRESH_MIN_WINDOWS"),
+    metrics_host: str = typer.Option("127.0.0.1", envvar="REGIMETRY_REFRESH_METRICS_HOST"),
+    metrics_port: int = typer.Option(9111, envvar="REGIMETRY_REFRESH_METRICS_PORT", help="0 = no /metrics."),
+    once: bool = typer.Option(False, "--once", help="One run, then exit with its code."),
+) -> None:
+    """Refresh the locked profile from the bar archive on a schedule, with its outcome on /metrics.
+
+    Each run is `regimetry refresh` on the archive's last WINDOW of bars (same exit codes, JSON log lines on
+    stdout); SIGTERM ends the service between runs."""
+    import signal
+    import threading
+
+    from trainer import refresher as rs
 
     try:
-        prof = locked_profile.load(profile)
-    except locked_profile.ProfileMismatch as exc:
-        stop(rf.EXIT_PROFILE, str(exc))
-    except locked_profile.ProfileError as exc:
-        stop(rf.EXIT_USAGE, str(exc))
+        interval = rs.parse_duration(every)
+        span = None if window.strip().lower() == "all" else rs.parse_duration(window)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    metrics = rs.RefresherMetrics()
+    if metrics_port:
+        metrics.serve(metrics_host, metrics_port)
+
+    def run() -> int:
+        return rs.run_once(profile, archive, symbol, span, models, min_agreement, min_windows, rs.json_line, metrics)
+
+    if once:
+        raise typer.Exit(run())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rs.json_line("refresher_start", every_seconds=interval, window_seconds=span, archive=str(archive))
     try:
-        series = resolve_data(data)
-    except BarDataError as exc:
-        stop(rf.EXIT_USAGE, str(exc))
-    log("start", profile=str(profile), data=data, bars=len(series), symbol=series.symbol, models=str(models))
-    try:
-        with rf.exclusive(models):
-            outcome = rf.refresh(
-                prof,
-                data,
-                series,
-                models,
-                previous,
-                min_agreement,
-                min_windows,
-                transitions or models / "transitions.jsonl",
-                log,
-            )
-    except rf.Busy as exc:
-        stop(rf.EXIT_BUSY, str(exc))
-    except locked_profile.ProfileMismatch as exc:
-        stop(rf.EXIT_PROFILE, str(exc))
-    except BundleError as exc:
-        stop(rf.EXIT_USAGE, str(exc))
-    except Exception as exc:  # cron needs a code and a line, not a traceback alone
-        stop(rf.EXIT_FAILED, f"{type(exc).__name__}: {exc}")
-    raise typer.Exit(outcome.exit_code)
+        rs.run_forever(interval, run, stop, rs.json_line)
+    except KeyboardInterrupt:
+        pass
+    rs.json_line("refresher_stop")
 
 
 def register(app: typer.Typer) -> None:
@@ -290,3 +313,4 @@ def register(app: typer.Typer) -> None:
     app.command("report")(report_cmd)
     app.command("lock")(lock_cmd)
     app.command("refresh")(refresh_cmd)
+    app.command("refresher")(refresher_cmd)

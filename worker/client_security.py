@@ -6,18 +6,8 @@ Settings straight into client constructors and never through a log line.
 
 from __future__ import annotations
 
-import ssl
-
+from connect.kafka import kafka_ssl_context
 from worker.settings import Settings
-
-
-def kafka_ssl_context(s: Settings) -> ssl.SSLContext | None:
-    if "SSL" not in s.kafka_security_protocol.upper():
-        return None
-    ctx = ssl.create_default_context(cafile=s.kafka_ssl_cafile or None)
-    if s.kafka_ssl_certfile:
-        ctx.load_cert_chain(s.kafka_ssl_certfile, s.kafka_ssl_keyfile or None)
-    return ctx
 
 
 def faust_credentials(s: Settings):

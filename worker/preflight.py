@@ -15,7 +15,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from worker.client_security import kafka_ssl_context, redis_client
+from connect.kafka import bootstrap_servers, kafka_ssl_context
+from worker.client_security import redis_client
 from worker.settings import Settings, mask_url
 
 log = logging.getLogger("regimetry.worker")
@@ -28,12 +29,6 @@ class PreflightError(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def bootstrap_servers(broker_url: str) -> list[str]:
-    """'kafka://h1:9092;kafka://h2:9092' (Faust style) or 'h1:9092,h2:9092' -> ['h1:9092', 'h2:9092']."""
-    parts = broker_url.replace(";", ",").split(",")
-    return [p.strip().split("://", 1)[-1] for p in parts if p.strip()]
 
 
 def is_auth_failure(exc: BaseException) -> bool:

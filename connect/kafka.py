@@ -1,0 +1,26 @@
+"""Kafka connection wiring every part shares: the broker list and the TLS context, from the connection
+settings, so the worker (Faust/aiokafka), the archive (aiokafka) and the operator tools (kafka-python) reach a
+cluster the same way."""
+
+from __future__ import annotations
+
+import re
+import ssl
+
+from connect.settings import ConnectionSettings
+
+
+def bootstrap_servers(broker_url: str) -> list[str]:
+    """'kafka://a:9092;kafka://b:9092' or 'a:9092,b:9092' -> ['a:9092', 'b:9092'] (Faust's URL form or Kafka's)."""
+    parts = [p.strip() for p in re.split(r"[;,]", broker_url) if p.strip()]
+    return [re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", p).rstrip("/") for p in parts]
+
+
+def kafka_ssl_context(s: ConnectionSettings) -> ssl.SSLContext | None:
+    """The TLS context of an SSL / SASL_SSL connection (CA file, client certificate), None for plaintext."""
+    if "SSL" not in s.kafka_security_protocol.upper():
+        return None
+    ctx = ssl.create_default_context(cafile=s.kafka_ssl_cafile or None)
+    if s.kafka_ssl_certfile:
+        ctx.load_cert_chain(s.kafka_ssl_certfile, s.kafka_ssl_keyfile or None)
+    return ctx
