@@ -177,6 +177,8 @@ def create_app(settings: Settings, runtime: Runtime):
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_commit_interval=settings.commit_interval,
         producer_acks=-1,
+        producer_linger=0.0,  # no wait for company on the way out either (Faust's default, made explicit)
+        producer_max_batch_size=settings.producer_batch_bytes,
         topic_allow_declare=True,
         **extra,
     )
