@@ -94,6 +94,7 @@ class Manifest:
     libraries: dict
     alignment: dict | None = None  # how a refresh renumbered the ids (trainer/alignment.py)
     warm_start: dict | None = None  # what a warm-started refit started from (trainer/warm_start.py)
+    drift_alarms: dict | None = None  # calibrated CUSUM drift alarms (regimetry/drift_alarms.py)
 
     def to_dict(self) -> dict:
         spec, space, decoder = self.spec, self.space, self.decoder
@@ -140,6 +141,7 @@ class Manifest:
             },
             "alignment": self.alignment,
             "warm_start": self.warm_start,
+            **({"drift_alarms": self.drift_alarms} if self.drift_alarms is not None else {}),
             "libraries": self.libraries,
             "data": self.data,
             "files": {},

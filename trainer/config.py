@@ -77,6 +77,7 @@ class TrainConfig:
     holdout: float = 0.2  # last share of windows held out, chronologically
     output_dir: str = "exported_models"
     opset: int = 17
+    drift_arl_events: float = 5000.0  # drift alarms: mean events between false alarms on training-like data
     set_current: bool = True  # point exported_models/CURRENT at the new bundle
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     clustering: ClusterConfig = field(default_factory=ClusterConfig)

@@ -454,6 +454,8 @@ def _export(
     hits = rg.next_regime_of(
         t_all[in_train], np.asarray(fc.model.predict(fc.x_all[in_train], batch_size=512, verbose=0))
     )
+    predicted = np.full(len(regimes), -1, dtype=np.int64)
+    predicted[t_all[in_train]] = hits  # the regime each training window predicted for the next one
     manifest = write_manifest(
         tmp,
         Manifest(
@@ -497,6 +499,7 @@ def _export(
                 "encoder_epochs": e_cfg.epochs,
                 **{k2: (cl.selection or {})[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
             },
+            drift_alarms=_drift_alarms(cfg, proba[: ws.n_train], train_reg, dists, predicted[: ws.n_train]),
         ),
     )
     shutil.rmtree(out, ignore_errors=True)
@@ -505,3 +508,21 @@ def _export(
         (out_root / POINTER).write_text(version + "\n")
     progress("export", 2, 2, f"bundle {out}")
     return out, manifest
+
+
+def _drift_alarms(cfg: TrainConfig, proba, regimes, ood, predicted) -> dict:
+    """The drift alarms calibrated on the training windows (regimetry/drift_alarms.py), for the manifest."""
+    from regimetry.drift_alarms import STREAMS, calibrate, streams_of
+
+    streams = streams_of(proba, regimes, ood, predicted)
+    detectors, records = [], []
+    for name in STREAMS:
+        det, rec = calibrate(name, streams[name], arl0=cfg.drift_arl_events, seed=cfg.seed)
+        detectors.append(det.to_dict())
+        records.append(rec)
+    return {
+        "kind": "cusum",
+        "target_arl_events": cfg.drift_arl_events,
+        "detectors": detectors,
+        "calibration": records,
+    }
