@@ -78,7 +78,9 @@ def test_the_trainer_calibrates_and_drift_report_fires_after_a_shift(tiny_bundle
     r = runner.invoke(cli.app, ["predict", "--bundle", str(tiny_bundle), "--data", str(data), "--out", str(events)])
     assert r.exit_code == 0, r.output
     out = tmp_path / "report"
-    r = runner.invoke(cli.app, ["drift-report", "--bundle", str(tiny_bundle), "--events", str(events), "--out", str(out)])
+    r = runner.invoke(
+        cli.app, ["drift-report", "--bundle", str(tiny_bundle), "--events", str(events), "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     log = [json.loads(line) for line in (out / "drift_log.jsonl").read_text().splitlines()]
     t_shift = int(bars.times[t0])
