@@ -6,8 +6,10 @@ so its labels are only the *starting partition*. They are refined by the statist
 descent (centres = means of their windows; labels = the penalised Viterbi path, jumpmodels.jump.dp) in the
 regime geometry of regimetry/regimes.py, and the regime of any window, in training reports and live alike, is
 what the causal jump decoder says from that window's and its predecessors' costs: causal, and exactly
-reproducible by the worker. The switch penalty is chosen on the training bars only (time-series validation:
-fit on the first part of the training windows, decode the rest), never on held-out bars.
+reproducible by the worker. The geometry is whitened (``whiten``: every column in units of its within-regime
+spread) and the switch penalty is the one the fit's own dwell implies (``self_consistent_penalty``), both on the
+training bars only, never on held-out bars; ``choose_penalty`` (time-series validation on the coming bars'
+volatility) is the earlier rule, kept as ``penalty_rule: validation_eta2``.
 
 The nearest-neighbour classifier of the first build is still fitted and exported (its vote shares are a
 diagnostic: agreement with the spectral targets), but no served regime comes from it.
