@@ -18,6 +18,7 @@ diagnostic: agreement with the spectral targets), but no served regime comes fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -328,8 +329,8 @@ def fit_regimes(
     if "_validation_labels" in selection:  # what the search ranks by: all on training windows only
         from trainer.regime_scores import refit_agreement
 
-        val, cut = selection.pop("_validation_labels"), selection.pop("_cut")
-        row = selection.pop("_validation_row")
+        popped: Any = (selection.pop("_validation_labels"), selection.pop("_cut"), selection.pop("_validation_row"))
+        val, cut, row = popped
         final = rank[decoded][cut:]
         selection["validation"] = {
             "eta2_coming_risk": row["eta2"],
