@@ -101,17 +101,34 @@ def _simulate(z: np.ndarray, chains: int, length: int, rng: np.random.Generator)
     return out, {"model": "ar1", "phi": phi}
 
 
+def _threshold(samples: np.ndarray, allowed: float) -> float:
+    """The smallest h whose restarting CUSUM gives at most ``allowed`` alarms per row of samples (S, T) on
+    average (bisection: alarm counts fall as h grows)."""
+    lo, hi = 0.0, 1.0
+    while _alarm_counts(samples, hi).mean() > allowed:
+        lo, hi = hi, hi * 2
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        if _alarm_counts(samples, mid).mean() > allowed:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def calibrate(
-    stream: str, x: np.ndarray, arl0: float = 5000.0, chains: int = 64, seed: int = 0
+    stream: str, x: np.ndarray, arl0: float = 5000.0, chains: int = 64, block: int = 200, seed: int = 0
 ) -> tuple[Cusum, dict]:
     """The CUSUM of one stream with h set for a mean time between false alarms of at least ``arl0`` events on
     data like ``x`` (the training stream, in time order); returns it and a record of the calibration.
 
     A training stream is a few thousand values and arl0 is of that order or larger, so the false-alarm rate
     cannot be read off the training stream itself: the stream's dependence is modelled (AR(1) on the values,
-    or a two-state Markov chain for a 0/1 stream, innovations resampled from the data's own residuals) and h
-    is the smallest threshold with at most one alarm per arl0 events over ~40 * arl0 simulated events. The
-    training stream's own alarm count at that h is recorded beside it as a check."""
+    or a two-state Markov chain for a 0/1 stream, innovations resampled from the data's own residuals), giving
+    the smallest threshold with at most one alarm per arl0 events over ~40 * arl0 simulated events; and since
+    real streams have longer memory than an AR(1) (regimes persist), h is at least the threshold the training
+    stream and its circular block-bootstrap resamples (blocks of ``block``) need to stay within len / arl0
+    alarms. Both thresholds and the training stream's alarm count at h are recorded."""
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
     if len(x) < 200:
@@ -120,18 +137,19 @@ def calibrate(
     std = std if std > 1e-12 else 1.0
     rng = np.random.default_rng(seed)
     length = max(2000, int(np.ceil(40 * arl0 / chains)))
-    sim, model = _simulate((x - mean) / std, chains, length, rng)
-    samples = sim - ALLOWANCE
-    allowed = length / arl0  # alarms per chain
-    lo, hi = 0.0, 1.0
-    while _alarm_counts(samples, hi).mean() > allowed:
-        lo, hi = hi, hi * 2
-    for _ in range(20):  # bisection on h: alarm counts fall as h grows
-        mid = 0.5 * (lo + hi)
-        if _alarm_counts(samples, mid).mean() > allowed:
-            lo = mid
-        else:
-            hi = mid
+    z = (x - mean) / std
+    sim, model = _simulate(z, chains, length, rng)
+    h_model = _threshold(sim - ALLOWANCE, length / arl0)
+    # the data itself, in circular blocks of `block` (its own dependence, whatever the model misses): no more
+    # alarms per resample than its length allows at arl0
+    n_blocks = -(-len(z) // block)
+    rows = [z]
+    for _ in range(chains // 4):
+        starts = rng.integers(0, len(z), n_blocks)
+        rows.append(z[((starts[:, None] + np.arange(block)[None, :]).ravel() % len(z))[: len(z)]])
+    h_data = _threshold(np.stack(rows) - ALLOWANCE, len(z) / arl0)
+    hi = max(h_model, h_data)
+    model.update(threshold_model=h_model, threshold_data=h_data)
     det = Cusum(stream, mean, std, float(hi))
     return det, {
         "stream": stream,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-TRAINER_VERSION = 5  # bump when training changes what a given config produces (part of every recipe hash)
+TRAINER_VERSION = 6  # bump when training changes what a given config produces (part of every recipe hash)
 ENCODING_METHODS = ("learnable", "sinusoidal")
 ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
