@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     ("worker.cli", ("faust", "onnxruntime"), "worker"),
     ("archive.cli", ("aiokafka", "pyarrow"), "archive"),
     ("ops.cli", ("kafka",), "worker"),
+    ("regimetry.signing_cli", ("cryptography",), "worker"),
 ]
 
 
