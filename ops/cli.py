@@ -239,9 +239,45 @@ def demo_cmd(
         fail(f"{summary['events']} events, expected {summary['expected_events']}", 1)
 
 
+def drift_report_cmd(
+    bundle: Path = typer.Option(Path("exported_models"), help="Bundle folder or models root with CURRENT."),
+    events: str = typer.Option(
+        ..., help="Regime events: a file (JSON array or JSON lines) or, if no such file, a Kafka topic."
+    ),
+    out: Path = typer.Option(Path("drift-report"), "--out", help="Folder for the report files."),
+    window: int = typer.Option(500, help="Events in the rolling PSI / Jensen-Shannon window."),
+    timeout: float = typer.Option(300.0, help="Give up reading a topic after this many seconds."),
+    broker: str | None = BROKER,
+) -> None:
+    """Drift log (JSONL), anomaly report (markdown + PNGs) and transition deviation summary of regime events,
+    with the bundle's calibrated drift alarms."""
+    from ops.drift_report import read_events, write_report
+    from regimetry.bundle import BundleError, verify_bundle
+
+    try:
+        manifest = verify_bundle(bundle)
+    except BundleError as exc:
+        fail(str(exc))
+    settings = None if Path(events).exists() else _settings(broker)
+    try:
+        evs = read_events(events, settings, timeout)
+    except (OSError, ValueError, LookupError, TimeoutError) as exc:
+        fail(f"--events {events}: {exc}")
+    if not evs:
+        fail(f"--events {events}: no events")
+    files = write_report(evs, manifest, out, window)
+    for note in files.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(
+        f"{len(evs)} events, {files.n_alarms} alarms: {files.report} (drift log {files.drift_log.name}, "
+        f"{files.transitions.name}, {len(files.figures)} figures)"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.command("replay")(replay_cmd)
     app.command("tail")(tail_cmd)
     app.command("report-events")(report_cmd)
     app.command("topics")(topics_cmd)
     app.command("demo")(demo_cmd)
+    app.command("drift-report")(drift_report_cmd)

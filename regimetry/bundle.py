@@ -94,6 +94,7 @@ class Manifest:
     libraries: dict
     alignment: dict | None = None  # how a refresh renumbered the ids (trainer/alignment.py)
     warm_start: dict | None = None  # what a warm-started refit started from (trainer/warm_start.py)
+    drift_alarms: dict | None = None  # calibrated CUSUM drift alarms (regimetry/drift_alarms.py)
 
     def to_dict(self) -> dict:
         spec, space, decoder = self.spec, self.space, self.decoder
@@ -140,6 +141,7 @@ class Manifest:
             },
             "alignment": self.alignment,
             "warm_start": self.warm_start,
+            **({"drift_alarms": self.drift_alarms} if self.drift_alarms is not None else {}),
             "libraries": self.libraries,
             "data": self.data,
             "files": {},
@@ -188,12 +190,20 @@ def validate_manifest(manifest: dict) -> None:
         raise BundleError(f"manifest does not match schemas/manifest.schema.json at {where}: {exc.message}") from None
 
 
-def verify_bundle(bundle_dir: str | Path) -> dict:
-    """Return the manifest of a bundle that passes every check, else raise BundleError."""
+def verify_bundle(bundle_dir: str | Path, public_key: str | Path | None = None) -> dict:
+    """Return the manifest of a bundle that passes every check, else raise BundleError. With ``public_key`` (a
+    PEM file), the bundle must also carry a valid ed25519 signature of its manifest (regimetry/signing.py)."""
     d = resolve_bundle_dir(bundle_dir)
+    raw = (d / MANIFEST).read_bytes()  # read once: the bytes checked are the bytes parsed
+    if public_key:
+        from regimetry.signing import signature_problem
+
+        problem = signature_problem(d, public_key, raw)
+        if problem is not None:
+            raise BundleError(f"bundle {d.name}: {problem}")
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
-    except json.JSONDecodeError as exc:
+        manifest = json.loads(raw.decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{d / MANIFEST} is not valid JSON: {exc}") from None
     validate_manifest(manifest)
     for name, digest in manifest["files"].items():
@@ -285,10 +295,10 @@ class Bundle:
         return self.path / self.manifest["onnx"][part]["file"]
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Verify, then load the plain-array parts of a bundle."""
+def load_bundle(path: str | Path, public_key: str | Path | None = None) -> Bundle:
+    """Verify (and check its signature, given a public key), then load the plain-array parts of a bundle."""
     d = resolve_bundle_dir(path)
-    m = verify_bundle(d)
+    m = verify_bundle(d, public_key)
     emb = m["embedding_scaler"]
     return Bundle(
         path=d,

@@ -46,8 +46,8 @@ class SeriesRegimes:
 class RegimeModel:
     """A verified bundle with its ONNX Runtime sessions."""
 
-    def __init__(self, bundle: Bundle | str | Path, threads: int = 1):
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    def __init__(self, bundle: Bundle | str | Path, threads: int = 1, public_key: str | Path | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, public_key)
         b = self.bundle
         self.encoder = make_session(b.onnx_path("encoder"), threads)
         self.forecaster = make_session(b.onnx_path("forecaster"), threads)

@@ -8,9 +8,10 @@ Why this shape (measured with benchmarks/bench_regimes.py): labelling each windo
 deviation and flickered out of sample. Two things were missing:
 
 1. **Risk at several horizons, read directly.** The geometry of a window is its embedding (weighted as one
-   block) next to the window's last feature row at the range-based volatility and trend columns
-   (``log_rvol_hl*``, ``trend_hl*`` in regimetry/features.py). Regimes then separate by risk first, whatever the
-   unsupervised encoder chose to keep.
+   block) next to the window's last feature row at the bar's log range and the range-based volatility and trend
+   columns (``log_range``, ``log_rvol_hl*``, ``trend_hl*`` in regimetry/features.py), each weight set by the
+   trainer so that a column's within-regime spread is 1 (trainer/clustering.py::whiten). Regimes then separate by
+   risk first, whatever the unsupervised encoder chose to keep.
 2. **Persistence, decoded causally.** The statistical jump model's online step: with the cost of regime k at
    bar t ``L[t, k] = 0.5 * ||g_t - c_k||^2`` and a penalty ``lam`` per switch,
 

@@ -142,3 +142,28 @@ def test_evaluate_runs_on_onnx_runtime_only(tiny_bundle, tmp_path):
     scores = json.loads(out.read_text())
     assert {"psi", "jensen_shannon", "transition_shift", "ood_share"} <= set(scores["drift"])
     assert scores["next_regime"]["all_steps"]["persistence"]["n"] > 100
+
+
+def test_a_part_without_its_dependency_is_unlisted_and_says_what_to_install():
+    """trainer/ present (a source checkout) but TensorFlow absent: `train` is not listed, and naming it says
+    which extra installs it instead of a traceback."""
+    code = textwrap.dedent(
+        """
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                top = name.split(".")[0]
+                if top in ("tensorflow", "keras", "tf2onnx"):
+                    raise ModuleNotFoundError(f"No module named {top!r} (blocked)", name=top)
+        sys.meta_path.insert(0, Block())
+        from regimetry import cli
+        sys.argv = ["regimetry", *sys.argv[1:]]
+        cli.main()
+        """
+    )
+    listed = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "│ evaluate" in listed.stdout and "│ train " not in listed.stdout and "│ refresh " not in listed.stdout
+    named = subprocess.run([sys.executable, "-c", code, "train", "--data", "x"], capture_output=True, text=True)
+    assert named.returncode == 2
+    assert "needs tensorflow" in named.stderr and "regimetry-stream[train]" in named.stderr

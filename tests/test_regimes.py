@@ -121,3 +121,46 @@ def test_space_geometry_weights_and_costs():
     np.testing.assert_allclose(g, [[2.0, 2.0, 2.0 / np.sqrt(2), -2.0 / np.sqrt(2)]])
     np.testing.assert_allclose(space.costs(g), 0.5 * ((g[:, None, :] - space.centroids[None]) ** 2).sum(-1))
     assert RegimeSpace.from_dict(space.to_dict()).to_dict() == space.to_dict()
+
+
+def planted_points(n: int, dwell_bars: int, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2) points around K well separated centres, unit within-regime noise, a switch every dwell_bars bars
+    (so the mean dwell is known exactly), and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) // dwell_bars) % k
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [6.0, 6.0]])[:k]
+    return centres[labels] + rng.normal(0, 1.0, (n, 2)), labels
+
+
+@pytest.mark.parametrize("dwell_bars", [20, 200])
+def test_self_consistent_penalty_is_the_switch_cost_of_the_dwell(dwell_bars):
+    """The fixed point is log((K-1)(D-1)) for the dwell D the decoder then gives: a hard HMM's switch cost.
+    Short-lived regimes get a small penalty, long-lived ones a larger one, without a horizon or a grid."""
+    from trainer.clustering import self_consistent_penalty
+    from trainer.config import ClusterConfig
+
+    g, labels = planted_points(2000, dwell_bars)
+    cfg = ClusterConfig(n_clusters=3)
+    lam, info = self_consistent_penalty(g, labels, cfg)
+    last = info["candidates"][-1]
+    assert last["penalty"] == lam and abs(last["implied_penalty"] - lam) < 0.05
+    assert lam == pytest.approx(np.log(2 * (last["dwell"] - 1)), abs=0.05)
+    assert last["dwell"] == pytest.approx(dwell_bars, rel=0.1)
+
+
+def test_whitening_puts_every_column_in_units_of_its_within_regime_noise():
+    """A column ten times noisier (and ten times further apart) gets a tenth of the weight: after whitening each
+    column's pooled within-regime spread is its configured weight, whatever its scale."""
+    from trainer.clustering import refine, whiten
+    from trainer.config import ClusterConfig
+
+    g, labels = planted_points(1500, 50)
+    rows = np.stack([g[:, 0], 10.0 * g[:, 1]], 1)
+    cfg = ClusterConfig(n_clusters=3)
+    space = RegimeSpace((0, 1), (1.0, 1.0), 0.0, np.zeros((3, 2)))
+    white, info = whiten(rows, np.zeros((len(rows), 0)), space, cfg, seed=0)
+    assert white.risk_weights[1] == pytest.approx(white.risk_weights[0] / 10.0, rel=0.1)
+    gw = white.geometry(rows, np.zeros((len(rows), 0)))
+    cent, lab = refine(gw, labels, 3, cfg.penalty_start)
+    np.testing.assert_allclose((gw - cent[lab]).std(0), [1.0, 1.0], rtol=0.1)
+    assert len(info["passes"]) >= 1

@@ -57,12 +57,20 @@ def test_report_of_a_bundle(tiny_bundle, tmp_path):
     assert view.k == 3 and len(view.times) == len(view.regimes) == len(view.z) == len(view.close)
     assert np.all(np.diff(view.times) > 0)
     files = report.write_report(view, tmp_path / "rep", max_points=300, umap=False)
-    assert set(files.figures) == {"embedding_tsne", "price_regimes", "transition_matrix", "regime_shares"}
+    assert set(files.figures) == {
+        "embedding_tsne",
+        "price_regimes",
+        "transition_matrix",
+        "regime_shares",
+        "regime_filter_equity",
+    }
     text = files.report.read_text()
     for path in files.figures.values():
         png_size(path)
         assert f"]({path.name})" in text
-    assert "| silhouette |" in text and "| min_share |" in text and text.count("\n| 2 |") == 1
+    assert (
+        "| silhouette |" in text and "| min_share |" in text and text.count("\n| 2 |") == 2
+    )  # regimes and worth tables
     # regimes are named as the worker names them: from the bundle's training profiles
     from regimetry.bundle import load_bundle
 
@@ -75,3 +83,24 @@ def test_report_of_a_bundle(tiny_bundle, tmp_path):
     from regimetry import diagnostics as dg
 
     assert table["min_share"] == pytest.approx(dg.shares(view.regimes, 3).min())
+    # what a regime is worth, on the held-out split only (bars after the bundle's last training window)
+    assert "## What a regime is worth" in text and "the held-out split" in text
+    assert "| regime filter |" in text and "| buy-and-hold |" in text
+
+
+def test_regime_worth_by_hand():
+    from trainer.regime_worth import max_drawdown, regime_worth
+
+    times = np.arange(6) * 86400 * 365.25 / 5  # 5 bars per year
+    returns = np.array([0.0, 0.10, -0.20, 0.05, 0.05, -0.10])
+    regimes = np.array([0, 1, 1, 0, 0, 0])  # regime 1 = the most volatile of k = 2: out of the market there
+    w = regime_worth(times, returns, regimes, 2, cost_bps=100.0)
+    # decisions at bars 0..4 act on returns of bars 1..5: positions 1, 0, 0, 1, 1
+    np.testing.assert_array_equal(w.position, [1, 0, 0, 1, 1])
+    gross = np.array([0.10, 0.0, 0.0, 0.05, -0.10])
+    turnover = np.array([1, 1, 0, 1, 0])
+    np.testing.assert_allclose(np.log(w.equity_strategy[1:]) - np.log(w.equity_strategy[:-1]), gross - 0.01 * turnover)
+    assert w.strategy["turnover_units"] == 3 and w.strategy["time_in_market"] == pytest.approx(0.6)
+    assert w.per_regime[1]["bars"] == 2 and w.per_regime[1]["mean_return"] == pytest.approx((-0.20 + 0.05) / 2)
+    assert w.per_year == pytest.approx(5.0)
+    assert max_drawdown(np.array([0.1, -0.2, 0.05])) == pytest.approx(1 - np.exp(-0.2))

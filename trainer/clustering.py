@@ -6,8 +6,10 @@ so its labels are only the *starting partition*. They are refined by the statist
 descent (centres = means of their windows; labels = the penalised Viterbi path, jumpmodels.jump.dp) in the
 regime geometry of regimetry/regimes.py, and the regime of any window, in training reports and live alike, is
 what the causal jump decoder says from that window's and its predecessors' costs: causal, and exactly
-reproducible by the worker. The switch penalty is chosen on the training bars only (time-series validation:
-fit on the first part of the training windows, decode the rest), never on held-out bars.
+reproducible by the worker. The geometry is whitened (``whiten``: every column in units of its within-regime
+spread) and the switch penalty is the one the fit's own dwell implies (``self_consistent_penalty``), both on the
+training bars only, never on held-out bars; ``choose_penalty`` (time-series validation on the coming bars'
+volatility) is the earlier rule, kept as ``penalty_rule: validation_eta2``.
 
 The nearest-neighbour classifier of the first build is still fitted and exported (its vote shares are a
 diagnostic: agreement with the spectral targets), but no served regime comes from it.
@@ -16,6 +18,7 @@ diagnostic: agreement with the spectral targets), but no served regime comes fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +26,8 @@ from regimetry.classify import KNNClassifier
 from regimetry.diagnostics import mean_duration
 from regimetry.regimes import JumpDecoder, RegimeSpace, sq_distances
 from trainer.config import ClusterConfig
+
+WHITEN_PASSES = 2  # fits behind the spreads: the first in the configured weights, then in the whitened ones
 
 
 @dataclass
@@ -132,10 +137,73 @@ def bar_volatility(values: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(gk, 0.0) + gap**2)
 
 
+def whiten(
+    last_rows: np.ndarray, z: np.ndarray, space: RegimeSpace, cfg: ClusterConfig, seed: int
+) -> tuple[RegimeSpace, dict]:
+    """The geometry with every column measured against its own noise.
+
+    A preliminary fit (spectral start + jump refinement at ``cfg.penalty_start``) in the configured geometry gives
+    each column's pooled within-regime standard deviation (the residuals from the regime centres; the embedding
+    block's as the root-mean-square norm of its residuals). Each weight is divided by that spread, measured on the
+    unweighted column, so a configured weight of 1 makes a column's within-regime noise 1: a smooth column that
+    lags at every switch (log_rvol_hl30) gets less weight than one that reacts at once (log_range), and the
+    costs 0.5 * squared distance are the negative log-likelihood of a unit-variance Gaussian, in nats, the units
+    of the switch penalty. Training windows only; the weights are plain numbers of the RegimeSpace (the worker
+    applies them as before)."""
+    k = len(space.centroids)
+    n_risk = len(space.risk_columns)
+    base_w, base_ew = np.asarray(space.risk_weights, dtype=np.float64), float(space.embedding_weight)
+    cur = space
+    passes = []
+    for _ in range(max(1, int(WHITEN_PASSES))):
+        g0 = cur.geometry(last_rows, z)
+        cent, labels = refine(g0, spectral_labels(g0, cfg, seed), k, cfg.penalty_start)
+        resid = g0 - cent[labels]
+        cur_w = np.asarray(cur.risk_weights, dtype=np.float64)
+        # spreads of the unweighted columns (and of the embedding block at weight 1)
+        sd = np.where(cur_w > 0, resid[:, :n_risk].std(0) / np.where(cur_w > 0, cur_w, 1.0), 0.0)
+        esd = (
+            float(np.sqrt((resid[:, n_risk:] ** 2).sum(1).mean())) / cur.embedding_weight
+            if cur.embedding_weight > 0 and resid.shape[1] > n_risk
+            else 0.0
+        )
+        weights = tuple(float(w / s) if s > 1e-12 else float(w) for w, s in zip(base_w.tolist(), sd.tolist()))
+        ew = base_ew / esd if esd > 1e-12 else base_ew
+        passes.append({"column_spread": sd.tolist(), "embedding_spread": esd})
+        cur = RegimeSpace(space.risk_columns, weights, ew, space.centroids)
+    info = {
+        "rule": "configured weight / pooled within-regime spread of each column (embedding block: rms residual "
+        f"norm), from a fit at penalty {cfg.penalty_start:g} in the geometry of the pass before",
+        "passes": passes,
+    }
+    return RegimeSpace(space.risk_columns, weights, ew, space.centroids), info
+
+
+def _validate(
+    g: np.ndarray, start: np.ndarray, cut: int, lam: float, next_risk: np.ndarray, cfg: ClusterConfig
+) -> tuple[dict, np.ndarray]:
+    """Fit (jump refinement from ``start``) on windows [0, cut) with penalty ``lam``, decode every window
+    causally; the validation windows' eta squared of ``next_risk`` and the mean dwell in and out of the fit."""
+    from trainer.regime_scores import eta_squared
+
+    cent, _ = refine(g[:cut], start, cfg.n_clusters, lam)
+    lab = JumpDecoder(float(lam), cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+    val = lab[cut:]
+    ok = np.isfinite(next_risk[cut:])
+    eta2 = eta_squared(val[ok], next_risk[cut:][ok]) if ok.sum() > 1 else float("nan")
+    row = {
+        "penalty": float(lam),
+        "eta2": 0.0 if np.isnan(eta2) else float(eta2),
+        "dwell_fit": mean_duration(lab[:cut]),
+        "dwell_validation": mean_duration(val),
+    }
+    return row, val
+
+
 def choose_penalty(
     g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig, seed: int
 ) -> tuple[float, dict]:
-    """The switch penalty, chosen on training windows only.
+    """The switch penalty of ``penalty_rule: validation_eta2``, chosen on training windows only.
 
     Fit (spectral start + jump refinement) on the first ``1 - cfg.validation`` share of the training windows,
     decode the rest causally with each candidate penalty, and score the share of the variance of the coming
@@ -152,24 +220,11 @@ def choose_penalty(
             f"known coming risk (too few training bars); set clustering.penalty explicitly"
         )
     start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
-    from trainer.regime_scores import eta_squared
-
     rows, labels_of = [], {}
     for lam in cfg.penalties:
-        cent, fit_labels = refine(g[:cut], start, k, lam)
-        dec = JumpDecoder(float(lam), cfg.memory)
-        lab = dec.decode_series(0.5 * sq_distances(g, cent)).argmin(1)
-        val = lab[cut:]
+        row, val = _validate(g, start, cut, float(lam), next_risk, cfg)
+        rows.append(row)
         labels_of[float(lam)] = val
-        eta2 = eta_squared(val, next_risk[cut:])  # NaN (no variance to explain) counts as 0
-        rows.append(
-            {
-                "penalty": float(lam),
-                "eta2": 0.0 if np.isnan(eta2) else eta2,
-                "dwell_fit": mean_duration(lab[:cut]),
-                "dwell_validation": mean_duration(val),
-            }
-        )
     best = max(r["eta2"] for r in rows)
     good = [r for r in rows if r["eta2"] >= best * (1.0 - cfg.penalty_tolerance)]
     chosen = max(good, key=lambda r: r["penalty"])
@@ -183,9 +238,39 @@ def choose_penalty(
         "validation_windows": int(n - cut),
         "candidates": rows,
         "chosen": chosen["penalty"],
+        "_validation_row": chosen,
         "_validation_labels": labels_of[chosen["penalty"]],
         "_cut": cut,
     }
+
+
+def self_consistent_penalty(g: np.ndarray, start: np.ndarray, cfg: ClusterConfig) -> tuple[float, dict]:
+    """The switch penalty of ``penalty_rule: self_consistent``: the one the fit's own persistence implies.
+
+    A jump model is a hard HMM whose transition matrix stays with probability 1 - p and moves to each other
+    regime with p / (K - 1); with costs in nats (``whiten``) a switch then costs log((1 - p)(K - 1) / p) nats
+    more than a stay, i.e. log((K - 1)(D - 1)) for a mean dwell D = 1 / p. Starting at ``cfg.penalty_start``,
+    fit the jump model on the training windows, decode them causally, set the penalty to what their mean dwell
+    implies, and repeat until it moves by less than 0.05 (at most ``cfg.penalty_iterations`` fits). No horizon
+    and no grid: a series whose regimes switch every 20 bars gets ~log(2 * 19) = 3.6, one whose regimes last
+    200 bars ~6, whatever the window length. Training windows only."""
+    k = cfg.n_clusters
+    lam = float(cfg.penalty_start)
+    history = []
+    for _ in range(int(cfg.penalty_iterations)):
+        cent, _ = refine(g, start, k, lam)
+        served = JumpDecoder(lam, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+        d = mean_duration(served)
+        implied = float(np.log((k - 1) * max(d - 1.0, 1.0)))
+        history.append({"penalty": lam, "dwell": d, "implied_penalty": implied})
+        if abs(implied - lam) < 0.05:
+            break
+        lam = implied
+    rule = (
+        "self-consistent: penalty = log((K-1)(D-1)) nats for the mean dwell D of the causally decoded training "
+        f"windows, iterated from {cfg.penalty_start:g} to a fixed point (hard-HMM switch cost)"
+    )
+    return lam, {"rule": rule, "candidates": history, "chosen": lam}
 
 
 def fit_regimes(
@@ -197,23 +282,41 @@ def fit_regimes(
     cfg: ClusterConfig,
     seed: int,
 ) -> Clustering:
-    """Standardise the embeddings, build the regime geometry, choose the penalty, fit the jump model on every
-    training window (spectral start), renumber by ``order_key`` (calmest first), fit the kNN diagnostic.
+    """Standardise the embeddings, build the regime geometry (whitened: ``whiten``), choose the penalty, fit
+    the jump model on every training window (spectral start), renumber by ``order_key`` (calmest first), fit
+    the kNN diagnostic.
 
     raw_train (N, D) raw encoder outputs; last_rows_train (N, F) scaled last feature rows of the same windows;
-    order_key (N,) e.g. each window's own return volatility; next_risk (N,) the risk of the bar after each
-    window's last bar, e.g. bar_volatility (the penalty's validation target)."""
+    order_key (N,) e.g. each window's own return volatility; next_risk (N,) the risk of the bars after each
+    window's last bar, e.g. bar_volatility (the validation target: the search's figures, and the penalty of
+    ``penalty_rule: validation_eta2``)."""
     mean, std = fit_geometry(raw_train)
     z = ((raw_train - mean) / std).astype(np.float32)
     cols, weights = risk_columns(names, cfg)
-    space = RegimeSpace(cols, weights, cfg.embedding_weight, np.zeros((cfg.n_clusters, len(cols) + z.shape[1])))
-    g = space.geometry(last_rows_train, z)
     k = cfg.n_clusters
-    if cfg.penalty is None:
+    space = RegimeSpace(cols, weights, cfg.embedding_weight, np.zeros((k, len(cols) + z.shape[1])))
+    whitening = None
+    if cfg.whiten:
+        space, whitening = whiten(last_rows_train, z, space, cfg, seed)
+        cols, weights = space.risk_columns, space.risk_weights
+    g = space.geometry(last_rows_train, z)
+    start = spectral_labels(g, cfg, seed)
+    if cfg.penalty is not None:
+        penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
+    elif cfg.penalty_rule == "validation_eta2":
         penalty, selection = choose_penalty(g, next_risk, order_key, cfg, seed)
     else:
-        penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
-    start = spectral_labels(g, cfg, seed)
+        penalty, selection = self_consistent_penalty(g, start, cfg)
+    if whitening is not None:
+        selection["whitening"] = whitening
+    if "_validation_labels" not in selection and np.isfinite(next_risk).any():
+        # the search's training-only figures for the chosen penalty (what validation_eta2 computes per candidate)
+        cut = int(round(len(g) * (1.0 - cfg.validation)))
+        if np.isfinite(next_risk[cut:]).any():
+            vstart = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
+            row, val = _validate(g, vstart, cut, penalty, next_risk, cfg)
+            selection.update({"validation_windows": int(len(g) - cut), "_validation_row": row})
+            selection.update({"_validation_labels": val, "_cut": cut})
     cent, labels = refine(g, start, k, penalty)  # a regime the fit left empty keeps its last centre
     # number the ids by the volatility of the windows each regime is *served* on (the causal decoder's labels,
     # which lag the offline fit's), so id 0 is the calmest regime as subscribers see it
@@ -222,13 +325,13 @@ def fit_regimes(
     rank = np.empty(k, dtype=np.int64)
     rank[np.argsort(means, kind="stable")] = np.arange(k)
     labels, cent = rank[labels], cent[np.argsort(rank)]
-    space = RegimeSpace(cols, weights, cfg.embedding_weight, cent)
+    space = RegimeSpace(cols, weights, space.embedding_weight, cent)
     if "_validation_labels" in selection:  # what the search ranks by: all on training windows only
         from trainer.regime_scores import refit_agreement
 
-        val, cut = selection.pop("_validation_labels"), selection.pop("_cut")
+        popped: Any = (selection.pop("_validation_labels"), selection.pop("_cut"), selection.pop("_validation_row"))
+        val, cut, row = popped
         final = rank[decoded][cut:]
-        row = next(r for r in selection["candidates"] if r["penalty"] == penalty)
         selection["validation"] = {
             "eta2_coming_risk": row["eta2"],
             "dwell_fit": row["dwell_fit"],

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import yaml
 
-TRAINER_VERSION = 4  # bump when training changes what a given config produces (part of every recipe hash)
+TRAINER_VERSION = 6  # bump when training changes what a given config produces (part of every recipe hash)
 ENCODING_METHODS = ("learnable", "sinusoidal")
 ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
 LOSSES = ("mse", "cosine")
+PENALTY_RULES = ("self_consistent", "validation_eta2")
 
 
 @dataclass
@@ -45,12 +46,20 @@ class ClusterConfig:
     max_reference: int = 2000  # reference embeddings kept in the bundle (kNN diagnostic only)
     # the regime geometry and the causal jump decoder (regimetry/regimes.py)
     risk_weight: float = 1.0  # weight of each log_rvol_hl* column
-    trend_weight: float = 0.5  # weight of each trend_hl* column
-    range_weight: float = 0.0  # weight of the bar's own log range (0 = left out; see README)
+    trend_weight: float = 1.0  # weight of each trend_hl* column
+    range_weight: float = 1.0  # weight of the bar's own log range (the fastest risk reading; 0 = left out)
     embedding_weight: float = 1.0  # weight of the whole standardised embedding (as one column)
-    penalty: float | None = None  # switch penalty; None = chosen on the training windows
-    penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # its candidates
-    penalty_tolerance: float = 0.05  # relative eta^2 loss accepted for a larger penalty
+    # whiten: the weights above count in units of each column's (and the embedding block's) pooled within-regime
+    # spread on a preliminary training fit, so every column is measured against its own noise
+    whiten: bool = True
+    penalty: float | None = None  # switch penalty; None = chosen on the training windows by penalty_rule
+    # self_consistent: the penalty is the switch cost in nats of the fit's own dwell D (log((K-1)(D-1)), a hard
+    # HMM's), iterated to a fixed point on the training windows; validation_eta2: the candidate rule below
+    penalty_rule: str = "self_consistent"
+    penalty_start: float = 4.0  # first penalty of the fixed point (and of the preliminary fit of whiten)
+    penalty_iterations: int = 8  # at most this many refits of the fixed point
+    penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # validation_eta2's
+    penalty_tolerance: float = 0.05  # validation_eta2: relative eta^2 loss accepted for a larger penalty
     validation: float = 0.3  # share of the training windows the penalty is validated on
     memory: int = 128  # bars of costs behind each decoded regime
 
@@ -77,6 +86,7 @@ class TrainConfig:
     holdout: float = 0.2  # last share of windows held out, chronologically
     output_dir: str = "exported_models"
     opset: int = 17
+    drift_arl_events: float = 5000.0  # drift alarms: mean events between false alarms on training-like data
     set_current: bool = True  # point exported_models/CURRENT at the new bundle
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     clustering: ClusterConfig = field(default_factory=ClusterConfig)
@@ -108,6 +118,10 @@ class TrainConfig:
             errs.append("clustering.penalties must be a non-empty list of numbers >= 0")
         if self.clustering.penalty is not None and float(self.clustering.penalty) < 0:
             errs.append("clustering.penalty must be >= 0 (a negative penalty would reward switching)")
+        if self.clustering.penalty_rule not in PENALTY_RULES:
+            errs.append(f"clustering.penalty_rule must be one of {PENALTY_RULES}")
+        if float(self.clustering.penalty_start) < 0 or int(self.clustering.penalty_iterations) < 1:
+            errs.append("clustering.penalty_start must be >= 0 and clustering.penalty_iterations >= 1")
         if self.clustering.memory < 1:
             errs.append("clustering.memory must be >= 1")
         if not 0.05 <= self.clustering.validation <= 0.5:

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -103,6 +104,46 @@ def write_regimes(path: Path, end_time: np.ndarray, regimes: np.ndarray, confide
             f.write(f"{iso_utc(t)},{t},{r},{c:.4f},{'train' if i < n_train else 'held_out'}\n")
 
 
+@dataclass
+class _Regimes:
+    """The regime stage's output for every window (train + held out). Arrays: z (N, D) standardised
+    embeddings; g (N, P) regime geometry; w (N, K) decoder values; proba (N, K); regimes (N,); last_rows (N, F)
+    each window's last feature row; log_ret (T,) one-bar log returns; vol_key (n_train,) each training window's
+    own return volatility (the key the ids are ordered by)."""
+
+    cl: Any  # trainer.clustering.Clustering
+    z: np.ndarray
+    g: np.ndarray
+    w: np.ndarray
+    proba: np.ndarray
+    regimes: np.ndarray
+    last_rows: np.ndarray
+    log_ret: np.ndarray
+    vol_key: np.ndarray
+    alignment: dict | None
+
+    def next_regime_of(self, t: np.ndarray, z_next: np.ndarray) -> np.ndarray:
+        """The decoder one bar ahead of windows t, given their next embedding (the served prediction)."""
+        space, decoder = self.cl.space, self.cl.decoder
+        return decoder.step(self.w[t], space.costs(space.geometry(self.last_rows[t], z_next))).argmin(1)
+
+
+@dataclass
+class _Forecast:
+    """The forecaster and its sequences: x_all (S, L, D) inputs, t_all (S,) the window each input ends at,
+    in_train (S,) inputs whose target is a training window; held-out steps x_test, y_test, t_test, pred_test."""
+
+    model: Any
+    history: list
+    x_all: np.ndarray
+    t_all: np.ndarray
+    in_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    t_test: np.ndarray
+    pred_test: np.ndarray
+
+
 def train(
     cfg: TrainConfig,
     progress: Progress = _quiet,
@@ -120,9 +161,8 @@ def train(
     given, warm-starts a refit from the model in force: its scaler, encoder weights, geometry, centres, penalty
     and ids; the encoder is fine-tuned for encoder.warm_epochs epochs."""
     set_seed(cfg.seed)
-    from trainer import clustering, evaluate, export
     from trainer import encoder as enc
-    from trainer import forecaster as fc
+    from trainer.warm_start import WarmStart
     from trainer.windows import build_windows
 
     if series is None:
@@ -135,8 +175,27 @@ def train(
     progress(
         "features", 1, 1, f"{len(ws.windows)} windows ({ws.n_train} train / {len(ws.windows) - ws.n_train} held out)"
     )
+    encoder, enc_hist, e_cfg = _fit_encoder(cfg, spec, ws, warm, progress)
+    rg = _fit_regimes(cfg, spec, series, ws, enc.embed(encoder, ws.windows), warm, align, progress)
+    fc = _fit_forecaster(cfg, ws, rg, progress)
+    summary = _evaluate(cfg, spec, series, ws, encoder, enc_hist, rg, fc, planted, progress)
+    profiles = _regime_profiles(cfg, ws, rg)
+    summary["regime_names"] = [p["name"] for p in profiles]  # what an export writes, for reports of a config
+    cl = rg.cl
+    warm_next = WarmStart(
+        "in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty, encoder.get_weights()
+    )
+    if not write_bundle:
+        return TrainResult(None, {}, summary, rg.regimes, ws.end_time, rg.z, warm_next)
+    out, manifest = _export(cfg, spec, series, ws, encoder, e_cfg, rg, fc, summary, profiles, warm, progress)
+    warm_next.source = manifest["model_version"]
+    return TrainResult(out, manifest, summary, rg.regimes, ws.end_time, rg.z, warm_next)
 
-    # -- encoder -----------------------------------------------------------------------------------------
+
+def _fit_encoder(cfg: TrainConfig, spec: FeatureSpec, ws, warm, progress: Progress):
+    """The transformer encoder, pretrained (or fine-tuned from the bundle in force): (encoder, history, cfg)."""
+    from trainer import encoder as enc
+
     e_cfg = cfg.encoder
     encoder = enc.build_encoder(cfg.window_size, spec.n_features, e_cfg)
     if warm is not None:
@@ -155,9 +214,16 @@ def train(
         offset,
         on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs, f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"),
     )
-    raw = enc.embed(encoder, ws.windows)
+    return encoder, enc_hist, e_cfg
 
-    # -- regimes -----------------------------------------------------------------------------------------
+
+def _fit_regimes(
+    cfg: TrainConfig, spec: FeatureSpec, series: BarSeries, ws, raw: np.ndarray, warm, align, progress: Progress
+) -> _Regimes:
+    """Clustering on the training windows (or anchored to the bundle in force), optional id alignment, and the
+    causal decoder over every window. raw: (N, D) encoder embeddings."""
+    from trainer import clustering
+
     progress("clustering", 0, 1, f"spectral + jump model, k={cfg.clustering.n_clusters}")
     log_ret = np.concatenate([[0.0], np.diff(np.log(series.values[:, 3]))])
     # volatility of each training window's own bars: orders the regime ids from calmest to most volatile
@@ -198,7 +264,6 @@ def train(
     if align is not None:
         cl, alignment = align(cl, w.argmin(1), ws.end_time)
         g, w = decode(cl)
-    proba = cl.decoder.proba(w)
     regimes = w.argmin(1)
     progress(
         "clustering",
@@ -207,12 +272,17 @@ def train(
         f"penalty {cl.decoder.penalty:g}; train agreement decoder/jump fit "
         f"{np.mean(regimes[: ws.n_train] == cl.train_labels):.3f}",
     )
+    return _Regimes(cl, z, g, w, cl.decoder.proba(w), regimes, last_rows, log_ret, vol_key, alignment)
 
-    # -- forecaster --------------------------------------------------------------------------------------
+
+def _fit_forecaster(cfg: TrainConfig, ws, rg: _Regimes, progress: Progress) -> _Forecast:
+    """The next-embedding forecaster on training sequences (inputs and target all training windows)."""
+    from trainer import forecaster as fcast
+
     f_cfg = cfg.forecaster
-    x_all, y_all, t_all = fc.sequences(z, f_cfg.input_length, 1)
+    x_all, y_all, t_all = fcast.sequences(rg.z, f_cfg.input_length, 1)
     in_train = t_all + 1 < ws.n_train  # the target window must be a training window too
-    forecaster, fc_hist = fc.train_forecaster(
+    model, history = fcast.train_forecaster(
         x_all[in_train],
         y_all[in_train],
         f_cfg,
@@ -221,25 +291,42 @@ def train(
     x_test, y_test, t_test = x_all[~in_train], y_all[~in_train], t_all[~in_train]
     t_test_mask = t_test >= ws.n_train  # held-out steps whose *current* window is held out as well
     x_test, y_test, t_test = x_test[t_test_mask], y_test[t_test_mask], t_test[t_test_mask]
-    pred_test = np.asarray(forecaster.predict(x_test, batch_size=512, verbose=0))
-    space, decoder = cl.space, cl.decoder
+    pred_test = np.asarray(model.predict(x_test, batch_size=512, verbose=0))
+    return _Forecast(model, history, x_all, t_all, in_train, x_test, y_test, t_test, pred_test)
 
-    def next_regime_of(t: np.ndarray, z_next: np.ndarray) -> np.ndarray:
-        """The decoder one bar ahead of windows t, given their next embedding (the served prediction)."""
-        return decoder.step(w[t], space.costs(space.geometry(last_rows[t], z_next))).argmin(1)
 
-    def flat_next_regimes(t: np.ndarray) -> np.ndarray:
-        """The flat-next baseline: the regime of window t extended by one bar on which nothing happens."""
-        from regimetry.flat_next import flat_next_windows, next_window_regimes
+def _flat_next_regimes(cfg: TrainConfig, spec: FeatureSpec, series: BarSeries, ws, encoder, rg: _Regimes, t):
+    """The flat-next baseline: the regime of window t extended by one bar on which nothing happens."""
+    from regimetry.flat_next import flat_next_windows, next_window_regimes
+    from trainer import encoder as enc
 
-        flat_w = flat_next_windows(series.values, ws.end_index[t], spec, ws.scaler, cfg.window_size)
-        z_flat = ((enc.embed(encoder, flat_w) - cl.emb_mean) / cl.emb_std).astype(np.float32)
-        return next_window_regimes(space, decoder, w[t], flat_w, z_flat)
+    cl = rg.cl
+    flat_w = flat_next_windows(series.values, ws.end_index[t], spec, ws.scaler, cfg.window_size)
+    z_flat = ((enc.embed(encoder, flat_w) - cl.emb_mean) / cl.emb_std).astype(np.float32)
+    return next_window_regimes(cl.space, cl.decoder, rg.w[t], flat_w, z_flat)
 
-    # -- evaluation --------------------------------------------------------------------------------------
+
+def _evaluate(
+    cfg: TrainConfig,
+    spec: FeatureSpec,
+    series: BarSeries,
+    ws,
+    encoder,
+    enc_hist: list,
+    rg: _Regimes,
+    fc: _Forecast,
+    planted: np.ndarray | None,
+    progress: Progress,
+) -> dict:
+    """training_summary.json: the forecast beside its baselines on the held-out split, regime shares and dwell
+    in training and held out, clustering diagnostics, and planted-regime recovery on synthetic data."""
+    from trainer import evaluate
+
     progress("evaluation", 0, 1, "held-out split")
     k = cfg.clustering.n_clusters
+    cl, z, regimes = rg.cl, rg.z, rg.regimes
     train_reg = regimes[: ws.n_train]
+    f_cfg = cfg.forecaster
     summary: dict = {
         "data": {
             "source": cfg.data,
@@ -253,17 +340,17 @@ def train(
         "forecaster": {
             "name": f_cfg.name,
             "loss": f_cfg.loss,
-            "history": fc_hist,
-            "held_out": scoring.forecast_errors(pred_test, y_test),
-            "persistence_held_out": scoring.forecast_errors(x_test[:, -1, :], y_test),
+            "history": fc.history,
+            "held_out": scoring.forecast_errors(fc.pred_test, fc.y_test),
+            "persistence_held_out": scoring.forecast_errors(fc.x_test[:, -1, :], fc.y_test),
         },
         "next_regime": scoring.next_regime_report(
-            regimes[t_test],
-            regimes[t_test + 1],
-            next_regime_of(t_test, pred_test),
+            regimes[fc.t_test],
+            regimes[fc.t_test + 1],
+            rg.next_regime_of(fc.t_test, fc.pred_test),
             diagnostics.transition_matrix(train_reg, k),
             k,
-            flat_next=flat_next_regimes(t_test),
+            flat_next=_flat_next_regimes(cfg, spec, series, ws, encoder, rg, fc.t_test),
         ),
         "regime_shares": {
             "train": diagnostics.shares(train_reg, k).tolist(),
@@ -280,7 +367,7 @@ def train(
             ),
             "penalty": cl.decoder.penalty,
             "penalty_selection": cl.selection,
-            **separation(g[: ws.n_train], train_reg, seed=cfg.seed),
+            **separation(rg.g[: ws.n_train], train_reg, seed=cfg.seed),
             **diagnostics.balance(train_reg, k),
             "stickiness": diagnostics.stickiness(diagnostics.transition_matrix(train_reg, k)),
             "mean_duration": diagnostics.mean_duration(train_reg),
@@ -288,28 +375,51 @@ def train(
     }
     if planted is not None:
         v = series.values
-        hmm_x = np.stack([log_ret, np.log(np.log(v[:, 1] / v[:, 2]) + 1e-6), np.log1p(v[:, 4])], 1)
+        hmm_x = np.stack([rg.log_ret, np.log(np.log(v[:, 1] / v[:, 2]) + 1e-6), np.log1p(v[:, 4])], 1)
         summary["planted_regimes"] = evaluate.planted_recovery(
             regimes, planted[ws.end_index], hmm_x[ws.end_index], k, cfg.seed, fit_rows=ws.n_train
         )
     progress("evaluation", 1, 1, summary["next_regime"]["verdict"])
-    bar_ret = log_ret[ws.end_index]
-    profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
+    return summary
+
+
+def _regime_profiles(cfg: TrainConfig, ws, rg: _Regimes) -> list[dict]:
+    """Each regime's training profile (shares, return moments, dwell), its window volatility and its name."""
+    train_reg = rg.regimes[: ws.n_train]
+    bar_ret = rg.log_ret[ws.end_index]
+    profiles = diagnostics.regime_profiles(train_reg, cfg.clustering.n_clusters, bar_ret[: ws.n_train])
     for p in profiles:  # the key the ids are ordered by (each window's own return volatility), for the names
         own = train_reg == p["id"]
-        p["window_volatility"] = float(vol_key[own].mean()) if own.any() else None
+        p["window_volatility"] = float(rg.vol_key[own].mean()) if own.any() else None
     for p, name in zip(profiles, naming.regime_names(profiles)):  # descriptive labels; ids stay the contract
         p["name"] = name
-    summary["regime_names"] = [p["name"] for p in profiles]  # what an export writes, for reports of a config
-    from trainer.warm_start import WEIGHTS_FILE, WarmStart
+    return profiles
 
-    warm_next = WarmStart(
-        "in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty, encoder.get_weights()
-    )
-    if not write_bundle:
-        return TrainResult(None, {}, summary, regimes, ws.end_time, z, warm_next)
 
-    # -- export ------------------------------------------------------------------------------------------
+def _export(
+    cfg: TrainConfig,
+    spec: FeatureSpec,
+    series: BarSeries,
+    ws,
+    encoder,
+    e_cfg,
+    rg: _Regimes,
+    fc: _Forecast,
+    summary: dict,
+    profiles: list[dict],
+    warm,
+    progress: Progress,
+) -> tuple[Path, dict]:
+    """Write the bundle into a temporary folder (ONNX with parity checks, classifier, encoder weights for warm
+    starts, regimes.csv, profile, summary, manifest last), then rename it into place: (folder, manifest)."""
+    from regimetry.classify import centroid_distance
+    from trainer import export
+    from trainer.warm_start import WEIGHTS_FILE
+
+    cl, z, regimes, proba = rg.cl, rg.z, rg.regimes, rg.proba
+    k, f_cfg = cfg.clustering.n_clusters, cfg.forecaster
+    train_reg = regimes[: ws.n_train]
+    alignment = rg.alignment
     version = model_version(cfg, series, None if warm is None else warm.source)
     out_root = Path(cfg.output_dir)
     out = out_root / version
@@ -327,10 +437,10 @@ def train(
     )
     progress("export", 1, 2, "forecaster -> ONNX")
     onnx_info["forecaster"] = export.to_onnx(
-        forecaster, (f_cfg.input_length, z.shape[1]), "history", "next_embedding", tmp / "forecaster.onnx", cfg.opset
+        fc.model, (f_cfg.input_length, z.shape[1]), "history", "next_embedding", tmp / "forecaster.onnx", cfg.opset
     )
     onnx_info["forecaster"]["parity_max_abs_diff"] = export.check_parity(
-        forecaster, onnx_info["forecaster"], tmp / "forecaster.onnx", x_test
+        fc.model, onnx_info["forecaster"], tmp / "forecaster.onnx", fc.x_test
     )
     cl.classifier.save(tmp / "classifier.npz")
     encoder.save_weights(str(tmp / WEIGHTS_FILE))  # for warm-started refits only (trainer/warm_start.py)
@@ -339,10 +449,13 @@ def train(
     summary["export"] = {k2: {"parity_max_abs_diff": v["parity_max_abs_diff"]} for k2, v in onnx_info.items()}
     (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2))
 
-    from regimetry.classify import centroid_distance
-
-    dists = centroid_distance(g[: ws.n_train], cl.centroids)
-    hits = next_regime_of(t_all[in_train], np.asarray(forecaster.predict(x_all[in_train], batch_size=512, verbose=0)))
+    dists = centroid_distance(rg.g[: ws.n_train], cl.centroids)
+    t_all, in_train = fc.t_all, fc.in_train
+    hits = rg.next_regime_of(
+        t_all[in_train], np.asarray(fc.model.predict(fc.x_all[in_train], batch_size=512, verbose=0))
+    )
+    predicted = np.full(len(regimes), -1, dtype=np.int64)
+    predicted[t_all[in_train]] = hits  # the regime each training window predicted for the next one
     manifest = write_manifest(
         tmp,
         Manifest(
@@ -386,6 +499,7 @@ def train(
                 "encoder_epochs": e_cfg.epochs,
                 **{k2: (cl.selection or {})[k2] for k2 in ("ids_ordered_by_volatility", "volatility_by_id")},
             },
+            drift_alarms=_drift_alarms(cfg, proba[: ws.n_train], train_reg, dists, predicted[: ws.n_train]),
         ),
     )
     shutil.rmtree(out, ignore_errors=True)
@@ -393,5 +507,22 @@ def train(
     if cfg.set_current:
         (out_root / POINTER).write_text(version + "\n")
     progress("export", 2, 2, f"bundle {out}")
-    warm_next.source = version
-    return TrainResult(out, manifest, summary, regimes, ws.end_time, z, warm_next)
+    return out, manifest
+
+
+def _drift_alarms(cfg: TrainConfig, proba, regimes, ood, predicted) -> dict:
+    """The drift alarms calibrated on the training windows (regimetry/drift_alarms.py), for the manifest."""
+    from regimetry.drift_alarms import STREAMS, calibrate, streams_of
+
+    streams = streams_of(proba, regimes, ood, predicted)
+    detectors, records = [], []
+    for name in STREAMS:
+        det, rec = calibrate(name, streams[name], arl0=cfg.drift_arl_events, seed=cfg.seed)
+        detectors.append(det.to_dict())
+        records.append(rec)
+    return {
+        "kind": "cusum",
+        "target_arl_events": cfg.drift_arl_events,
+        "detectors": detectors,
+        "calibration": records,
+    }

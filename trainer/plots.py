@@ -168,3 +168,42 @@ def share_bars(shares: np.ndarray, durations: np.ndarray, path: Path, names: Seq
     ax.set_title("Regime shares (label: share, mean duration)")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def equity_bands(times, worth, regimes, k: int, path: Path, names: Sequence[str] | None = None) -> Path:
+    """The regime filter's and buy-and-hold's equity curves (trainer/regime_worth.py) over regime bands."""
+    t = mdates.date2num(np.asarray(times, dtype="datetime64[s]"))
+    fig, ax = plt.subplots(figsize=(11, 4))
+    lo = float(min(worth.equity_strategy.min(), worth.equity_hold.min()))
+    hi = float(max(worth.equity_strategy.max(), worth.equity_hold.max()))
+    pad = 0.03 * (hi - lo or 1.0)
+    for r in range(k):
+        m = regimes == r
+        where = m | np.concatenate([[False], m[:-1]])
+        ax.fill_between(
+            t,
+            lo - pad,
+            hi + pad,
+            where=where,
+            step="post",
+            color=regime_colour(r),
+            alpha=0.22,
+            linewidth=0,
+            label=regime_label(r, names),
+        )
+    ax.plot(t, worth.equity_hold, color="black", linewidth=0.9, label="buy-and-hold")
+    ax.plot(
+        t,
+        worth.equity_strategy,
+        color="tab:red",
+        linewidth=1.1,
+        label=f"regime filter (out in {regime_label(worth.excluded_regime, names)}, {worth.cost_bps:g} bp)",
+    )
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlim(t[0], t[-1])
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator())
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.set_ylabel("equity (start = 1)")
+    ax.set_title("Regime filter vs buy-and-hold (label at bar t acted on from bar t+1)")
+    ax.legend(ncol=3, fontsize=7, loc="upper left")
+    return _save(fig, path)

@@ -39,6 +39,8 @@ class RegimeView:
     bars_per_step: int = 1  # stride between consecutive labelled bars
     info: dict = field(default_factory=dict)
     names: tuple[str, ...] | None = None  # descriptive name per id from the training profiles (regimetry/naming.py)
+    # bars after this time were not trained on (the held-out split); None: none of the view's bars were
+    held_out_after: int | None = None
 
 
 def log_returns(close: np.ndarray) -> np.ndarray:
@@ -69,6 +71,7 @@ def from_bundle(bundle: str | Path, data: str | None = None) -> RegimeView:
         1,
         {"model_version": m["model_version"], "bundle": str(model.bundle.path)},
         model.bundle.regime_names,
+        int(m["data"]["train_end"]) if source == m["data"]["source"] else None,
     )
 
 
@@ -94,6 +97,7 @@ def from_config(cfg) -> RegimeView:
         cfg.stride,
         {"config_name": cfg.name},
         names,
+        int(result.end_time[int(result.summary["data"]["n_train"]) - 1]),
     )
 
 
@@ -122,8 +126,29 @@ class ReportFiles:
     figures: dict  # name -> PNG path
 
 
+def worth_of(view: RegimeView, cost_bps: float = 2.0):
+    """trainer/regime_worth.py on the view's held-out bars (all of them when none was trained on); with the
+    split's description. None when fewer than 50 bars are left to judge."""
+    from trainer.regime_worth import regime_worth
+
+    keep = np.ones(len(view.times), bool) if view.held_out_after is None else view.times > view.held_out_after
+    if keep.sum() < 50:
+        return None, ""
+    what = (
+        "all bars of this report (not the data the model was trained on)"
+        if view.held_out_after is None
+        else f"the held-out split ({int(keep.sum())} bars after the last training window)"
+    )
+    return regime_worth(view.times[keep], view.returns[keep], view.regimes[keep], view.k, cost_bps), what
+
+
 def write_report(
-    view: RegimeView, out_dir: str | Path, max_points: int = 1500, seed: int = 0, umap: bool | None = None
+    view: RegimeView,
+    out_dir: str | Path,
+    max_points: int = 1500,
+    seed: int = 0,
+    umap: bool | None = None,
+    cost_bps: float = 2.0,
 ) -> ReportFiles:
     """All figures plus report.md linking them; UMAP is drawn when umap-learn is installed (or umap=True)."""
     from trainer import plots
@@ -147,9 +172,15 @@ def write_report(
     figs["transition_matrix"] = plots.transition_heatmap(p, out / "transition_matrix.png", names)
     durations = dg.mean_durations(reg, k) * view.bars_per_step
     figs["regime_shares"] = plots.share_bars(dg.shares(reg, k), durations, out / "regime_shares.png", names)
+    worth, split = worth_of(view, cost_bps)
+    if worth is not None:
+        keep = np.ones(len(view.times), bool) if view.held_out_after is None else view.times > view.held_out_after
+        figs["regime_filter_equity"] = plots.equity_bands(
+            view.times[keep], worth, view.regimes[keep], k, out / "regime_filter_equity.png", names
+        )
     table = metrics(view, seed)
     report = out / "report.md"
-    report.write_text(markdown(view, table, profiles, figs, out, names))
+    report.write_text(markdown(view, table, profiles, figs, out, names) + worth_markdown(worth, split, names))
     return ReportFiles(report, figs)
 
 
@@ -195,4 +226,52 @@ def markdown(
     for name, path in figs.items():
         rel = Path(path).relative_to(out)
         lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({rel})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def worth_markdown(worth, split: str, names: tuple[str, ...] | None) -> str:
+    """The report's "What a regime is worth" section (empty when there were too few bars to judge)."""
+    if worth is None:
+        return ""
+
+    def pct(v) -> str:
+        return "-" if v is None else f"{100 * v:.2f} %"
+
+    def num(v) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        "",
+        "## What a regime is worth",
+        "",
+        f"On {split}. The regime labelled at bar t is acted on from bar t+1: each row pairs a label with the next "
+        f"bar's log return. Annualised with {worth.per_year:.0f} bars per year (the data's own spacing).",
+        "",
+        "| regime | name | bars | next-bar mean | volatility | Sharpe (ann.) | max drawdown |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in worth.per_regime:
+        i = r["regime"]
+        lines.append(
+            f"| {i} | {names[i] if names and i < len(names) else ''} | {r['bars']} | {r['mean_return']:.2e} | "
+            f"{r['volatility']:.2e} | {num(r['sharpe'])} | {pct(r['max_drawdown'])} |"
+        )
+    s, h = worth.strategy, worth.buy_and_hold
+    lines += [
+        "",
+        f"**Regime filter** (out of the market while regime {worth.excluded_regime} is in force, long otherwise; "
+        f"{worth.cost_bps:g} bp per unit of turnover) against **buy-and-hold**:",
+        "",
+        "| | annual return | annual volatility | Sharpe | max drawdown | time in market | turnover | costs paid |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| regime filter | {pct(s['annual_return'])} | {pct(s['annual_volatility'])} | {num(s['sharpe'])} | "
+        f"{pct(s['max_drawdown'])} | {pct(s['time_in_market'])} | {s['turnover_units']:.0f} "
+        f"({num(s['trades_per_year'])}/year) | {pct(s['costs_paid'])} |",
+        f"| buy-and-hold | {pct(h['annual_return'])} | {pct(h['annual_volatility'])} | {num(h['sharpe'])} | "
+        f"{pct(h['max_drawdown'])} | 100.00 % | 1 | {pct(h['costs_paid'])} |",
+        "",
+        "Log returns, no leverage, no financing or borrowing costs; a single split, so the difference between the "
+        "two rows carries the sampling error of one period.",
+        "",
+    ]
     return "\n".join(lines) + "\n"

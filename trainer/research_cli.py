@@ -154,8 +154,10 @@ def report_cmd(
     output: Path = typer.Option(Path("reports"), "--output", "-o", help="Folder for report.md and the PNGs."),
     max_points: int = typer.Option(1500, help="Embeddings drawn in the t-SNE/UMAP maps (even subsample)."),
     umap: bool | None = typer.Option(None, "--umap/--no-umap", help="Draw UMAP (default: if installed)."),
+    cost_bps: float = typer.Option(2.0, help="Regime-filter backtest: cost per unit of turnover, basis points."),
 ) -> None:
-    """Figures (t-SNE/UMAP of embeddings, price with regime bands, transition matrix, shares) and report.md."""
+    """Figures (t-SNE/UMAP of embeddings, price with regime bands, transition matrix, shares, the regime filter
+    against buy-and-hold) and report.md, with what each regime is worth on the held-out split."""
     from regimetry.bundle import BundleError
     from regimetry.data import BarDataError
     from trainer import report
@@ -173,7 +175,7 @@ def report_cmd(
     except (BundleError, BarDataError, ValueError, OSError) as exc:
         fail(str(exc))
     with console.status("drawing figures"):
-        files = report.write_report(view, output, max_points=max_points, umap=umap)
+        files = report.write_report(view, output, max_points=max_points, umap=umap, cost_bps=cost_bps)
     for name, path in files.figures.items():
         console.print(f"  {name}: {path}")
     console.print(f"[bold green]report written:[/] {files.report}")
