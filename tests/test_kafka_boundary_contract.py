@@ -12,10 +12,12 @@ import asyncio
 import hashlib
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import textwrap
 
 import pytest
+from faust_spec import faust_keeps_its_spec  # noqa: F401  (autouse fixture)
 
 from worker import kafka_boundary
 from worker.kafka_boundary import ASYNC_GENERATORS, AWAITED, CONTRACT, TESTED

@@ -1,7 +1,7 @@
 """Sending a batch's output and waiting until the broker acknowledged all of it (commit step 2, worker/runner.py).
 
 ``Delivery.deliver`` sends every event and dead letter of a batch and returns once the broker acknowledged each
-one (``acks=all``). A broker error (``BROKER_ERRORS``: Kafka client errors, timeouts, connection errors)
+one (``acks=all``). A broker error (``broker_errors()``: Kafka client errors, timeouts, connection errors)
 resends the whole batch after a capped back-off, for as long as it takes: duplicates are harmless (same event
 id, same bytes), losses are not, and the batch stays unacknowledged meanwhile. Anything else is a bug and
 propagates, so the runner exits without acknowledging (``EXIT_BROKEN_BATCH``) instead of looping on it.
@@ -30,15 +30,13 @@ log = logging.getLogger("regimetry.worker")
 Message = tuple[str, bytes | None, bytes]  # (topic, key, value)
 
 
-def _broker_errors() -> tuple[type[BaseException], ...]:
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """The errors a send is retried on (imported when the send path is built, not when this module is)."""
     from aiokafka.errors import KafkaError
     from faust.exceptions import NotReady, ProducerSendError
 
     # TimeoutError is asyncio.TimeoutError since Python 3.11 (an OSError, like ConnectionError)
     return (KafkaError, ProducerSendError, NotReady, TimeoutError, OSError)
-
-
-BROKER_ERRORS = _broker_errors()
 
 
 class Sender(Protocol):
@@ -105,6 +103,7 @@ class Delivery:
     def __init__(self, sender: Sender, retry_max_seconds: float):
         self.sender = sender
         self.retry_max_seconds = retry_max_seconds
+        self.broker_errors = broker_errors()
 
     async def deliver(self, messages: list[Message]) -> None:
         """Send and await every broker acknowledgement; on a broker error resend everything with capped
@@ -114,7 +113,7 @@ class Delivery:
             try:
                 await asyncio.gather(*await self.sender.send(messages))
                 return
-            except BROKER_ERRORS as exc:  # broker trouble: keep the batch unacknowledged and try again
+            except self.broker_errors as exc:  # broker trouble: keep the batch unacknowledged and try again
                 log.warning("sending %d messages failed (%r); retrying in %.1f s", len(messages), exc, delay)
                 self.sender.forget()
                 await asyncio.sleep(delay)
