@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 
 import typer
 
@@ -33,6 +34,8 @@ COMMAND_MODULES = [
 
 
 def _present(name: str) -> bool:
+    if sys.modules.get(name) is not None:  # imported already (faust replaces its module: no __spec__ to find)
+        return True
     try:
         return importlib.util.find_spec(name) is not None
     except (ModuleNotFoundError, ValueError):  # a parent package missing, or blocked
