@@ -17,7 +17,6 @@ import inspect
 import textwrap
 
 import pytest
-from faust_spec import faust_keeps_its_spec  # noqa: F401  (autouse fixture)
 
 from worker import kafka_boundary
 from worker.kafka_boundary import ASYNC_GENERATORS, AWAITED, CONTRACT, TESTED

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from faust_spec import faust_keeps_its_spec  # noqa: F401  (autouse fixture)
 
 from worker.batching import MicroBatcher
 from worker.delivery import Delivery
