@@ -61,3 +61,20 @@ def test_sign_and_keygen_commands(tiny_bundle, tmp_path):
     r = runner.invoke(cli.app, ["sign", "--bundle", str(b), "--key", str(key), "--check", str(pub)])
     assert r.exit_code == 0, r.output
     assert (b / SIGNATURE).exists() and "verified" in r.output
+
+
+def test_the_worker_serves_only_signed_bundles_when_a_key_is_set(tiny_bundle, tmp_path):
+    """Start-up and hot reload both go through load_serving: with REGIMETRY_BUNDLE_PUBLIC_KEY set, an unsigned
+    bundle is refused (the worker exits 2 at start, keeps the old model on reload)."""
+    from worker.serving import load_serving
+    from worker.settings import load_settings
+
+    private, public = generate_keypair(tmp_path / "keys")
+    b = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, b)
+    settings = load_settings({"REGIMETRY_BUNDLE_PUBLIC_KEY": str(public)})
+    with pytest.raises(BundleError, match="manifest.sig is missing"):
+        load_serving(b, settings)
+    sign_bundle(b, private)
+    assert load_serving(b, settings).version == load_bundle(b).version
+    assert load_serving(b, load_settings({})).version  # no key: unsigned or signed alike

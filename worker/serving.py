@@ -74,7 +74,7 @@ class Serving:
 
 def load_serving(bundle_dir: str | Path, settings: Settings) -> Serving:
     """Verify and open a bundle (BundleError / ValueError with a clear message if it cannot be served)."""
-    model = RegimeModel(bundle_dir, threads=settings.ort_threads)
+    model = RegimeModel(bundle_dir, threads=settings.ort_threads, public_key=settings.bundle_public_key or None)
     manifest = model.bundle.manifest
     quantiles = manifest["baseline"]["centroid_distance_quantiles"]
     if settings.ood_quantile not in quantiles:

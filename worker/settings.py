@@ -58,6 +58,8 @@ class Settings(ConnectionSettings):
     symbol_label_limit: int = 64  # regimetry_current_regime{symbol} series at most
     log_level: str = "info"
     audit_log: str = ""  # JSON-lines audit of model loads and version changes (regimetry.audit); "" = off
+    # ed25519 public key (PEM file): serve only bundles whose manifest.sig it verifies (regimetry/signing.py)
+    bundle_public_key: str = ""
 
     @property
     def faust_broker(self) -> str:
