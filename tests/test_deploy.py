@@ -435,6 +435,8 @@ def test_real_prometheus_loads_the_alerts_and_answers_every_dashboard_query(prom
     assert all(r["health"] != "err" for g in loaded for r in g["rules"]), loaded
     # Every panel's query runs; the ones on gauges and counters return series once scraped.
     wait_until(lambda: prom_query(prometheus.port, "regimetry_regime_share")["result"], 30, "regime shares scraped")
+    for job in ("regimetry-archive", "regimetry-refresher"):  # scraped on their own schedule: wait for each
+        wait_until(lambda j=job: prom_query(prometheus.port, f'up{{job="{j}"}} == 1')["result"], 30, f"{job} up")
     for expr in dashboard_exprs():
         data = prom_query(prometheus.port, expr.replace("$__rate_interval", "1m").replace("$symbol", ".*"))
         if not re.search(r"rate\(|increase\(|histogram_quantile", expr):  # need two scrapes first
