@@ -323,13 +323,15 @@ def _plots(symbols: dict[str, SymbolDrift], manifest: dict, out: Path, window: i
         (dg.transition_matrix(s.regimes, k) * max(len(s.regimes) - 1, 0) for s in symbols.values()), np.zeros((k, k))
     )
     live = live / np.maximum(live.sum(1, keepdims=True), 1e-12)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6), constrained_layout=True)
     for ax, mat, title in (
         (axes[0], np.asarray(manifest["baseline"]["transition_matrix"]), "training"),
         (axes[1], live, "live"),
     ):
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{title} P(next | current)")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
         ax.set_xlabel("next regime")
         ax.set_ylabel("current regime")
         for i in range(k):
@@ -343,7 +345,7 @@ def _plots(symbols: dict[str, SymbolDrift], manifest: dict, out: Path, window: i
                     fontsize=8,
                     color="white" if mat[i, j] < 0.5 else "black",
                 )
-    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
     figures["transitions"] = _save(fig, out / "transitions.png", plt)
 
     fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
@@ -372,7 +374,8 @@ def _time_axis(ax, iso_utc) -> None:
 
 
 def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
+    if not fig.get_constrained_layout():
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
