@@ -78,6 +78,26 @@ def embedding_map(
     return _save(fig, path)
 
 
+def regime_bands(ax, t, regimes, k: int, bottom: float, top: float, names=None, alpha: float = 0.28) -> None:
+    """A background band in the colour of the regime in force at each bar (t: matplotlib date numbers)."""
+    for r in range(k):
+        m = regimes == r
+        # fill_between colours the segment [i, i+1] only if both ends are selected: add each run's next bar
+        # so the bands touch instead of leaving a white gap at every change
+        where = m | np.concatenate([[False], m[:-1]])
+        ax.fill_between(
+            t,
+            bottom,
+            top,
+            where=where,
+            step="post",
+            color=regime_colour(r),
+            alpha=alpha,
+            linewidth=0,
+            label=regime_label(r, names),
+        )
+
+
 def price_bands(
     times: np.ndarray,
     close: np.ndarray,
@@ -92,22 +112,7 @@ def price_bands(
     fig, ax = plt.subplots(figsize=(11, 4))
     lo, hi = float(np.min(close)), float(np.max(close))
     pad = 0.03 * (hi - lo or 1.0)
-    for r in range(k):
-        m = regimes == r
-        # fill_between colours the segment [i, i+1] only if both ends are selected: add each run's next bar
-        # so the bands touch instead of leaving a white gap at every change
-        where = m | np.concatenate([[False], m[:-1]])
-        ax.fill_between(
-            t,
-            lo - pad,
-            hi + pad,
-            where=where,
-            step="post",
-            color=regime_colour(r),
-            alpha=0.28,
-            linewidth=0,
-            label=regime_label(r, names),
-        )
+    regime_bands(ax, t, regimes, k, lo - pad, hi + pad, names, alpha=0.28)
     ax.plot(t, close, color="black", linewidth=0.7)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlim(t[0], t[-1])
@@ -177,20 +182,7 @@ def equity_bands(times, worth, regimes, k: int, path: Path, names: Sequence[str]
     lo = float(min(worth.equity_strategy.min(), worth.equity_hold.min()))
     hi = float(max(worth.equity_strategy.max(), worth.equity_hold.max()))
     pad = 0.03 * (hi - lo or 1.0)
-    for r in range(k):
-        m = regimes == r
-        where = m | np.concatenate([[False], m[:-1]])
-        ax.fill_between(
-            t,
-            lo - pad,
-            hi + pad,
-            where=where,
-            step="post",
-            color=regime_colour(r),
-            alpha=0.22,
-            linewidth=0,
-            label=regime_label(r, names),
-        )
+    regime_bands(ax, t, regimes, k, lo - pad, hi + pad, names, alpha=0.22)
     ax.plot(t, worth.equity_hold, color="black", linewidth=0.9, label="buy-and-hold")
     ax.plot(
         t,
