@@ -205,17 +205,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def _security(s: ArchiveSettings) -> dict:
-    from connect.kafka import kafka_ssl_context
+    from connect.kafka import auth_kwargs, kafka_ssl_context
 
-    protocol = s.kafka_security_protocol.upper()
-    out: dict = {"security_protocol": protocol}
-    if protocol.startswith("SASL"):
-        out.update(
-            sasl_mechanism=s.kafka_sasl_mechanism.upper(),
-            sasl_plain_username=s.kafka_sasl_username,
-            sasl_plain_password=s.kafka_sasl_password,
-        )
-    if "SSL" in protocol:
+    out = auth_kwargs(s)
+    if "SSL" in out["security_protocol"]:
         out["ssl_context"] = kafka_ssl_context(s)
     return out
 

@@ -24,3 +24,18 @@ def kafka_ssl_context(s: ConnectionSettings) -> ssl.SSLContext | None:
     if s.kafka_ssl_certfile:
         ctx.load_cert_chain(s.kafka_ssl_certfile, s.kafka_ssl_keyfile or None)
     return ctx
+
+
+def auth_kwargs(s: ConnectionSettings) -> dict:
+    """security_protocol and, for SASL_*, mechanism, user and password: the same keyword names in kafka-python
+    and aiokafka, so every client (worker preflight, archive, operator tools) authenticates alike. TLS is added
+    by the caller, in its client's own form (an SSLContext for aiokafka, file paths for kafka-python)."""
+    protocol = s.kafka_security_protocol.upper()
+    out: dict = {"security_protocol": protocol}
+    if protocol.startswith("SASL"):
+        out.update(
+            sasl_mechanism=s.kafka_sasl_mechanism.upper(),
+            sasl_plain_username=s.kafka_sasl_username,
+            sasl_plain_password=s.kafka_sasl_password,
+        )
+    return out

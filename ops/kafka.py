@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connect.kafka import bootstrap_servers
+from connect.kafka import auth_kwargs, bootstrap_servers
 from connect.settings import ConnectionSettings as Settings
 
 __all__ = ["admin", "assign_all", "bootstrap_servers", "client_config", "consumer", "producer"]
@@ -17,15 +17,8 @@ __all__ = ["admin", "assign_all", "bootstrap_servers", "client_config", "consume
 
 def client_config(s: Settings) -> dict[str, Any]:
     """Connection keyword arguments shared by KafkaProducer, KafkaConsumer and KafkaAdminClient."""
-    protocol = s.kafka_security_protocol.upper()
-    cfg: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(s.broker_url), "security_protocol": protocol}
-    if protocol.startswith("SASL"):
-        cfg.update(
-            sasl_mechanism=s.kafka_sasl_mechanism.upper(),
-            sasl_plain_username=s.kafka_sasl_username,
-            sasl_plain_password=s.kafka_sasl_password,
-        )
-    if "SSL" in protocol:
+    cfg: dict[str, Any] = {"bootstrap_servers": bootstrap_servers(s.broker_url), **auth_kwargs(s)}
+    if "SSL" in cfg["security_protocol"]:
         cfg.update(
             ssl_cafile=s.kafka_ssl_cafile or None,
             ssl_certfile=s.kafka_ssl_certfile or None,

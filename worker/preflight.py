@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from connect.kafka import bootstrap_servers, kafka_ssl_context
+from connect.kafka import auth_kwargs, bootstrap_servers, kafka_ssl_context
 from worker.client_security import redis_client
 from worker.settings import Settings, mask_url
 
@@ -76,15 +76,9 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: flo
 async def _kafka_once(s: Settings) -> None:
     from aiokafka import AIOKafkaClient
 
-    kwargs: dict = {"security_protocol": s.kafka_security_protocol.upper(), "request_timeout_ms": 5000}
+    kwargs: dict = {**auth_kwargs(s), "request_timeout_ms": 5000}
     if "SSL" in kwargs["security_protocol"]:
         kwargs["ssl_context"] = kafka_ssl_context(s)
-    if kwargs["security_protocol"].startswith("SASL"):
-        kwargs.update(
-            sasl_mechanism=s.kafka_sasl_mechanism,
-            sasl_plain_username=s.kafka_sasl_username,
-            sasl_plain_password=s.kafka_sasl_password,
-        )
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers(s.broker_url), **kwargs)
     try:
         await client.bootstrap()
