@@ -26,7 +26,7 @@ import time
 from aiokafka import ConsumerRebalanceListener
 
 from archive.settings import ArchiveSettings
-from connect.kafka import bootstrap_servers
+from connect.kafka import aiokafka_kwargs, bootstrap_servers
 from regimetry.bar_archive import ArchiveDataset, ArchivedBar, crash_point
 
 log = logging.getLogger("regimetry.archive")
@@ -104,7 +104,7 @@ class Archiver:
             session_timeout_ms=int(self.s.archive_session_timeout * 1000),
             heartbeat_interval_ms=max(int(self.s.archive_session_timeout * 1000 / 5), 100),
             auto_offset_reset="earliest",
-            **_security(self.s),
+            **aiokafka_kwargs(self.s),
         )
         await consumer.start()
         consumer.subscribe([self.s.bars_topic], listener=_Rebalance(self))
@@ -202,15 +202,6 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
         self.a.metrics.ready.set(1)
-
-
-def _security(s: ArchiveSettings) -> dict:
-    from connect.kafka import auth_kwargs, kafka_ssl_context
-
-    out = auth_kwargs(s)
-    if "SSL" in out["security_protocol"]:
-        out["ssl_context"] = kafka_ssl_context(s)
-    return out
 
 
 def main() -> int:

@@ -39,3 +39,12 @@ def auth_kwargs(s: ConnectionSettings) -> dict:
             sasl_plain_password=s.kafka_sasl_password,
         )
     return out
+
+
+def aiokafka_kwargs(s: ConnectionSettings) -> dict:
+    """auth_kwargs plus the TLS context in aiokafka's form: what every aiokafka client here (the worker's
+    preflight and log reads, the archive) passes to reach the cluster."""
+    out = auth_kwargs(s)
+    if "SSL" in out["security_protocol"]:
+        out["ssl_context"] = kafka_ssl_context(s)
+    return out

@@ -35,10 +35,6 @@ def items(bars: list[Bar], offset: int = 0) -> list[tuple[Bar, Record]]:
     return [(bar, Record(bar.symbol.encode(), b"{}", "bars", 0, offset + i, 1.0)) for i, bar in enumerate(bars)]
 
 
-def empty_state() -> SymbolState:
-    return SymbolState(None, None, None, None, np.zeros((0, 5)), b"", None, {})
-
-
 class FakeRedis:
     """The state one symbol's writes leave, as the read script would return it (no trimming needed here)."""
 
@@ -78,6 +74,8 @@ class FakeRedis:
             lookups={t: (self.bars.get(t, b""), self.events.get(t, b"")) for t in candidates if last and t <= last},
             dwell=opt("dwell"),
             n_bars=len(times),
+            partition=opt("partition"),
+            offset=opt("offset"),
         )
 
 
@@ -156,9 +154,52 @@ def test_infer_and_build_give_the_batch_reference_and_a_second_batch_continues_i
 
 def test_a_batch_without_full_windows_infers_nothing(serving):
     bars = bars_of("SH", 5, seed=4)
-    plan = steps.plan(serving, "SH", items(bars), empty_state())
+    plan = steps.plan(serving, "SH", items(bars), steps.empty_state())
     win = steps.window(serving, [plan])
     assert steps.infer(serving, [plan], win) is None
     result = steps.build(serving, plan, win, 0, None, now=1.0, keep_bars=10_000)
     assert result.events == {} and result.warming == 5 and result.write is not None
-    assert result.write.meta == {"last_time": bars[-1].time} and len(result.write.bars) == 5
+    assert (
+        result.write.meta == {"last_time": bars[-1].time, "partition": 0, "offset": 4} and len(result.write.bars) == 5
+    )
+
+
+def test_records_the_stored_state_is_past_are_overtaken_not_dead_letters(serving):
+    """A worker paused past its session resumes with records another worker processed meanwhile and went far
+    beyond (its bars trimmed from the dedupe window): they are a fencing outcome, not out of order."""
+    bars = bars_of("FN", 40, seed=8)
+    redis = FakeRedis()
+    run_batch(serving, redis, items(bars[:30]))  # offsets 0..29 processed (by "the other worker")
+    for t in [b.time for b in bars[:20]]:  # trimmed: no longer in the dedupe window
+        del redis.bars[t]
+        redis.events.pop(t, None)
+    assert (redis.meta["partition"], redis.meta["offset"]) == (0, 29)
+    stale = run_batch(serving, redis, items(bars[5:12], offset=5))  # the paused worker's batch, same offsets
+    assert stale.dead == [] and stale.events == [] and stale.overtaken == 7
+    late = run_batch(serving, redis, items(bars[5:7], offset=40))  # the same bars later in the log: bad input
+    assert [reason for _, _, reason in late.dead] == ["out_of_order", "out_of_order"] and late.overtaken == 0
+
+
+def test_restored_bars_are_stored_but_send_nothing(serving):
+    """Bars read back from the log after Redis came back older (worker/pipeline.py) go through the same steps
+    as new ones: their events are computed and stored, never sent, never observed twice."""
+    h = serving.history
+    bars = bars_of("RS", h + 20, seed=9)
+    straight, redis = FakeRedis(), FakeRedis()
+    run_batch(serving, straight, items(bars))
+    run_batch(serving, redis, items(bars[: h + 5]))
+    symbol_items = items(bars[h + 5 :], offset=h + 5)
+    restored = 10  # the first ten are "read back"
+    plan = steps.plan(serving, "RS", symbol_items, redis.state(serving, []), restored=restored)
+    win = steps.window(serving, [plan])
+    result = steps.build(serving, plan, win, 0, steps.infer(serving, [plan], win), now=123.0, keep_bars=10_000)
+    out = Outgoing(steps.BatchReport(serving.version, serving.drift, serving.rebuild_bars))
+    steps.emit(plan, result, out, dlq_limit=512)
+    assert plan.restored_new == restored and out.restored == restored
+    assert len(out.events) == len(symbol_items) - restored and len(result.observations) == len(out.events)
+    sent = [json.loads(v) for _, v in out.events]
+    assert [e["bar_time"] for e in sent] == [b.time for b in bars[h + 5 + restored :]]
+    assert result.write is not None and len(result.write.events) == len(symbol_items)  # all stored
+    same = {k: straight.events[k] for k, _ in result.write.events}
+    for (t, _), doc in zip(result.write.events[restored:], sent):
+        assert json.loads(same[t])["regime"] == doc["regime"]  # as if Redis had never lost them

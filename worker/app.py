@@ -67,6 +67,7 @@ class Runtime:
     async def connect(self) -> None:
         """Open Redis and load the scripts, retrying with back-off until Redis answers."""
         from worker.client_security import redis_client
+        from worker.log_reader import LogReader
         from worker.pipeline import BatchProcessor
         from worker.redis_store import RedisStore
 
@@ -75,7 +76,14 @@ class Runtime:
         s, sv = self.settings, self.serving
         store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.keep_emb, s.dedupe_window, sv.version)
         processor = BatchProcessor(
-            sv, store, self.validator, self.telemetry, self.executor, s.max_payload_bytes, s.redis_retry_max_seconds
+            sv,
+            store,
+            self.validator,
+            self.telemetry,
+            self.executor,
+            s.max_payload_bytes,
+            s.redis_retry_max_seconds,
+            LogReader(s),
         )
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
@@ -116,6 +124,11 @@ class Runtime:
         self.apply_pending()
         assert self.processor is not None, "batches are taken only once connected"
         return await self.processor.compute(messages, checked)
+
+    async def close(self) -> None:
+        """What connect opened beside Faust: the log reader's consumer."""
+        if self.processor is not None and self.processor.log_reader is not None:
+            await self.processor.log_reader.close()
 
     def on_assigned(self) -> None:
         self.assigned = True
@@ -244,6 +257,7 @@ def create_app(settings: Settings, runtime: Runtime):
                 running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+            await runtime.close()
 
     return app
 

@@ -74,7 +74,32 @@ class WorkerMetrics:
         )
         self.state_lost = Counter(
             "regimetry_redis_state_lost_total",
-            "Symbols whose stored state vanished (Redis came back empty): windows refill",
+            "Symbols whose stored state vanished (Redis came back empty: windows refill) or went back (Redis "
+            "came back older: the missing bars are read back from the bars topic)",
+            registry=r,
+        )
+        self.bars_restored = Counter(
+            "regimetry_bars_restored_total",
+            "Bars read back from the bars topic into Redis because Redis came back older than the committed "
+            "offsets (no event sent for them: theirs went out when they first came)",
+            registry=r,
+        )
+        self.log_reads = Counter(
+            "regimetry_log_reads_total",
+            "Reads of a bars topic range, one per partition, to check or fill a gap in the stored state",
+            registry=r,
+        )
+        self.bars_overtaken = Counter(
+            "regimetry_bars_overtaken_total",
+            "Bar records the symbol's stored state was already past: processed by another worker that took the "
+            "partition over while this one was paused (a fencing outcome, not bad input: nothing sent, no dead "
+            "letter)",
+            registry=r,
+        )
+        self.state_resets = Counter(
+            "regimetry_state_resets_total",
+            "Symbols started again from nothing: Redis lost bars the log no longer holds (no event until the "
+            "window is full again)",
             registry=r,
         )
         self.bars_warming = Counter(

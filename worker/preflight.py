@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from connect.kafka import auth_kwargs, bootstrap_servers, kafka_ssl_context
+from connect.kafka import aiokafka_kwargs, bootstrap_servers
 from worker.client_security import redis_client
 from worker.settings import Settings, mask_url
 
@@ -76,9 +76,7 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: flo
 async def _kafka_once(s: Settings) -> None:
     from aiokafka import AIOKafkaClient
 
-    kwargs: dict = {**auth_kwargs(s), "request_timeout_ms": 5000}
-    if "SSL" in kwargs["security_protocol"]:
-        kwargs["ssl_context"] = kafka_ssl_context(s)
+    kwargs: dict = {**aiokafka_kwargs(s), "request_timeout_ms": 5000}
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers(s.broker_url), **kwargs)
     try:
         await client.bootstrap()

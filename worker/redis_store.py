@@ -8,7 +8,9 @@ Cluster, where a script may only touch keys of one slot):
                                  geometry, float64[K] regime costs of the bar's window)
     <prefix>:{SYM}:events  ZSET  score = bar time, member = the event exactly as it was sent
     <prefix>:{SYM}:meta    HASH  last_time, regime, dwell (bars in that regime, the last one included),
-                                 pred (predicted next regime), model_version
+                                 pred (predicted next regime), model_version, partition and offset (the bars
+                                 topic's record of the last stored bar: where a read-back after a Redis
+                                 rollback starts, worker/log_reader.py)
 
 The costs are kept as the float64 numbers the batch pass uses (regimetry/regimes.py: the decoder of bar t
 reads the last ``memory`` costs), the embeddings for the forecaster: one member holds both, the last
@@ -56,15 +58,17 @@ return {meta, table.concat(bars), table.concat(emb), oldest[2] or '', lookups, r
 """
 
 # KEYS: bars, emb, events, meta.
-# ARGV: expected last_time ('' = none), model_version, reset_emb ('1': the members are a rebuild and replace
-#       every stored one), keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, then (score, member)
-#       pairs for bars, emb, events, then meta field/value pairs.
+# ARGV: expected last_time ('' = none), model_version, reset ('1': the embedding members are a rebuild and
+#       replace every stored one; '2': everything stored goes first (bars, members, events, meta): a reset),
+#       keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, then (score, member) pairs for bars, emb,
+#       events, then meta field/value pairs.
 # Returns 1 when applied, 0 when last_time moved (another worker got there first: re-read and retry).
 WRITE_LUA = """
 local last = redis.call('HGET', KEYS[4], 'last_time') or ''
 if last ~= ARGV[1] then return 0 end
 local mv = redis.call('HGET', KEYS[4], 'model_version')
-if (mv and mv ~= ARGV[2]) or ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+if ARGV[3] == '2' then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+elseif (mv and mv ~= ARGV[2]) or ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 local i = 10
 local counts = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local keep = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
@@ -152,6 +156,8 @@ class SymbolState:
     lookups: dict[int, tuple[bytes, bytes]]  # bar time <= last_time -> (stored bar, stored event) or b""
     dwell: int | None = None  # bars in `regime`, the last one included
     n_bars: int = 0  # bars stored
+    partition: int | None = None  # bars topic partition and offset of the last stored bar (None: not recorded)
+    offset: int | None = None
 
 
 @dataclass
@@ -165,6 +171,7 @@ class SymbolWrite:
     events: list[tuple[int, bytes]] = field(default_factory=list)
     meta: dict[str, int | str] = field(default_factory=dict)
     reset_emb: bool = False  # `emb` is a rebuild: it replaces every stored member
+    reset_all: bool = False  # everything stored goes first: the symbol starts again from these bars
 
 
 def _int_or_none(raw: bytes | None) -> int | None:
@@ -239,6 +246,8 @@ class RedisStore:
                 lookups={int(t): (bar, event) for t, bar, event in lookups},
                 dwell=_int_or_none(meta.get(b"dwell")),
                 n_bars=int(n_bars),
+                partition=_int_or_none(meta.get(b"partition")),
+                offset=_int_or_none(meta.get(b"offset")),
             )
         return out
 
@@ -262,7 +271,7 @@ class RedisStore:
             args: list = [
                 "" if w.expected_last is None else str(w.expected_last),
                 self.model_version,
-                "1" if w.reset_emb else "0",
+                "2" if w.reset_all else "1" if w.reset_emb else "0",
                 self.keep_bars,
                 self.keep_emb,
                 self.keep_events,

@@ -5,7 +5,7 @@ typed result; worker/pipeline.py does the I/O around them and worker/telemetry.p
 BatchReport into metrics and drift updates.
 
     plan(serving, symbol, [(bar, record)], state) -> SymbolPlan     a BarAction per input bar: new /
-                                                                    again / stored / reject
+                                                                    again / stored / overtaken / reject
     window(serving, plans) -> Windows                               every new bar's window, one feature
                                                                     pass per group of equal runs
     infer(serving, plans, windows) -> Inference | None              encoder, costs, decoder, OOD,
@@ -60,6 +60,10 @@ class Action(Enum):
     NEW = "new"  # after the last stored bar: stored; its event sent if its window is full
     AGAIN = "again"  # the same bar twice in this batch: the first copy's event sent again
     STORED = "stored"  # already stored with the same values: its stored event re-emitted byte for byte
+    # the record is at or before the one the symbol's stored state ends at: it was processed already (another
+    # worker took the partition over while this one was paused, then went past it): a fencing outcome, not
+    # bad input, so nothing is sent and nothing is dead-lettered
+    OVERTAKEN = "overtaken"
     REJECT = "reject"  # dead-lettered (conflicting duplicate, out of order)
 
 
@@ -76,6 +80,7 @@ class BarAction:
     new_index: int = -1  # NEW, AGAIN: index of the bar among the plan's new bars
     stored_event: bytes = b""  # STORED: the event stored for it (empty: its window was not full)
     dead: DeadLetter | None = None  # REJECT
+    restored: bool = False  # a bar read back from the log (worker/log_reader.py): stored, nothing sent
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class SymbolPlan:
     doubt: str | None  # why they cannot (then the symbol is rebuilt from its stored bars)
     replay_times: np.ndarray | None = None  # rebuild: every stored bar, replayed through the model in force
     replay: np.ndarray | None = None  # (n, 5) their values
+    restored_new: int = 0  # the first new bars are read back from the log: stored, their events not sent
+    reset: SymbolState | None = None  # the stored state this plan replaces whole (`state` is then empty)
 
     @property
     def rebuilding(self) -> bool:
@@ -171,7 +178,9 @@ class BatchReport:
     inference_seconds: float = 0.0
     inferred: bool = False  # some bar went through the model
     conflicts: int = 0  # symbol writes lost to another worker (re-read and redone)
-    states_lost: int = 0  # symbols whose stored state vanished
+    states_lost: int = 0  # symbols whose stored state vanished or went back
+    log_reads: int = 0  # reads of the bars topic for bars missing from Redis (worker/log_reader.py)
+    resets: int = 0  # symbols started again from nothing: the log no longer held their missing bars
     observations: list[Observation] = field(default_factory=list)
     regimes: list[tuple[str, int, tuple[str, int]]] = field(default_factory=list)  # (symbol, regime, partition)
     rebuilt: list[Rebuild] = field(default_factory=list)
@@ -188,6 +197,8 @@ class Outgoing:
     reemitted: int = 0
     duplicates: int = 0
     warming: int = 0  # new bars stored without an event: the symbol's window is not full yet
+    restored: int = 0  # bars read back from the log into Redis (their events were sent when they first came)
+    overtaken: int = 0  # records the symbol's stored state is already past (a fencing outcome, nothing sent)
 
     def messages(self, events_topic: str, dlq_topic: str) -> list[tuple[str, bytes | None, bytes]]:
         """(topic, key, value) of everything the batch sends: its events in order, then its dead letters."""
@@ -202,7 +213,21 @@ class Outgoing:
 
 
 # -- plan: sort a symbol's bars against its stored state ---------------------------------------------------
-def plan(serving: Serving, symbol: str, items: list[tuple[Bar, Record]], st: SymbolState) -> SymbolPlan:
+def plan(
+    serving: Serving,
+    symbol: str,
+    items: list[tuple[Bar, Record]],
+    st: SymbolState,
+    restored: int = 0,
+    reset: bool = False,
+) -> SymbolPlan:
+    """A BarAction per item. The first `restored` items are bars read back from the log to fill a gap in the
+    stored state (worker/pipeline.py): planned like any other, marked so that nothing is sent for them.
+    `reset`: the stored state cannot be continued (the log no longer holds its gap): plan from nothing, and
+    the write replaces everything stored."""
+    replaced = None
+    if reset:
+        replaced, st = st, empty_state()
     new: list[Bar] = []
     records: list[Record] = []
     actions: list[BarAction] = []
@@ -225,6 +250,8 @@ def plan(serving: Serving, symbol: str, items: list[tuple[Bar, Record]], st: Sym
             stored_bar, stored_event = st.lookups.get(bar.time, (b"", b""))
             if stored_bar == pack_bar(bar.time, bar.values()):
                 actions.append(BarAction(Action.STORED, stored_event=stored_event))
+            elif st.partition == rec.partition and st.offset is not None and rec.offset <= st.offset:
+                actions.append(BarAction(Action.OVERTAKEN))
             elif stored_bar:
                 why = f"bar {bar.time} already stored with other values"
                 actions.append(_reject(rec, Reason.CONFLICTING_DUPLICATE, why))
@@ -236,8 +263,15 @@ def plan(serving: Serving, symbol: str, items: list[tuple[Bar, Record]], st: Sym
                 )
                 why = f"bar time {bar.time} <= last bar time {st.last_time}{window}"
                 actions.append(_reject(rec, Reason.OUT_OF_ORDER, why))
+    actions[:restored] = [replace(a, restored=True) for a in actions[:restored]]
+    restored_new = sum(a.action is Action.NEW for a in actions[:restored])
     prior, doubt = stored_windows(serving, st) if new else (None, None)
-    return SymbolPlan(symbol, st, new, records, actions, prior, doubt)
+    return SymbolPlan(symbol, st, new, records, actions, prior, doubt, restored_new=restored_new, reset=replaced)
+
+
+def empty_state() -> SymbolState:
+    """A symbol with nothing stored."""
+    return SymbolState(None, None, None, None, np.zeros((0, 5)), b"", None, {})
 
 
 def _reject(rec: Record, reason: Reason, detail: str) -> BarAction:
@@ -381,7 +415,8 @@ def build(
     warming = len(times) - sum(j >= 0 for j in js)
     if not plan.new:
         return SymbolResult(None, {}, [], None, 0, None)
-    write = SymbolWrite(plan.symbol, st.last_time, reset_emb=plan.rebuilding)
+    expected = (plan.reset or st).last_time
+    write = SymbolWrite(plan.symbol, expected, reset_emb=plan.rebuilding, reset_all=plan.reset is not None)
     write.bars = list(zip(times, pack_bars(times, win.values[pi])))
     regime, pred = (None, None) if plan.rebuilding else (st.regime, st.pred)
     events: dict[int, bytes] = {}
@@ -413,16 +448,18 @@ def build(
             )
             events[j] = encode(doc)
             write.events.append((times[j], events[j]))
-            observations.append(
-                Observation(doc["regime"]["id"], doc["regime"]["confidence"], doc["ood_score"], regime, pred)
-            )
+            if j >= plan.restored_new:  # a restored bar was observed when it first came
+                observations.append(
+                    Observation(doc["regime"]["id"], doc["regime"]["confidence"], doc["ood_score"], regime, pred)
+                )
             regime = doc["regime"]["id"]
             pred = doc["predicted"]["regime"] if doc["predicted"] else None
         assert regime is not None
         write.meta.update(regime=regime, dwell=inf.dwell[rows[-1]], pred="" if pred is None else pred)
     elif plan.rebuilding:  # nothing of the old model's state may survive a rebuild
         write.meta.update(regime="", dwell="", pred="")
-    write.meta["last_time"] = plan.new[-1].time
+    last = plan.records[-1]
+    write.meta.update(last_time=plan.new[-1].time, partition=last.partition, offset=last.offset)
     rebuilt = None
     if plan.replay is not None and len(plan.replay) >= serving.history:
         rebuilt = rebuild_result(serving, plan, rows, js, inf, keep_bars)
@@ -453,7 +490,9 @@ def emit(plan: SymbolPlan, result: SymbolResult, out: Outgoing, dlq_limit: int) 
     key = plan.symbol.encode()
     out.warming += result.warming
     for a in plan.actions:
-        if a.action is Action.NEW:
+        if a.restored:
+            out.restored += a.action is Action.NEW
+        elif a.action is Action.NEW:
             if a.new_index in result.events:
                 out.events.append((key, result.events[a.new_index]))
                 ts = plan.records[a.new_index].timestamp
@@ -464,6 +503,8 @@ def emit(plan: SymbolPlan, result: SymbolResult, out: Outgoing, dlq_limit: int) 
             if a.new_index in result.events:
                 out.events.append((key, result.events[a.new_index]))
                 out.reemitted += 1
+        elif a.action is Action.OVERTAKEN:
+            out.overtaken += 1
         elif a.action is Action.STORED:
             out.duplicates += 1
             if a.stored_event:
