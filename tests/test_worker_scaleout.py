@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import assert_matches_reference, series
 
-from devstack.kafka_kit import Collector, PacedFeed, interleave, series_messages
+from devstack.kafka_kit import Collector, PacedFeed, interleave, produce, series_messages
 from devstack.stack import create_topics, metric_value, metrics_text, start_worker, wait_until
 
 pytestmark = pytest.mark.slow
@@ -180,3 +180,62 @@ def test_three_workers_one_killed_mid_stream(stack, model, tiny_bundle, tmp_path
         f"duplicates {duplicates}, losses 0, rebalance {rebalance:.1f} s (session timeout "
         f"{settings.get('session_timeout', 10)} s), orphaned symbols {len(orphans)}"
     )
+
+
+def test_a_worker_paused_past_its_session_sends_no_false_dead_letters(
+    stack, model, tiny_bundle, tmp_path, fresh_symbols
+):
+    """Issue 14, defect 3: two workers on a backlog; one is SIGSTOPped (holding fetched records) past its
+    session timeout, so the other takes its partitions over and goes far past the bars the paused one holds
+    (a small dedupe window trims them from Redis); resumed, the paused one processes what it held. Those
+    records are a fencing outcome (regimetry_bars_overtaken_total), not out-of-order input: the dead-letter
+    topic stays empty and the output is complete and consistent (before the fix they were dead-lettered as
+    out_of_order)."""
+    import os
+    import signal
+
+    partitions = 4
+    topics, base = scale_settings("pause", partitions)
+    create_topics(stack.bootstrap, topics)
+    symbols = symbols_on_every_partition(fresh_symbols, 8, partitions)
+    data, msgs, n_expected = scale_feed(model, symbols, 1100, 900)
+    backlog, tail = msgs[: -8 * len(symbols)], msgs[-8 * len(symbols) :]
+    settings = {**base, "bundle": str(tiny_bundle), "dedupe_window": 16, "session_timeout": 6}
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda c: start_worker(stack, tmp_path, name=f"pause-{c}", **settings), "ab")
+    events = Collector(stack.bootstrap, settings["events_topic"])
+    dead = Collector(stack.bootstrap, settings["dlq_topic"])
+    paused = False
+    try:
+        produce(stack.bootstrap, settings["bars_topic"], backlog)
+        wait_until(lambda: consumed(a) > 0 and consumed(b) > 0, 120, "both workers consuming")
+        before = consumed(a)  # (the metrics are served by the process: not while it is stopped)
+        os.kill(a.pid, signal.SIGSTOP)
+        paused = True
+        wait_until(
+            lambda: last_assignment(b.log, settings["bars_topic"]) == set(range(partitions)),
+            60,
+            "the other worker taking every partition over",
+        )
+        events.wait_for_bars(n_expected - 8 * len(symbols), 180, "the other worker through the backlog")
+        os.kill(a.pid, signal.SIGCONT)
+        paused = False
+        produce(stack.bootstrap, settings["bars_topic"], tail)
+        wait_until(lambda: consumed(a) > before, 120, "the paused worker processing again")
+        events.wait_for_bars(n_expected, 180, "every event")
+        overtaken = metric_value(metrics_text(a.port), "regimetry_bars_overtaken_total") or 0.0
+        dead.poll()
+    finally:
+        if paused:
+            os.kill(a.pid, signal.SIGCONT)
+        a.stop()
+        b.stop()
+    duplicates = assert_complete_and_consistent(events, data, model, n_expected)
+    events.close()
+    dead_letters = len(dead.records)
+    dead.close()
+    print(
+        f"pause past the session timeout: bars {len(msgs)}, overtaken (fenced) {overtaken:.0f}, dead letters "
+        f"{dead_letters}, duplicates {duplicates}"
+    )
+    assert dead_letters == 0, "no bar of a valid feed is dead-lettered after a pause"
