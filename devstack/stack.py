@@ -7,6 +7,8 @@ its own pid. Standard library only at import time: nothing here may pull TensorF
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -61,9 +63,11 @@ def _log_tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
-@dataclass
+@dataclass(eq=False)
 class Process:
-    """A started child process with its log file; stop() ends exactly this pid."""
+    """A started child process with its log file; stop() ends exactly this pid. Every child not stopped
+    when this Python process exits (a test or the demo failing on any path, Ctrl-C at any moment) is killed
+    at exit (_stop_leftovers): nothing the stack started outlives it."""
 
     name: str
     proc: subprocess.Popen
@@ -86,6 +90,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
+        _LIVE.discard(self)
         return self.proc.returncode
 
     def kill(self) -> int | None:
@@ -96,6 +101,18 @@ class Process:
         return StackError(
             f"{self.name} (pid {self.pid}): {message}\n--- last lines of {self.log} ---\n{_log_tail(self.log)}"
         )
+
+
+_LIVE: set[Process] = set()  # started and not stopped yet
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for p in list(_LIVE):
+        with contextlib.suppress(OSError):
+            p.proc.kill()
+            p.proc.wait(10)
+        _LIVE.discard(p)
 
 
 # the source tree this devstack belongs to: its children import the worker, archive and tools from here too,
@@ -118,7 +135,9 @@ def _spawn(name: str, argv: list[str], workdir: Path, port: int, env: Mapping[st
             env=env,
             start_new_session=True,
         )
-    return Process(name, proc, log, port)
+    process = Process(name, proc, log, port)
+    _LIVE.add(process)
+    return process
 
 
 def _await(process: Process, check: Callable[[], bool], timeout: float, what: str) -> Process:
@@ -129,11 +148,12 @@ def _await(process: Process, check: Callable[[], bool], timeout: float, what: st
 
     try:
         wait_until(ready, timeout, f"{process.name}: {what}")
-    except StackError:
-        raise
     except TimeoutError as exc:
         process.stop()
         raise process.fail(str(exc)) from None
+    except BaseException:  # it died, or we were interrupted (Ctrl-C) before it was handed to anyone to stop
+        process.stop()
+        raise
     return process
 
 
@@ -300,13 +320,13 @@ def start_stack(workdir: Path, topics: Mapping[str, int] = DEFAULT_TOPICS) -> St
     kafka = start_tansu(workdir)
     try:
         redis_proc = start_redis(workdir)
-    except Exception:
+    except BaseException:
         kafka.stop()
         raise
     stack = Stack(workdir, kafka, redis_proc)
     try:
         create_topics(stack.bootstrap, topics)
-    except Exception:
+    except BaseException:
         stack.stop()
         raise
     return stack

@@ -137,6 +137,11 @@ def _on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _hold_interrupts() -> tuple:
+    """Ignore SIGINT and SIGTERM while the demo stops its processes; returns the handlers to put back."""
+    return signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _Feeder(threading.Thread):
     """Replays the series then the bad messages into `bars` on its own thread, so events print as they come."""
 
@@ -238,8 +243,9 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
     in_main = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     ok = False
+    cleanup = contextlib.ExitStack()  # stops what was started, last started first
     try:
-        with contextlib.ExitStack() as cleanup:  # stops what was started, last started first
+        try:
             stack, worker = _start_processes(workdir, bundle_dir, say, cleanup)
             events, seconds = _feed_and_collect(opts, stack, worker, model, series, bad, progress_console, cleanup)
             metrics = _final_metrics(worker.port, sum(BAD_BARS_EXPECTED.values()) if bad else 0)
@@ -249,6 +255,14 @@ def run_demo(opts: DemoOptions, say: Callable[[object], None], progress_console)
             summary["audit_log"] = [json.loads(x) for x in audit.read_text().splitlines()] if audit.exists() else []
             ok = True
             return summary
+        finally:  # a second Ctrl-C (or SIGTERM) must not cut the stopping short and leave processes behind
+            held = _hold_interrupts() if in_main else None
+            try:
+                cleanup.close()
+            finally:
+                if held is not None:
+                    signal.signal(signal.SIGINT, held[0])
+                    signal.signal(signal.SIGTERM, held[1])
     except KeyboardInterrupt:
         say("[yellow]interrupted[/]: stopped everything the demo started")
         raise

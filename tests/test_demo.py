@@ -110,6 +110,9 @@ def test_demo_stops_everything_on_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        for pid in started_pids(seen):  # whatever happened above, nothing the demo started outlives the test
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 130, rest[-2000:]
     assert "interrupted" in rest
     assert all(gone(pid) for pid in pids), pids

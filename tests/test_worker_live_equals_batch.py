@@ -271,3 +271,31 @@ def test_rebuild_after_trimmed_bars_keeps_regimes_and_probabilities(
         np.testing.assert_array_equal([e["bars_in_regime"] for e in after], stored_ref.dwell[-len(after) :])
     if rebuilt["exact"]:
         assert_matches_reference(model, b, got + after)
+
+
+@pytest.mark.slow
+def test_symbol_state_expires_after_its_ttl(tiny_bundle, model, redis_url):
+    """Issue 14, defect 6: per-symbol state never expired (50,000 one-bar symbols left 100,000 keys); every key
+    of a symbol now expires REGIMETRY_STATE_TTL_SECONDS after its last write, renewed by each write."""
+    import redis
+
+    from devstack.kafka_kit import series_messages
+
+    b = series("TTL1", 5, seed=77)
+    w = InProcess(tiny_bundle, redis_url, "ttl", state_ttl_seconds=120)
+    w.feed(series_messages("TTL1", b.times[:3], b.values[:3]))
+    client = redis.Redis.from_url(redis_url)
+    keys = [f"ttl:{{TTL1}}:{k}" for k in ("bars", "meta")]
+    try:
+        assert all(0 < client.ttl(k) <= 120 for k in keys)
+        for k in keys:
+            client.expire(k, 5)
+        w.feed(series_messages("TTL1", b.times[3:], b.values[3:]))
+        assert all(client.ttl(k) > 5 for k in keys), "a write renews the expiry"
+        forever = InProcess(tiny_bundle, redis_url, "ttl0", state_ttl_seconds=0)
+        forever.feed(series_messages("TTL1", b.times[:3], b.values[:3]))
+        assert client.ttl("ttl0:{TTL1}:meta") == -1  # 0: never expires
+        forever.close()
+    finally:
+        client.close()
+        w.close()

@@ -74,6 +74,7 @@ class FakeRedis:
             lookups={t: (self.bars.get(t, b""), self.events.get(t, b"")) for t in candidates if last and t <= last},
             dwell=opt("dwell"),
             n_bars=len(times),
+            bar_times=np.asarray(times[-(serving.history - 1) :], dtype=np.int64),
             partition=opt("partition"),
             offset=opt("offset"),
         )
@@ -203,3 +204,24 @@ def test_restored_bars_are_stored_but_send_nothing(serving):
     same = {k: straight.events[k] for k, _ in result.write.events}
     for (t, _), doc in zip(result.write.events[restored:], sent):
         assert json.loads(same[t])["regime"] == doc["regime"]  # as if Redis had never lost them
+
+
+def test_a_bar_far_ahead_of_its_spacing_is_dead_lettered_and_holds_nothing_back(serving):
+    """Issue 14, defect 6: a bar stamped 12 h ahead of an hourly feed used to be accepted (24 h tolerance) and
+    then every real bar of its symbol was dead-lettered as out of order until the clock caught up."""
+    bars = bars_of("FU", 30, seed=10)
+    spacing = bars[1].time - bars[0].time
+    redis = FakeRedis()
+    run_batch(serving, redis, items(bars[:20]))
+    st = redis.state(serving, [])
+    now = bars[21].time  # the clock: at the latest real bar
+    ahead = bars[20]._replace(time=bars[19].time + 12 * spacing)
+    batch = items([ahead, bars[20], bars[21]], offset=20)
+    limit = steps.future_limit(st, now, 1.0)
+    assert limit == now + spacing
+    fixed = steps.plan(serving, "FU", batch, st, future_limit=limit)
+    assert [a.action for a in fixed.actions] == [Action.REJECT, Action.NEW, Action.NEW]
+    assert fixed.actions[0].dead is not None and fixed.actions[0].dead.reason is Reason.TIME_IN_FUTURE
+    before = steps.plan(serving, "FU", batch, st)  # without the check: the real bars are held back
+    assert [a.action for a in before.actions] == [Action.NEW, Action.REJECT, Action.REJECT]
+    assert steps.future_limit(st, now, 0.0) is None and steps.future_limit(steps.empty_state(), now, 1.0) is None

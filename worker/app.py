@@ -44,6 +44,7 @@ class Runtime:
         self.serving = load_serving(resolve_bundle_dir(settings.bundle), settings)
         self.metrics = WorkerMetrics(self.serving.n_clusters, settings.symbol_label_limit)
         self.telemetry = Telemetry(self.metrics)
+        self.metrics.state_ttl.set(settings.state_ttl_seconds)
         self._record_model()
         self.validator = BarValidator(settings.max_payload_bytes, settings.allowed_symbols, settings.max_future_seconds)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="regimetry-infer")
@@ -74,7 +75,9 @@ class Runtime:
         if self.processor is not None:
             return
         s, sv = self.settings, self.serving
-        store = RedisStore(redis_client(s), s.key_prefix, sv.history, sv.keep_emb, s.dedupe_window, sv.version)
+        store = RedisStore(
+            redis_client(s), s.key_prefix, sv.history, sv.keep_emb, s.dedupe_window, sv.version, s.state_ttl_seconds
+        )
         processor = BatchProcessor(
             sv,
             store,
@@ -84,6 +87,7 @@ class Runtime:
             s.max_payload_bytes,
             s.redis_retry_max_seconds,
             LogReader(s),
+            s.max_future_bars,
         )
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor
@@ -176,6 +180,8 @@ def create_app(settings: Settings, runtime: Runtime):
     direct = settings.direct_records
     # stock Faust (direct_records false) keeps Faust's own Monitor too: nothing of kafka_boundary is used
     extra: dict[str, Any] = {"Monitor": kafka_boundary.quiet_monitor()} if direct else {}
+    if settings.group_instance_id:  # static membership: a restart under this id skips the session timeout
+        extra["consumer_group_instance_id"] = settings.group_instance_id
     app = faust.App(
         settings.group_id,
         broker=settings.faust_broker,

@@ -96,6 +96,17 @@ class WorkerMetrics:
             "letter)",
             registry=r,
         )
+        self.symbols_started = Counter(
+            "regimetry_symbols_started_total",
+            "Symbols whose bars found nothing stored: new symbols, and symbols back after their state expired "
+            "(REGIMETRY_STATE_TTL_SECONDS) or was lost; each refills its window",
+            registry=r,
+        )
+        self.state_ttl = Gauge(
+            "regimetry_state_ttl_seconds",
+            "Per-symbol Redis state expires this long after the symbol's last write (0: never)",
+            registry=r,
+        )
         self.state_resets = Counter(
             "regimetry_state_resets_total",
             "Symbols started again from nothing: Redis lost bars the log no longer holds (no event until the "

@@ -53,7 +53,9 @@ class BatchProcessor:
         dlq_limit: int,
         retry_max_seconds: float = 5.0,
         log_reader: LogReader | None = None,
+        max_future_bars: float = 0.0,
     ):
+        self.max_future_bars = max_future_bars  # see steps.future_limit
         self.store = store
         self.log_reader = log_reader  # None: no log to read back from (tools, unit tests): stored state trusted
         self.validator = validator
@@ -130,10 +132,12 @@ class BatchProcessor:
         states = await self._with_redis(self.store.read, candidates)
         report.states_lost += self._notice_lost_state(states)
         restore, resets = await self._read_back(pending, states, report)
-        plans = [
-            steps.plan(self.serving, s, restore.get(s, []) + items, states[s], len(restore.get(s, [])), s in resets)
-            for s, items in pending.items()
-        ]
+        now = time.time()
+        plans = []
+        for s, items in pending.items():
+            back = restore.get(s, [])
+            limit = steps.future_limit(states[s], now, self.max_future_bars)
+            plans.append(steps.plan(self.serving, s, back + items, states[s], len(back), s in resets, limit))
         doubtful = [i for i, p in enumerate(plans) if p.new and p.doubt is not None]
         if doubtful:  # second read, these symbols only: every stored bar, to rebuild from
             stored = await self._with_redis(self.store.read_bars, [plans[i].symbol for i in doubtful])

@@ -60,8 +60,8 @@ return {meta, table.concat(bars), table.concat(emb), oldest[2] or '', lookups, r
 # KEYS: bars, emb, events, meta.
 # ARGV: expected last_time ('' = none), model_version, reset ('1': the embedding members are a rebuild and
 #       replace every stored one; '2': everything stored goes first (bars, members, events, meta): a reset),
-#       keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, then (score, member) pairs for bars, emb,
-#       events, then meta field/value pairs.
+#       keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, ttl seconds (0: none), then (score, member)
+#       pairs for bars, emb, events, then meta field/value pairs.
 # Returns 1 when applied, 0 when last_time moved (another worker got there first: re-read and retry).
 WRITE_LUA = """
 local last = redis.call('HGET', KEYS[4], 'last_time') or ''
@@ -69,7 +69,7 @@ if last ~= ARGV[1] then return 0 end
 local mv = redis.call('HGET', KEYS[4], 'model_version')
 if ARGV[3] == '2' then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 elseif (mv and mv ~= ARGV[2]) or ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-local i = 10
+local i = 11
 local counts = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local keep = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
 for k = 1, 3 do
@@ -83,6 +83,10 @@ redis.call('HSET', KEYS[4], 'model_version', ARGV[2])
 while i <= #ARGV do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   i = i + 2
+end
+local ttl = tonumber(ARGV[10])
+if ttl > 0 then
+  for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
 end
 return 1
 """
@@ -156,6 +160,7 @@ class SymbolState:
     lookups: dict[int, tuple[bytes, bytes]]  # bar time <= last_time -> (stored bar, stored event) or b""
     dwell: int | None = None  # bars in `regime`, the last one included
     n_bars: int = 0  # bars stored
+    bar_times: np.ndarray | None = None  # (n,) their times
     partition: int | None = None  # bars topic partition and offset of the last stored bar (None: not recorded)
     offset: int | None = None
 
@@ -181,9 +186,19 @@ def _int_or_none(raw: bytes | None) -> int | None:
 class RedisStore:
     """The two scripts, run as one pipelined round trip per micro-batch (one script call per symbol)."""
 
-    def __init__(self, client, prefix: str, history: int, emb_keep: int, dedupe_window: int, model_version: str):
+    def __init__(
+        self,
+        client,
+        prefix: str,
+        history: int,
+        emb_keep: int,
+        dedupe_window: int,
+        model_version: str,
+        ttl_seconds: int = 0,
+    ):
         self.client = client
         self.prefix = prefix
+        self.ttl_seconds = ttl_seconds  # every key of a symbol expires this long after its last write (0: never)
         self.dedupe_window = dedupe_window
         self.keep_events = max(dedupe_window, 1)
         self.configure(history, emb_keep, model_version)
@@ -234,7 +249,7 @@ class RedisStore:
         out = {}
         for s, (meta_pairs, bars, emb, oldest, lookups, n_bars) in zip(symbols, replies):
             meta = dict(zip(meta_pairs[::2], meta_pairs[1::2]))
-            _, values = unpack_bars(bars)
+            times, values = unpack_bars(bars)
             out[s] = SymbolState(
                 last_time=_int_or_none(meta.get(b"last_time")),
                 regime=_int_or_none(meta.get(b"regime")),
@@ -246,6 +261,7 @@ class RedisStore:
                 lookups={int(t): (bar, event) for t, bar, event in lookups},
                 dwell=_int_or_none(meta.get(b"dwell")),
                 n_bars=int(n_bars),
+                bar_times=times,
                 partition=_int_or_none(meta.get(b"partition")),
                 offset=_int_or_none(meta.get(b"offset")),
             )
@@ -278,6 +294,7 @@ class RedisStore:
                 len(w.bars),
                 len(w.emb),
                 len(w.events),
+                self.ttl_seconds,
             ]
             for pairs in (w.bars, w.emb, w.events):
                 for score, member in pairs:

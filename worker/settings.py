@@ -21,6 +21,10 @@ class Settings(ConnectionSettings):
     rebalance_timeout: float = 10.0
     heartbeat_interval: float = 1.0
     commit_interval: float = 1.0
+    # Static group membership (Kafka's group.instance.id, KIP-345): a worker restarted under the same id takes
+    # its partitions back at once instead of waiting out its dead predecessor's session timeout. Give each
+    # worker its own stable id (a StatefulSet pod name, a compose service replica name); "" = dynamic
+    group_instance_id: str = ""
     # Faust hard-codes 1500, which delays every bar ~450 ms on Tansu; 100 still cost an idle worker ~35 ms per bar
     # (p50), 10 costs ~10 ms. Real Kafka answers a fetch as soon as a record arrives: there this only bounds how
     # often an idle consumer polls (<= 100 fetches/s at 10)
@@ -48,7 +52,14 @@ class Settings(ConnectionSettings):
     direct_records: bool = True
     # Input checks
     max_payload_bytes: int = 4096
-    max_future_seconds: int = 86_400
+    max_future_seconds: int = 86_400  # any bar further ahead of the worker clock is dead-lettered
+    # ...and a bar further ahead than this many of its symbol's bar spacings (the median of its stored bars'),
+    # so a bad future bar can hold a symbol's real bars back (as out of order) for about that many bars at most;
+    # 0 = only the bound above
+    max_future_bars: float = 1.0
+    # Per-symbol Redis state expires this long after the symbol's last write (0 = never): a symbol that stops
+    # trading stops costing memory; one that comes back later refills its window (no event for history_bars - 1)
+    state_ttl_seconds: int = 7_776_000
     allowed_symbols: tuple[str, ...] = ()
     # Metrics and drift
     metrics_host: str = "127.0.0.1"

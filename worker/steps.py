@@ -181,6 +181,7 @@ class BatchReport:
     states_lost: int = 0  # symbols whose stored state vanished or went back
     log_reads: int = 0  # reads of the bars topic for bars missing from Redis (worker/log_reader.py)
     resets: int = 0  # symbols started again from nothing: the log no longer held their missing bars
+    started: int = 0  # symbols whose new bars found nothing stored (new, expired, or lost)
     observations: list[Observation] = field(default_factory=list)
     regimes: list[tuple[str, int, tuple[str, int]]] = field(default_factory=list)  # (symbol, regime, partition)
     rebuilt: list[Rebuild] = field(default_factory=list)
@@ -220,11 +221,13 @@ def plan(
     st: SymbolState,
     restored: int = 0,
     reset: bool = False,
+    future_limit: float | None = None,
 ) -> SymbolPlan:
     """A BarAction per item. The first `restored` items are bars read back from the log to fill a gap in the
     stored state (worker/pipeline.py): planned like any other, marked so that nothing is sent for them.
     `reset`: the stored state cannot be continued (the log no longer holds its gap): plan from nothing, and
-    the write replaces everything stored."""
+    the write replaces everything stored. `future_limit` (see future_limit()): a later bar is dead-lettered
+    as time_in_future instead of holding the symbol's real bars back."""
     replaced = None
     if reset:
         replaced, st = st, empty_state()
@@ -234,7 +237,10 @@ def plan(
     last = st.last_time
     in_batch: dict[int, int] = {}  # bar time -> index among new
     for bar, rec in items:
-        if last is None or bar.time > last:
+        if future_limit is not None and bar.time > future_limit:
+            why = f"bar time {bar.time} is past {future_limit:.0f}, the worker clock plus its bar spacing allowance"
+            actions.append(_reject(rec, Reason.TIME_IN_FUTURE, why))
+        elif last is None or bar.time > last:
             in_batch[bar.time] = len(new)
             actions.append(BarAction(Action.NEW, new_index=len(new)))
             new.append(bar)
@@ -267,6 +273,17 @@ def plan(
     restored_new = sum(a.action is Action.NEW for a in actions[:restored])
     prior, doubt = stored_windows(serving, st) if new else (None, None)
     return SymbolPlan(symbol, st, new, records, actions, prior, doubt, restored_new=restored_new, reset=replaced)
+
+
+def future_limit(st: SymbolState, now: float, bars_ahead: float) -> float | None:
+    """The latest bar time the symbol may take now: `bars_ahead` of its bar spacing (the median gap of its
+    stored bars) past the clock; None when it has fewer than two stored bars or the check is off (0). Why: a
+    bar stamped 12 h ahead of an hourly feed was accepted and then held back every real bar of its symbol."""
+    if bars_ahead <= 0 or st.bar_times is None or len(st.bar_times) < 2:
+        return None
+    gaps = np.diff(st.bar_times)
+    gaps = gaps[gaps > 0]
+    return now + bars_ahead * float(np.median(gaps)) if len(gaps) else None
 
 
 def empty_state() -> SymbolState:
@@ -513,6 +530,7 @@ def emit(plan: SymbolPlan, result: SymbolResult, out: Outgoing, dlq_limit: int) 
         elif a.dead is not None:
             out.dead_letter(a.dead, dlq_limit)
     report = out.report
+    report.started += plan.new != [] and plan.state.last_time is None and plan.reset is None
     report.observations += result.observations
     if result.rebuilt is not None:
         report.rebuilt.append(result.rebuilt)

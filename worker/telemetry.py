@@ -40,6 +40,7 @@ class Telemetry:
         m.bars_overtaken.inc(out.overtaken)
         m.log_reads.inc(r.log_reads)
         m.state_resets.inc(r.resets)
+        m.symbols_started.inc(r.started)
         m.events_emitted.inc(len(out.events))
         m.events_reemitted.inc(out.reemitted)
         m.duplicates.inc(out.duplicates)
