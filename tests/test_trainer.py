@@ -370,7 +370,9 @@ def test_two_symbol_universe_trains_end_to_end(tmp_path):
     from trainer.pipeline import train
 
     data = _universe_csv(tmp_path / "u.csv", n=1200, gap_at=None)
-    result = train(tiny_config(tmp_path / "models", data=data))
+    # with the contrastive term on, so its positives (windows a fixed offset later) stay within a symbol too
+    result = train(tiny_config(tmp_path / "models", data=data, **{"encoder.contrast_weight": 0.5}))
+    assert result.summary["encoder"]["history"][-1]["contrast"] > 0
     m = verify_bundle(result.bundle_dir)
     syms = m["data"]["symbols"]
     assert [s["symbol"] for s in syms] == ["AAA", "BBB"] and all(s["n_bars"] == 1200 for s in syms)

@@ -208,7 +208,9 @@ def train(
         progress("features", 0, 1, f"{len(series)} bars of {series.symbol}")
     else:
         planted = None
-        progress("features", 0, 1, f"{sum(len(u) for u in universe)} bars of {len(universe)} symbols")
+        intervals = sorted({bar_interval(u) for u in universe})
+        mixed = f"; MIXED bar intervals {', '.join(f'{i}s' for i in intervals)}" if len(intervals) > 1 else ""
+        progress("features", 0, 1, f"{sum(len(u) for u in universe)} bars of {len(universe)} symbols{mixed}")
     ws = build_universe_windows(
         universe,
         spec,
@@ -250,16 +252,23 @@ def _fit_encoder(cfg: TrainConfig, spec: FeatureSpec, ws, warm, progress: Progre
         warm.load_into(encoder)
         e_cfg = dataclasses.replace(e_cfg, epochs=e_cfg.warm_epochs)
     offset = max(1, -(-cfg.window_size // cfg.stride))  # the first window sharing no bar with the anchor
+    anchors = val_anchors = None
     if len(ws.segments) == 1:
         n_val = max(ws.n_train // 10, offset + 2)
         fit_x, val_x = ws.train[:-n_val], ws.train[-n_val:]
-    else:  # the last tenth of each symbol's training windows (a segment too short to spare one only fits)
+    else:  # the last tenth of each segment's training windows (a segment too short to spare one only fits)
         fit_i, val_i = [], []
         for sg in ws.segments:
             nv = max(sg.n_train // 10, offset + 2) if sg.n_train >= 4 * (offset + 2) else 0
             fit_i.append(sg.train[: sg.n_train - nv])
             val_i.append(sg.train[sg.n_train - nv :])
         fit_x, val_x = ws.windows[np.concatenate(fit_i)], ws.windows[np.concatenate(val_i)]
+
+        def paired(parts: list[np.ndarray]) -> np.ndarray:  # rows whose positive is in the same segment
+            starts = np.cumsum([0] + [len(q) for q in parts[:-1]])
+            return np.concatenate([a + np.arange(max(0, len(q) - offset)) for a, q in zip(starts, parts)])
+
+        anchors, val_anchors = paired(fit_i), paired(val_i)
     enc_hist = enc.pretrain(
         encoder,
         fit_x,
@@ -268,6 +277,8 @@ def _fit_encoder(cfg: TrainConfig, spec: FeatureSpec, ws, warm, progress: Progre
         cfg.seed,
         offset,
         on_epoch=lambda e, r: progress("encoder", e + 1, e_cfg.epochs, f"loss {r['loss']:.4f} val {r['val_loss']:.4f}"),
+        anchors=anchors,
+        val_anchors=val_anchors,
     )
     return encoder, enc_hist, e_cfg
 
@@ -462,6 +473,7 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
                 "change_f1": {c: rep_["change_detection"][c]["f1"] for c in rep_["candidates"]},
                 "accuracy": {c: rep_["all_steps"][c]["accuracy"] for c in rep_["candidates"]},
                 "macro_f1": {c: rep_["all_steps"][c]["macro_f1"] for c in rep_["candidates"]},
+                "actual_changes": rep_["change_detection"]["forecaster"]["actual_changes"],
                 "verdict": rep_["verdict"],
             }
         return out
@@ -473,7 +485,15 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
         per[sym] = scores(np.isin(ws.seg[fc.t_test], segs), ws.of_symbol(sym)[1])
         first = [sg for sg in ws.segments if sg.symbol == sym]
         per[sym]["bar_interval_seconds"] = bar_interval(first[0].series)
-    return {"symbols": ws.symbols, "pooled": scores(np.ones(len(fc.t_test), bool), all_test), "per_symbol": per}
+    intervals = {v["bar_interval_seconds"] for v in per.values()}
+    return {
+        "symbols": ws.symbols,
+        # symbols of different bar intervals (hourly beside daily) share one scaler, encoder and regime geometry:
+        # allowed, but their regimes then also tell the intervals apart (benchmarks/bench_universe.py measures it)
+        "mixed_intervals": len(intervals) > 1,
+        "pooled": scores(np.ones(len(fc.t_test), bool), all_test),
+        "per_symbol": per,
+    }
 
 
 def _evaluate(
