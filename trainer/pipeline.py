@@ -448,7 +448,7 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
     regimes = rg.regimes
     sym_of_seg = np.array([sg.symbol for sg in ws.segments])
 
-    def scores(step_sel: np.ndarray, test_idx: np.ndarray) -> dict:
+    def scores(step_sel: np.ndarray, test_idx: np.ndarray, train_idx: np.ndarray) -> dict:
         t = fc.t_test[step_sel]
         test_idx = np.sort(test_idx)  # held-out windows segment by segment, each in time order
         eta2 = next_abs_return_eta2(regimes[test_idx], rg.next_ret[test_idx])
@@ -458,6 +458,7 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
             "held_out_next_abs_return_eta2": None if np.isnan(eta2) else eta2,
             "held_out_mean_dwell": dwell(regimes[test_idx], ws.seg[test_idx]),
             "held_out_shares": diagnostics.shares(regimes[test_idx], k).tolist(),
+            "train_shares": diagnostics.shares(regimes[train_idx], k).tolist(),
         }
         if len(t):
             rep_ = scoring.next_regime_report(
@@ -482,7 +483,7 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
     per = {}
     for sym in ws.symbols:
         segs = np.flatnonzero(sym_of_seg == sym)
-        per[sym] = scores(np.isin(ws.seg[fc.t_test], segs), ws.of_symbol(sym)[1])
+        per[sym] = scores(np.isin(ws.seg[fc.t_test], segs), ws.of_symbol(sym)[1], ws.of_symbol(sym)[0])
         first = [sg for sg in ws.segments if sg.symbol == sym]
         per[sym]["bar_interval_seconds"] = bar_interval(first[0].series)
     intervals = {v["bar_interval_seconds"] for v in per.values()}
@@ -491,7 +492,7 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
         # symbols of different bar intervals (hourly beside daily) share one scaler, encoder and regime geometry:
         # allowed, but their regimes then also tell the intervals apart (benchmarks/bench_universe.py measures it)
         "mixed_intervals": len(intervals) > 1,
-        "pooled": scores(np.ones(len(fc.t_test), bool), all_test),
+        "pooled": scores(np.ones(len(fc.t_test), bool), all_test, np.arange(ws.n_train)),
         "per_symbol": per,
     }
 
