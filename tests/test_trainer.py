@@ -394,3 +394,15 @@ def test_two_symbol_universe_trains_end_to_end(tmp_path):
         served = model.run_series(s.values)
         assert [t for t, _ in mine] == s.times[served.offset :].tolist()
         assert np.mean(served.regime == np.array([r for _, r in mine])) >= 0.99
+
+
+def test_universe_of_mixed_bar_intervals_is_refused(tmp_path):
+    from fixtures_bundle import tiny_config
+
+    from regimetry.data import BarDataError
+    from trainer.pipeline import train
+
+    with pytest.raises(BarDataError, match=r"different bar intervals.*EURUSD 3600s, GOOG 86400s.*mixed_intervals"):
+        train(tiny_config(tmp_path, data="eurusd,goog"))
+    with pytest.raises(BarDataError, match=r"no bars of symbol\(s\) XAU"):
+        train(tiny_config(tmp_path, data="eurusd,goog", symbols=["XAU"]))

@@ -42,8 +42,8 @@ def train_cmd(
     data: list[str] = typer.Option(
         [],
         help="'eurusd', 'goog', 'btcusd', 'synthetic', a CSV/parquet path (a 'symbol' column makes one series per "
-        "symbol), a folder of them or archive:DIR[#SYMBOL]; repeat it or give a comma list to train one model on "
-        "a universe of symbols.",
+        "symbol), a folder of them, archive:DIR or archive:DIR#SYMBOL; repeat it or give a comma list to train "
+        "one model on a universe of symbols.",
     ),
     symbols: str | None = typer.Option(
         None, help="Comma list: train on these symbols of --data only (e.g. EURUSD,GOOG); default every one."

@@ -17,7 +17,7 @@ ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
 LOSSES = ("mse", "cosine")
 PENALTY_RULES = ("self_consistent", "validation_eta2")
-UNIVERSE_OPTIONS = ("symbols", "max_gap")
+UNIVERSE_OPTIONS = ("symbols", "max_gap", "mixed_intervals")
 
 
 @dataclass
@@ -85,6 +85,9 @@ class TrainConfig:
     # cuts a symbol's bars into separate runs (bars more than max_gap median intervals apart; None: never cut)
     symbols: list | None = None
     max_gap: float | None = None
+    # symbols of different bar intervals (median spacing apart by more than 1.5x) in one universe are refused
+    # unless this is true: measured (benchmarks/bench_universe.py), their regimes then tell the symbols apart
+    mixed_intervals: bool | None = None
     seed: int = 42
     window_size: int = 30
     stride: int = 1

@@ -92,6 +92,26 @@ def load_training_universe(cfg: TrainConfig) -> tuple[list[BarSeries], np.ndarra
     return universe, None
 
 
+MIXED_INTERVAL_RATIO = 1.5  # median bar spacings further apart than this are different intervals
+
+
+def check_intervals(universe: list[BarSeries], allowed: bool) -> None:
+    """Refuse a universe whose symbols have different bar intervals unless allowed (mixed_intervals: true): one
+    scaler and one regime geometry over hourly and daily bars measure the interval, not the market (on the
+    `backtesting` samples every regime of the pooled model held one symbol only: benchmarks/bench_universe.py)."""
+    from regimetry.data import BarDataError
+
+    iv = {u.symbol: bar_interval(u) for u in universe}
+    lo, hi = min(iv.values()), max(iv.values())
+    if not allowed and lo > 0 and hi / lo > MIXED_INTERVAL_RATIO:
+        raise BarDataError(
+            "symbols with different bar intervals in one universe: "
+            + ", ".join(f"{k} {v}s" for k, v in iv.items())
+            + "; train them apart, or pass --set mixed_intervals=true to pool them anyway (their regimes then "
+            "mostly tell the symbols apart: benchmarks/bench_universe.py)"
+        )
+
+
 def library_versions() -> dict:
     import importlib.metadata as md
 
@@ -208,6 +228,7 @@ def train(
         progress("features", 0, 1, f"{len(series)} bars of {series.symbol}")
     else:
         planted = None
+        check_intervals(universe, bool(cfg.mixed_intervals))
         intervals = sorted({bar_interval(u) for u in universe})
         mixed = f"; MIXED bar intervals {', '.join(f'{i}s' for i in intervals)}" if len(intervals) > 1 else ""
         progress("features", 0, 1, f"{sum(len(u) for u in universe)} bars of {len(universe)} symbols{mixed}")
