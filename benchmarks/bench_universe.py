@@ -16,6 +16,10 @@ per symbol, so these are the same windows): eta^2 of the next bar's |log return|
 (trainer.regime_scores.next_abs_return_eta2), mean dwell of the held-out regimes, and the forecaster's next
 regime against persistence on the held-out steps (regimetry.scoring change-step F1 and accuracy, from the
 training summary's next-regime report). Prints a table and writes the figures as JSON.
+
+``--synthetic`` runs the same comparison on a universe whose symbols share one bar interval: two series of the
+planted-regime generator (regimetry/synthetic.py, hourly, seeds 7 and 8, written as CSVs), adding the held-out
+adjusted Rand index of each model's regimes against the planted ones (trainer.regime_scores.ari).
 """
 
 from __future__ import annotations
@@ -40,6 +44,33 @@ def _cfg(data: str, overrides: dict):
     return load_config(
         None, {**overrides, **extra, "data": data, "output_dir": "/tmp/bench_universe", "set_current": False}
     )
+
+
+def planted_ari(result, series, planted: np.ndarray | None) -> float | None:
+    """ARI of a model's held-out regimes of ``series`` against the planted labels of their bars."""
+    from trainer.regime_scores import ari
+
+    if planted is None:
+        return None
+    n_train = int(result.summary["data"]["n_train"])
+    mine = np.flatnonzero(result.window_symbol == series.symbol)
+    mine = mine[mine >= n_train]
+    bar = np.searchsorted(series.times, result.end_time[mine])
+    return ari(result.regimes[mine], planted[bar])
+
+
+def synthetic_universe(folder: Path) -> tuple[str, dict]:
+    """Two planted-regime series as CSVs in folder: (--data, {symbol: planted labels})."""
+    from regimetry.synthetic import generate_bars, write_csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, planted = [], {}
+    for name, seed in (("syn_a", 7), ("syn_b", 8)):
+        syn = generate_bars(seed=seed)
+        write_csv(syn.bars, str(folder / f"{name}.csv"))
+        paths.append(str(folder / f"{name}.csv"))
+        planted[name.upper()] = syn.labels
+    return ",".join(paths), planted
 
 
 def single_scores(result, series) -> dict:
@@ -99,6 +130,7 @@ def _row(name: str, interval: str, model: str, r: dict) -> str:
         f"{r.get('actual_changes')!s:>7} {_f(cf.get('forecaster')):>8} {_f(cf.get('flat_next')):>10} "
         f"{_f(acc.get('forecaster')):>7} {_f(acc.get('persistence')):>8}  {r['held_out_shares']} "
         f"(train {r['train_shares']})"
+        + (f" planted ARI {_f(r['planted_ari'])}" if r.get("planted_ari") is not None else "")
     )
 
 
@@ -109,9 +141,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--symbols", default="eurusd,goog,btcusd", help="sample names or paths, comma list")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="config override KEY=VALUE")
-    ap.add_argument("--out", default="benchmarks/results/bench_universe.json")
+    ap.add_argument("--synthetic", action="store_true", help="two planted-regime series of one interval instead")
+    ap.add_argument("--out", default=None, help="default benchmarks/results/bench_universe[_synthetic].json")
     args = ap.parse_args()
+    args.out = args.out or f"benchmarks/results/bench_universe{'_synthetic' if args.synthetic else ''}.json"
     overrides = _overrides(args.set_)
+    planted: dict = {}
+    if args.synthetic:
+        args.symbols, planted = synthetic_universe(Path("/tmp/bench_universe_synthetic"))
     universe = load_universe(args.symbols)
     names = [s.symbol for s in universe]
     out: dict = {"symbols": {}, "overrides": overrides, "pooled": None}
@@ -130,9 +167,11 @@ def main() -> None:
         "seconds": round(time.time() - t0, 1),
         "penalty": pooled.summary["clustering"]["penalty"],
         "pooled_held_out": pooled_scores(uni["pooled"]),
+        "mixed_intervals": uni["mixed_intervals"],
     }
-    for name in names:
-        out["symbols"][name]["pooled"] = pooled_scores(uni["per_symbol"][name])
+    for s in universe:
+        out["symbols"][s.symbol]["pooled"] = pooled_scores(uni["per_symbol"][s.symbol])
+        out["symbols"][s.symbol]["pooled"]["planted_ari"] = planted_ari(pooled, s, planted.get(s.symbol))
     print(f"pooled model on {','.join(names)}: {out['pooled']['seconds']}s", flush=True)
 
     for s, src in zip(universe, args.symbols.split(",")):
@@ -146,6 +185,7 @@ def main() -> None:
         out["symbols"][s.symbol]["single"] = single_scores(single, s)
         out["symbols"][s.symbol]["single"]["seconds"] = round(time.time() - t0, 1)
         out["symbols"][s.symbol]["single"]["penalty"] = single.summary["clustering"]["penalty"]
+        out["symbols"][s.symbol]["single"]["planted_ari"] = planted_ari(single, s, planted.get(s.symbol))
         print(f"{s.symbol} alone: {out['symbols'][s.symbol]['single']['seconds']}s", flush=True)
 
     head = (
@@ -159,7 +199,8 @@ def main() -> None:
                 print(f"{name:8} {d['bar_interval_seconds']:>9} {model:7} skipped: {d.get('single_skipped', '')[:70]}")
             else:
                 print(_row(name, str(d["bar_interval_seconds"]), model, d[model]))
-    print(_row("ALL", "mixed", "pooled", out["pooled"]["pooled_held_out"]))
+    interval = "mixed" if uni["mixed_intervals"] else str(bar_interval(universe[0]))
+    print(_row("ALL", interval, "pooled", out["pooled"]["pooled_held_out"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"\nwritten {args.out}")

@@ -50,6 +50,7 @@ class TrainResult:
     end_time: np.ndarray = field(repr=False)
     z: np.ndarray = field(repr=False)  # standardised embeddings of every window
     warm: object = field(default=None, repr=False)  # trainer.warm_start.WarmStart of this model (for a refit)
+    window_symbol: np.ndarray | None = field(default=None, repr=False)  # (N,) the symbol of every window
 
 
 def set_seed(seed: int) -> None:
@@ -255,10 +256,14 @@ def train(
         "in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty, encoder.get_weights()
     )
     if not write_bundle:
-        return TrainResult(None, {}, summary, rg.regimes, ws.end_time, rg.z, warm_next)
+        return TrainResult(None, {}, summary, rg.regimes, ws.end_time, rg.z, warm_next, _window_symbols(ws))
     out, manifest = _export(cfg, spec, universe, ws, encoder, e_cfg, rg, fc, summary, profiles, warm, progress)
     warm_next.source = manifest["model_version"]
-    return TrainResult(out, manifest, summary, rg.regimes, ws.end_time, rg.z, warm_next)
+    return TrainResult(out, manifest, summary, rg.regimes, ws.end_time, rg.z, warm_next, _window_symbols(ws))
+
+
+def _window_symbols(ws) -> np.ndarray:
+    return np.array([sg.symbol for sg in ws.segments])[ws.seg]
 
 
 def _fit_encoder(cfg: TrainConfig, spec: FeatureSpec, ws, warm, progress: Progress):
@@ -664,7 +669,7 @@ def _export(
     cl.classifier.save(tmp / "classifier.npz")
     encoder.save_weights(str(tmp / WEIGHTS_FILE))  # for warm-started refits only (trainer/warm_start.py)
     many = len(universe) > 1
-    symbol_col = np.array([sg.symbol for sg in ws.segments])[ws.seg] if many else None
+    symbol_col = _window_symbols(ws) if many else None
     write_regimes(tmp / "regimes.csv", ws.end_time, regimes, proba.max(1), ws.n_train, symbol_col)
     dump_config(cfg, tmp / "training_profile_used.yaml")
     summary["export"] = {k2: {"parity_max_abs_diff": v["parity_max_abs_diff"]} for k2, v in onnx_info.items()}
