@@ -406,3 +406,13 @@ def test_universe_of_mixed_bar_intervals_is_refused(tmp_path):
         train(tiny_config(tmp_path, data="eurusd,goog"))
     with pytest.raises(BarDataError, match=r"no bars of symbol\(s\) XAU"):
         train(tiny_config(tmp_path, data="eurusd,goog", symbols=["XAU"]))
+
+
+def test_one_symbol_commands_refuse_a_universe_clearly(tmp_path):
+    from fixtures_bundle import tiny_config
+
+    from regimetry.data import BarDataError
+    from trainer.pipeline import load_training_data
+
+    with pytest.raises(BarDataError, match="several symbols .*one symbol's bars"):
+        load_training_data(tiny_config(tmp_path, data="eurusd,goog"))

@@ -66,7 +66,12 @@ def set_seed(seed: int) -> None:
 
 
 def load_training_data(cfg: TrainConfig) -> tuple[BarSeries, np.ndarray | None]:
-    """The bars, and planted regime labels when the data is the synthetic generator."""
+    """The bars of one symbol, and planted regime labels when the data is the synthetic generator (report, lock
+    and refresh take one symbol; `train` takes a universe: load_training_universe)."""
+    if ("," in cfg.data and not Path(cfg.data).exists()) or cfg.symbols:
+        from regimetry.data import BarDataError
+
+        raise BarDataError(f"{cfg.data}: several symbols (a universe); this command takes one symbol's bars")
     if cfg.data.lower().startswith("synthetic"):
         from regimetry.synthetic import generate_bars
 
@@ -82,7 +87,7 @@ def load_training_universe(cfg: TrainConfig) -> tuple[list[BarSeries], np.ndarra
     """Every symbol's bars (regimetry.data.load_universe; cfg.symbols keeps some), and planted labels when the
     data is the synthetic generator alone."""
     d = cfg.data.strip()
-    if d.lower().startswith("synthetic") and "," not in d and not cfg.symbols:
+    if d.lower().startswith("synthetic") and "," not in d and not cfg.symbols:  # with its planted labels
         series, planted = load_training_data(cfg)
         return [series], planted
     universe = load_universe(d, cfg.symbols)
@@ -611,7 +616,17 @@ def _regime_profiles(cfg: TrainConfig, ws, rg: _Regimes) -> list[dict]:
     """Each regime's training profile (shares, return moments, dwell), its window volatility and its name."""
     train_reg = rg.regimes[: ws.n_train]
     bar_ret = rg.bar_ret
-    profiles = diagnostics.regime_profiles(train_reg, cfg.clustering.n_clusters, bar_ret[: ws.n_train])
+    k = cfg.clustering.n_clusters
+    profiles = diagnostics.regime_profiles(train_reg, k, bar_ret[: ws.n_train])
+    if len(ws.segments) > 1:  # a universe: runs and transitions counted within each segment
+        p_ = _transitions(ws, rg.regimes, k)
+        entropy = diagnostics.row_entropy(p_)
+        runs = [diagnostics.run_lengths(rg.regimes[sg.train]) for sg in ws.segments]
+        reg, length = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
+        for p in profiles:
+            sel = reg == p["id"]
+            p["mean_duration"] = float(length[sel].mean()) if sel.any() else 0.0
+            p["stickiness"], p["row_entropy"] = float(p_[p["id"], p["id"]]), float(entropy[p["id"]])
     for p in profiles:  # the key the ids are ordered by (each window's own return volatility), for the names
         own = train_reg == p["id"]
         p["window_volatility"] = float(rg.vol_key[own].mean()) if own.any() else None
