@@ -87,14 +87,23 @@ def validate_bars(times: np.ndarray, values: np.ndarray, source: str = "bars") -
         )
 
 
-def load_bars(path: str | Path, symbol: str | None = None) -> BarSeries:
-    """Read a CSV (or parquet) of bars; column names are matched case-insensitively, times read as UTC."""
+def _read_frame(path: Path):
     import pandas as pd
 
-    path = Path(path)
     if not path.exists():
         raise BarDataError(f"{path}: no such file")
-    df = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+    return pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+
+
+def load_bars(path: str | Path, symbol: str | None = None) -> BarSeries:
+    """Read a CSV (or parquet) of bars; column names are matched case-insensitively, times read as UTC."""
+    path = Path(path)
+    return _frame_to_series(_read_frame(path), str(path), symbol or path.stem.upper())
+
+
+def _frame_to_series(df, where: str, symbol: str) -> BarSeries:
+    import pandas as pd
+
     cols = {str(c).strip().lower().replace("unnamed: 0", ""): c for c in df.columns}
     time_col = next((cols[k] for k in TIME_COLUMNS if k in cols), None)
     if time_col is None and isinstance(df.index, pd.DatetimeIndex):
@@ -104,16 +113,16 @@ def load_bars(path: str | Path, symbol: str | None = None) -> BarSeries:
     if time_col is None:
         missing.insert(0, "time")
     if missing:
-        raise BarDataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
+        raise BarDataError(f"{where}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns))}")
     try:
         ts = pd.to_datetime(df[time_col], utc=True, errors="raise")
     except (ValueError, TypeError) as exc:
         bad = pd.to_datetime(df[time_col], utc=True, errors="coerce").isna().to_numpy()
         i = int(np.argmax(bad))
-        raise BarDataError(f"{path}: row {_row(i)}, column '{time_col}': not a timestamp ({exc})") from None
+        raise BarDataError(f"{where}: row {_row(i)}, column '{time_col}': not a timestamp ({exc})") from None
     if ts.isna().any():
         i = int(np.argmax(ts.isna().to_numpy()))
-        raise BarDataError(f"{path}: row {_row(i)}, column '{time_col}': missing timestamp")
+        raise BarDataError(f"{where}: row {_row(i)}, column '{time_col}': missing timestamp")
     times = (
         (ts.astype("int64") // 10**9).to_numpy()
         if ts.dt.unit == "ns"
@@ -125,31 +134,67 @@ def load_bars(path: str | Path, symbol: str | None = None) -> BarSeries:
         raw_bad = col.isna() & df[cols[name]].notna()
         if raw_bad.any():
             i = int(np.argmax(raw_bad.to_numpy()))
-            raise BarDataError(f"{path}: row {_row(i)}, column '{name}': not a number: {df[cols[name]].iloc[i]!r}")
+            raise BarDataError(f"{where}: row {_row(i)}, column '{name}': not a number: {df[cols[name]].iloc[i]!r}")
         values[:, j] = col.to_numpy(dtype=np.float64)
     times = np.asarray(times, dtype=np.int64)
-    validate_bars(times, values, str(path))
-    return BarSeries(times, values, symbol or path.stem.upper())
+    validate_bars(times, values, where)
+    return BarSeries(times, values, symbol)
+
+
+def load_table(path: str | Path) -> list[BarSeries]:
+    """A CSV/parquet of bars: one series named by the file's stem, or, when it has a ``symbol`` column, one
+    series per symbol (in order of first appearance; rows of a symbol need not be adjacent, and rows are
+    numbered as in the file in error messages)."""
+    path = Path(path)
+    df = _read_frame(path)
+    sym_col = next((c for c in df.columns if str(c).strip().lower() == "symbol"), None)
+    if sym_col is None:
+        return [_frame_to_series(df, str(path), path.stem.upper())]
+    if df[sym_col].isna().any():
+        i = int(np.argmax(df[sym_col].isna().to_numpy()))
+        raise BarDataError(f"{path}: row {_row(i)}, column '{sym_col}': missing symbol")
+    out = []
+    for sym in dict.fromkeys(df[sym_col].astype(str).tolist()):
+        part = df[df[sym_col].astype(str) == sym].drop(columns=[sym_col])
+        # rows keep the file's numbering in messages: validate on the part, then name the file's row
+        try:
+            out.append(_frame_to_series(part.reset_index(drop=True), f"{path} (symbol {sym})", sym))
+        except BarDataError as exc:
+            raise BarDataError(f"{exc} (rows counted within symbol {sym})") from None
+    return out
+
+
+def sample_path(name: str = "EURUSD") -> Path:
+    """A CSV shipped inside the `backtesting` wheel (read in place, never copied): EURUSD (5,000 hourly bars),
+    GOOG (2,148 daily bars), BTCUSD (156 monthly bars)."""
+    try:
+        import backtesting
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise BarDataError(f"the {name} sample needs the 'backtesting' package: pip install backtesting") from exc
+    return Path(backtesting.__file__).parent / "test" / f"{name}.csv"
 
 
 def eurusd_sample_path() -> Path:
     """The 5,000 hourly EURUSD bars shipped inside the `backtesting` wheel (read in place, never copied)."""
-    try:
-        import backtesting
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise BarDataError("the EURUSD sample needs the 'backtesting' package: pip install backtesting") from exc
-    return Path(backtesting.__file__).parent / "test" / "EURUSD.csv"
+    return sample_path("EURUSD")
+
+
+SAMPLES = ("eurusd", "goog", "btcusd")  # the `backtesting` wheel's bars
 
 
 def load_sample(name: str) -> BarSeries:
-    """Named sample data: 'eurusd' (real hourly bars) or 'synthetic' (seeded planted regimes)."""
-    if name.lower() == "eurusd":
-        return load_bars(eurusd_sample_path(), "EURUSD")
+    """Named sample data: 'eurusd' (real hourly bars), 'goog' (daily), 'btcusd' (monthly) or 'synthetic'
+    (seeded planted regimes)."""
+    if name.lower() in SAMPLES:
+        return load_bars(sample_path(name.upper()), name.upper())
     if name.lower().startswith("synthetic"):
         from regimetry.synthetic import generate_bars
 
         return generate_bars().bars
-    raise BarDataError(f"unknown sample {name!r}: use 'eurusd', 'synthetic' or a path to a CSV/parquet file")
+    raise BarDataError(
+        f"unknown sample {name!r}: use {', '.join(repr(x) for x in SAMPLES)}, 'synthetic' or a path to a "
+        "CSV/parquet file or a folder of them"
+    )
 
 
 ARCHIVE_PREFIX = "archive:"
@@ -190,3 +235,88 @@ def resolve_data(source: str) -> BarSeries:
     if p.suffix.lower() in (".csv", ".parquet", ".pq") or p.exists():
         return load_bars(p)
     return load_sample(source)
+
+
+def _read_archive_all(spec: str, symbols: list[str] | None) -> list[BarSeries]:
+    from regimetry.bar_archive import read_archive
+
+    body = spec[len(ARCHIVE_PREFIX) :]
+    root, _, symbol = body.partition("#")
+    if not Path(root).is_dir():
+        raise BarDataError(f"{spec}: no archive folder {root!r}")
+    wanted = [symbol] if symbol else symbols
+    try:
+        held = read_archive(root, wanted)
+    except ImportError as exc:
+        raise BarDataError(f"{spec}: reading an archive needs pyarrow ({exc})") from None
+    if not held:
+        raise BarDataError(f"{spec}: the archive holds no bars" + (f" of {', '.join(wanted)}" if wanted else ""))
+    out = []
+    for name in sorted(held):
+        times, values = held[name]
+        validate_bars(times, values, f"{spec} (symbol {name})")
+        out.append(BarSeries(times, values, name))
+    return out
+
+
+def _sources(source: str) -> list[str]:
+    """``a.csv,b.csv`` -> its parts; a path that exists with a comma in its name stays whole."""
+    if "," not in source or Path(source).exists():
+        return [source]
+    return [p.strip() for p in source.split(",") if p.strip()]
+
+
+def load_universe(source: str, symbols: list[str] | None = None) -> list[BarSeries]:
+    """The bars of every symbol ``--data`` names, one BarSeries per symbol, in the order given (a folder's files
+    and an archive's symbols sorted by name). ``source`` is a comma list of: a CSV/parquet file (one symbol named
+    by its stem, or one per value of its ``symbol`` column), a folder of such files, ``archive:DIR`` (every
+    symbol; ``archive:DIR#SYMBOL`` one), or a sample name (eurusd, goog, btcusd, synthetic). ``symbols`` keeps
+    only those (in that order); naming one that is not there is an error listing what is."""
+    out: list[BarSeries] = []
+    for part in _sources(source):
+        p = Path(part)
+        if part.startswith(ARCHIVE_PREFIX):
+            out.extend(_read_archive_all(part, symbols))
+        elif p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".csv", ".parquet", ".pq"))
+            if not files:
+                raise BarDataError(f"{part}: no .csv or .parquet files in this folder")
+            for f in files:
+                out.extend(load_table(f))
+        elif p.suffix.lower() in (".csv", ".parquet", ".pq") or p.exists():
+            out.extend(load_table(p))
+        else:
+            s = load_sample(part)
+            out.append(BarSeries(s.times, s.values, "SYNTHETIC") if part.lower().startswith("synthetic") else s)
+    seen: dict[str, int] = {}
+    for s in out:
+        seen[s.symbol] = seen.get(s.symbol, 0) + 1
+    dup = [k for k, n in seen.items() if n > 1]
+    if dup:
+        raise BarDataError(f"{source}: symbol(s) {', '.join(dup)} given more than once (one series per symbol)")
+    if symbols:
+        by = {s.symbol: s for s in out}
+        unknown = [x for x in symbols if x not in by]
+        if unknown:
+            raise BarDataError(
+                f"{source}: no bars of symbol(s) {', '.join(unknown)}; the data holds {', '.join(sorted(by)[:20])}"
+            )
+        out = [by[x] for x in symbols]
+    if not out:
+        raise BarDataError(f"{source}: no bars")
+    return out
+
+
+def universe_digest(universe: list[BarSeries]) -> str:
+    """The data hash of a universe: one symbol's own digest (so a one-symbol universe is that series), else
+    the symbols and their digests in order."""
+    from regimetry.bundle import sha256_json
+
+    if len(universe) == 1:
+        return universe[0].digest()
+    return sha256_json({"symbols": [[s.symbol, s.digest()] for s in universe]})
+
+
+def bar_interval(series: BarSeries) -> int:
+    """The median spacing of a series' bars, in seconds (0 for fewer than two bars)."""
+    return int(np.median(np.diff(series.times))) if len(series) > 1 else 0

@@ -83,8 +83,34 @@ def print_summary(summary: dict, bundle_dir: Path | None = None) -> None:
             f"planted-regime recovery (ARI): regimetry {pr['ari_regimetry']:.3f}, Gaussian HMM "
             f"{pr['ari_hmm'] if pr['ari_hmm'] is None else round(pr['ari_hmm'], 3)}"
         )
+    if "universe" in summary:
+        print_universe(summary["universe"])
     if bundle_dir:
         console.print(f"[bold green]bundle written:[/] {bundle_dir}")
+
+
+def print_universe(uni: dict) -> None:
+    """A universe's held-out figures, per symbol and pooled (training_summary.json's "universe")."""
+    from rich.table import Table
+
+    def f(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    table = Table(title="held out, per symbol and pooled")
+    for col in ("symbol", "windows", "eta2 next |r|", "mean dwell", "change F1 forecaster", "persistence acc"):
+        table.add_column(col)
+    rows = [*uni["per_symbol"].items(), ("pooled", uni["pooled"])]
+    for name, r in rows:
+        nr = r.get("next_regime") or {}
+        table.add_row(
+            name,
+            str(r["n_held_out_windows"]),
+            f(r["held_out_next_abs_return_eta2"]),
+            f"{r['held_out_mean_dwell']:.1f}",
+            f((nr.get("change_f1") or {}).get("forecaster")),
+            f((nr.get("accuracy") or {}).get("persistence")),
+        )
+    console.print(table)
 
 
 def print_evaluation_header(scores: dict) -> None:

@@ -164,3 +164,17 @@ def test_archiver_keeps_every_good_bar_exactly_once_across_crashes(stack, tmp_pa
     for s, b in data.items():
         np.testing.assert_array_equal(got[s][0], b.times)
         np.testing.assert_allclose(got[s][1], b.values, rtol=0, atol=0)
+
+
+def test_data_option_reads_every_symbol_of_an_archive(tmp_path):
+    from regimetry.data import BarDataError, load_universe
+
+    ds = ArchiveDataset(tmp_path)
+    ds.append(bars_of("BBB", 20, 6))
+    ds.append(bars_of("AAA", 50, 5))
+    u = load_universe(f"archive:{tmp_path}")
+    assert [(s.symbol, len(s)) for s in u] == [("AAA", 50), ("BBB", 20)]
+    assert [s.symbol for s in load_universe(f"archive:{tmp_path}", ["BBB"])] == ["BBB"]
+    assert [s.symbol for s in load_universe(f"archive:{tmp_path}#AAA")] == ["AAA"]
+    with pytest.raises(BarDataError, match="no bars of CCC"):
+        load_universe(f"archive:{tmp_path}", ["CCC"])

@@ -88,3 +88,64 @@ def test_parquet_bars(tmp_path):
     df.to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(BarDataError, match="row 9, columns 'high'/'low'"):
         load_bars(tmp_path / "bad.parquet")
+
+
+# -- universes: several symbols in one --data ---------------------------------------------------------------
+
+
+def _two_symbol_frame(n: int = 200):
+    """Two synthetic symbols whose bars interleave in time (A on the hour, B at half past), in one table."""
+    import pandas as pd
+
+    frames = []
+    for sym, seed, shift in (("AAA", 1, 0), ("BBB", 2, 1800)):
+        s = generate_bars(n_bars=n, seed=seed).bars
+        df = pd.DataFrame(s.values, columns=["open", "high", "low", "close", "volume"])
+        df.insert(0, "time", pd.to_datetime(s.times + shift, unit="s", utc=True))
+        df.insert(1, "symbol", sym)
+        frames.append(df)
+    return pd.concat(frames).sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def test_universe_from_a_symbol_column_csv_and_parquet(tmp_path):
+    from regimetry.data import load_universe
+
+    df = _two_symbol_frame()
+    df.to_csv(tmp_path / "u.csv", index=False)
+    df.to_parquet(tmp_path / "u.parquet")
+    for name in ("u.csv", "u.parquet"):
+        u = load_universe(str(tmp_path / name))
+        assert [s.symbol for s in u] == ["AAA", "BBB"] and [len(s) for s in u] == [200, 200]
+        assert np.array_equal(u[0].values, generate_bars(n_bars=200, seed=1).bars.values)
+        assert (np.diff(u[1].times) > 0).all()
+    assert [s.symbol for s in load_universe(str(tmp_path / "u.csv"), ["BBB"])] == ["BBB"]
+
+
+def test_universe_from_files_folder_and_comma_list(tmp_path):
+    from regimetry.data import load_universe
+
+    (tmp_path / "d").mkdir()
+    for sym, seed in (("aaa", 1), ("bbb", 2)):
+        write_csv(generate_bars(n_bars=150, seed=seed).bars, str(tmp_path / "d" / f"{sym}.csv"))
+    assert [s.symbol for s in load_universe(str(tmp_path / "d"))] == ["AAA", "BBB"]
+    both = f"{tmp_path / 'd' / 'bbb.csv'},{tmp_path / 'd' / 'aaa.csv'}"
+    assert [s.symbol for s in load_universe(both)] == ["BBB", "AAA"]
+    assert [(s.symbol, len(s)) for s in load_universe("eurusd,goog")] == [("EURUSD", 5000), ("GOOG", 2148)]
+
+
+def test_universe_errors_are_clear(tmp_path):
+    from regimetry.data import load_universe
+
+    write_csv(generate_bars(n_bars=150, seed=1).bars, str(tmp_path / "aaa.csv"))
+    with pytest.raises(BarDataError, match=r"no bars of symbol\(s\) ZZZ; the data holds AAA"):
+        load_universe(str(tmp_path / "aaa.csv"), ["ZZZ"])
+    with pytest.raises(BarDataError, match="AAA given more than once"):
+        load_universe(f"{tmp_path / 'aaa.csv'},{tmp_path / 'aaa.csv'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BarDataError, match="no .csv or .parquet files"):
+        load_universe(str(tmp_path / "empty"))
+    df = _two_symbol_frame(50)
+    df.loc[df.index[df["symbol"] == "BBB"][3], "close"] = -1.0
+    df.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(BarDataError, match=r"symbol BBB.*column 'close'"):
+        load_universe(str(tmp_path / "bad.csv"))

@@ -292,3 +292,127 @@ def test_hmm_baseline_never_fails_training():
     x = np.column_stack([rng.normal(size=400), np.zeros(400), np.ones(400)])  # singular covariance
     out = planted_recovery(rng.integers(0, 3, 400), rng.integers(0, 3, 400), x, 3, seed=0)
     assert "ari_regimetry" in out and "hmm_note" in out
+
+
+# -- universes: several symbols, windows never crossing a symbol or a gap ---------------------------------------
+
+
+def _universe_csv(path, n: int = 900, gap_at: int | None = 450) -> str:
+    """Two synthetic symbols in one table with a symbol column, their bars interleaved in time (AAA on the hour,
+    BBB at half past); BBB's bars after gap_at jump 30 days ahead (a hole in its history)."""
+    import pandas as pd
+
+    frames = []
+    for sym, seed, shift in (("AAA", 1, 0), ("BBB", 2, 1800)):
+        s = generate_bars(n_bars=n, seed=seed).bars
+        t = s.times + shift
+        if sym == "BBB" and gap_at is not None:
+            t = np.where(np.arange(n) >= gap_at, t + 30 * 86400, t)
+        df = pd.DataFrame(s.values, columns=["open", "high", "low", "close", "volume"])
+        df.insert(0, "time", pd.to_datetime(t, unit="s", utc=True))
+        df.insert(1, "symbol", sym)
+        frames.append(df)
+    pd.concat(frames).sort_values("time", kind="stable").to_csv(path, index=False)
+    return str(path)
+
+
+def test_no_window_crosses_symbols_or_gaps(tmp_path):
+    from regimetry.data import load_universe
+    from regimetry.features import compute_features
+    from trainer.windows import build_universe_windows
+
+    spec, w = FeatureSpec(), 16
+    universe = load_universe(_universe_csv(tmp_path / "u.csv"))
+    times_of = {s.symbol: set(s.times.tolist()) for s in universe}
+    ws = build_universe_windows(universe, spec, w, 1, 0.25, max_gap=5)
+    assert [(sg.symbol, len(sg.series)) for sg in ws.segments] == [("AAA", 900), ("BBB", 450), ("BBB", 450)]
+    assert sum(len(sg.index) for sg in ws.segments) == len(ws.windows)
+    span = spec.lookback + w - 1  # bars behind one window (feature history + the window)
+    for i in range(len(ws.windows)):
+        sg = ws.segments[ws.seg[i]]
+        e = int(ws.end_index[i])
+        bars = sg.series.slice(e - span + 1, e + 1)
+        assert len(bars) == span and e - span + 1 >= 0
+        # every bar behind the window is one symbol's, consecutive, no gap among them
+        assert set(bars.times.tolist()) <= times_of[sg.symbol]
+        assert np.diff(bars.times).max() <= 3600 and ws.end_time[i] == bars.times[-1]
+        # and the window is exactly what those bars alone give
+        assert np.allclose(ws.windows[i], ws.scaler.transform(compute_features(bars.values, spec))[-w:], atol=1e-6)
+    nxt = ws.next_window >= 0
+    assert (ws.seg[ws.next_window[nxt]] == ws.seg[nxt]).all()  # the next window stays in its segment
+    assert (ws.end_time[ws.next_window[nxt]] > ws.end_time[nxt]).all()
+    assert nxt.sum() == len(ws.windows) - len(ws.segments)
+    for sym in ("AAA", "BBB"):  # each symbol split chronologically on its own: its later bars held out
+        tr, te = ws.of_symbol(sym)
+        assert len(tr) and len(te) and ws.end_time[tr].max() < ws.end_time[te].min()
+        assert abs(len(te) / (len(tr) + len(te)) - 0.25) < 0.01
+    assert (np.arange(len(ws.windows)) < ws.n_train).sum() == sum(sg.n_train for sg in ws.segments)
+    # without max_gap the gap is not cut, but symbols still are
+    ws2 = build_universe_windows(universe, spec, w, 1, 0.25)
+    assert [sg.symbol for sg in ws2.segments] == ["AAA", "BBB"]
+
+
+def test_universe_symbol_too_short_is_named(tmp_path):
+    from regimetry.data import BarSeries
+    from trainer.windows import build_universe_windows
+
+    a = generate_bars(n_bars=400, seed=1).bars
+    b = BarSeries(a.times[:60], a.values[:60], "TINY")
+    with pytest.raises(ValueError, match="TINY: 60 bars, too few for one window: a window needs 106"):
+        build_universe_windows([BarSeries(a.times, a.values, "AAA"), b], FeatureSpec(), 16, 1, 0.2)
+
+
+def test_two_symbol_universe_trains_end_to_end(tmp_path):
+    import csv
+
+    from fixtures_bundle import tiny_config
+
+    from trainer.pipeline import train
+
+    data = _universe_csv(tmp_path / "u.csv", n=1200, gap_at=None)
+    # with the contrastive term on, so its positives (windows a fixed offset later) stay within a symbol too
+    result = train(tiny_config(tmp_path / "models", data=data, **{"encoder.contrast_weight": 0.5}))
+    assert result.summary["encoder"]["history"][-1]["contrast"] > 0
+    m = verify_bundle(result.bundle_dir)
+    syms = m["data"]["symbols"]
+    assert [s["symbol"] for s in syms] == ["AAA", "BBB"] and all(s["n_bars"] == 1200 for s in syms)
+    assert all(s["start"] < s["train_end"] < s["end"] for s in syms) and syms[1]["start"] == syms[0]["start"] + 1800
+    assert m["data"]["n_bars"] == 2400 and m["data"]["symbol"] == "AAA,BBB"
+    uni = result.summary["universe"]
+    assert set(uni["per_symbol"]) == {"AAA", "BBB"} and "pooled" in uni
+    assert sum(v["n_held_out_windows"] for v in uni["per_symbol"].values()) == uni["pooled"]["n_held_out_windows"]
+    assert all("next_regime" in v and v["held_out_mean_dwell"] > 0 for v in uni["per_symbol"].values())
+    rows = list(csv.DictReader(open(result.bundle_dir / "regimes.csv")))
+    assert {r["symbol"] for r in rows} == {"AAA", "BBB"} and len(rows) == len(result.regimes)
+    # each symbol's trainer regimes are what the worker computes from that symbol's bars alone (ONNX Runtime,
+    # the decoder's memory never reaching into the other symbol)
+    from regimetry.data import load_universe
+
+    model = RegimeModel(result.bundle_dir)
+    for s in load_universe(data):
+        mine = sorted((int(r["epoch"]), int(r["regime"])) for r in rows if r["symbol"] == s.symbol)
+        served = model.run_series(s.values)
+        assert [t for t, _ in mine] == s.times[served.offset :].tolist()
+        assert np.mean(served.regime == np.array([r for _, r in mine])) >= 0.99
+
+
+def test_universe_of_mixed_bar_intervals_is_refused(tmp_path):
+    from fixtures_bundle import tiny_config
+
+    from regimetry.data import BarDataError
+    from trainer.pipeline import train
+
+    with pytest.raises(BarDataError, match=r"different bar intervals.*EURUSD 3600s, GOOG 86400s.*mixed_intervals"):
+        train(tiny_config(tmp_path, data="eurusd,goog"))
+    with pytest.raises(BarDataError, match=r"no bars of symbol\(s\) XAU"):
+        train(tiny_config(tmp_path, data="eurusd,goog", symbols=["XAU"]))
+
+
+def test_one_symbol_commands_refuse_a_universe_clearly(tmp_path):
+    from fixtures_bundle import tiny_config
+
+    from regimetry.data import BarDataError
+    from trainer.pipeline import load_training_data
+
+    with pytest.raises(BarDataError, match="several symbols .*one symbol's bars"):
+        load_training_data(tiny_config(tmp_path, data="eurusd,goog"))

@@ -39,7 +39,15 @@ def name_from_data(data: str) -> str:
 
 def train_cmd(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML training profile; defaults fill the rest."),
-    data: str | None = typer.Option(None, help="'eurusd', 'synthetic' or a CSV/parquet path."),
+    data: list[str] = typer.Option(
+        [],
+        help="'eurusd', 'goog', 'btcusd', 'synthetic', a CSV/parquet path (a 'symbol' column makes one series per "
+        "symbol), a folder of them, archive:DIR or archive:DIR#SYMBOL; repeat it or give a comma list to train "
+        "one model on a universe of symbols.",
+    ),
+    symbols: str | None = typer.Option(
+        None, help="Comma list: train on these symbols of --data only (e.g. EURUSD,GOOG); default every one."
+    ),
     output: Path | None = typer.Option(None, "--output", "-o", help="Models root (default exported_models)."),
     seed: int | None = typer.Option(None, help="Random seed."),
     name: str | None = typer.Option(
@@ -54,7 +62,9 @@ def train_cmd(
 
     ov = _overrides(set_)
     if data:
-        ov["data"] = data
+        ov["data"] = ",".join(d.strip() for d in data if d.strip())
+    if symbols:
+        ov["symbols"] = [x.strip() for x in symbols.split(",") if x.strip()]
     if output:
         ov["output_dir"] = str(output)
     if seed is not None:
@@ -84,6 +94,10 @@ def train_cmd(
         try:
             result = train(cfg, progress=progress)
         except BarDataError as exc:
+            fail(str(exc))
+        except ValueError as exc:  # a symbol too short for one window, too few windows in all
+            if not str(exc).startswith(("only ", "no training window")) and "too few for one window" not in str(exc):
+                raise
             fail(str(exc))
     print_summary(result.summary, result.bundle_dir)
 

@@ -13,6 +13,10 @@ volatility) is the earlier rule, kept as ``penalty_rule: validation_eta2``.
 
 The nearest-neighbour classifier of the first build is still fitted and exported (its vote shares are a
 diagnostic: agreement with the spectral targets), but no served regime comes from it.
+
+A universe's training windows are several series laid end to end (trainer/windows.py): ``seg`` (N,) gives each
+window's segment, in contiguous blocks, and every sequential step here (the Viterbi path, the causal decoder,
+dwell, the validation split) runs block by block. ``seg=None`` is one series.
 """
 
 from __future__ import annotations
@@ -28,6 +32,47 @@ from regimetry.regimes import JumpDecoder, RegimeSpace, sq_distances
 from trainer.config import ClusterConfig
 
 WHITEN_PASSES = 2  # fits behind the spreads: the first in the configured weights, then in the whitened ones
+
+
+def blocks(seg: np.ndarray | None, n: int) -> list[slice]:
+    """The contiguous runs of equal segment ids (one slice over everything when seg is None)."""
+    if seg is None:
+        return [slice(0, n)]
+    seg = np.asarray(seg)
+    cuts = [0, *(np.flatnonzero(seg[1:] != seg[:-1]) + 1).tolist(), len(seg)]
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def decode(decoder: JumpDecoder, costs: np.ndarray, seg: np.ndarray | None = None) -> np.ndarray:
+    """The causal decoder over each segment separately (its memory never reaches into another segment)."""
+    parts = blocks(seg, len(costs))
+    if len(parts) == 1:
+        return decoder.decode_series(costs)
+    return np.concatenate([decoder.decode_series(costs[b]) for b in parts])
+
+
+def dwell(labels: np.ndarray, seg: np.ndarray | None = None) -> float:
+    """Mean run length, runs cut at segment boundaries."""
+    parts = blocks(seg, len(labels))
+    if len(parts) == 1:
+        return mean_duration(labels)
+    from regimetry.diagnostics import run_lengths
+
+    lengths = np.concatenate([run_lengths(labels[b])[1] for b in parts])
+    return float(lengths.mean()) if len(lengths) else 0.0
+
+
+def fit_mask(seg: np.ndarray | None, n: int, validation: float) -> np.ndarray:
+    """The fitting part of a time-series validation split: the first 1 - validation share of each segment."""
+    mask = np.zeros(n, dtype=bool)
+    for b in blocks(seg, n):
+        m = b.stop - b.start
+        mask[b.start : b.start + int(round(m * (1.0 - validation)))] = True
+    return mask
+
+
+def _sub(seg: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    return None if seg is None else np.asarray(seg)[mask]
 
 
 @dataclass
@@ -101,6 +146,7 @@ def refine(
     penalty: float,
     max_iter: int = 20,
     init_centroids: np.ndarray | None = None,
+    seg: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Statistical jump model fit started from a partition: alternate centres (means) and the penalised
     Viterbi path (jumpmodels.jump.dp) until the labels stop changing. Returns (centroids (K, P), labels (N,)).
@@ -116,9 +162,13 @@ def refine(
         raise ValueError("refine needs a partition or initial centres")
     if labels is None:
         labels = np.full(len(g), -1, dtype=np.int64)
+    parts = blocks(seg, len(g))
     for _ in range(max_iter):
-        new, _ = dp(0.5 * sq_distances(g, cent), pen)
-        new = np.asarray(new, dtype=np.int64)
+        loss = 0.5 * sq_distances(g, cent)
+        if len(parts) == 1:
+            new = np.asarray(dp(loss, pen)[0], dtype=np.int64)
+        else:  # one Viterbi path per segment: no switch is charged (or saved) across a boundary
+            new = np.concatenate([np.asarray(dp(loss[b], pen)[0], dtype=np.int64) for b in parts])
         cent = np.stack([g[new == k].mean(0) if (new == k).any() else cent[k] for k in range(n)])
         if np.array_equal(new, labels):
             break
@@ -138,7 +188,12 @@ def bar_volatility(values: np.ndarray) -> np.ndarray:
 
 
 def whiten(
-    last_rows: np.ndarray, z: np.ndarray, space: RegimeSpace, cfg: ClusterConfig, seed: int
+    last_rows: np.ndarray,
+    z: np.ndarray,
+    space: RegimeSpace,
+    cfg: ClusterConfig,
+    seed: int,
+    seg: np.ndarray | None = None,
 ) -> tuple[RegimeSpace, dict]:
     """The geometry with every column measured against its own noise.
 
@@ -157,7 +212,7 @@ def whiten(
     passes = []
     for _ in range(max(1, int(WHITEN_PASSES))):
         g0 = cur.geometry(last_rows, z)
-        cent, labels = refine(g0, spectral_labels(g0, cfg, seed), k, cfg.penalty_start)
+        cent, labels = refine(g0, spectral_labels(g0, cfg, seed), k, cfg.penalty_start, seg=seg)
         resid = g0 - cent[labels]
         cur_w = np.asarray(cur.risk_weights, dtype=np.float64)
         # spreads of the unweighted columns (and of the embedding block at weight 1)
@@ -180,28 +235,40 @@ def whiten(
 
 
 def _validate(
-    g: np.ndarray, start: np.ndarray, cut: int, lam: float, next_risk: np.ndarray, cfg: ClusterConfig
+    g: np.ndarray,
+    start: np.ndarray,
+    fit: np.ndarray,
+    lam: float,
+    next_risk: np.ndarray,
+    cfg: ClusterConfig,
+    seg: np.ndarray | None = None,
 ) -> tuple[dict, np.ndarray]:
-    """Fit (jump refinement from ``start``) on windows [0, cut) with penalty ``lam``, decode every window
-    causally; the validation windows' eta squared of ``next_risk`` and the mean dwell in and out of the fit."""
+    """Fit (jump refinement from ``start``) on the windows of mask ``fit`` (the first part of each segment)
+    with penalty ``lam``, decode every window causally; the validation windows' eta squared of ``next_risk``
+    and the mean dwell in and out of the fit."""
     from trainer.regime_scores import eta_squared
 
-    cent, _ = refine(g[:cut], start, cfg.n_clusters, lam)
-    lab = JumpDecoder(float(lam), cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
-    val = lab[cut:]
-    ok = np.isfinite(next_risk[cut:])
-    eta2 = eta_squared(val[ok], next_risk[cut:][ok]) if ok.sum() > 1 else float("nan")
+    cent, _ = refine(g[fit], start, cfg.n_clusters, lam, seg=_sub(seg, fit))
+    lab = decode(JumpDecoder(float(lam), cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
+    val = lab[~fit]
+    ok = np.isfinite(next_risk[~fit])
+    eta2 = eta_squared(val[ok], next_risk[~fit][ok]) if ok.sum() > 1 else float("nan")
     row = {
         "penalty": float(lam),
         "eta2": 0.0 if np.isnan(eta2) else float(eta2),
-        "dwell_fit": mean_duration(lab[:cut]),
-        "dwell_validation": mean_duration(val),
+        "dwell_fit": dwell(lab[fit], _sub(seg, fit)),
+        "dwell_validation": dwell(val, _sub(seg, ~fit)),
     }
     return row, val
 
 
 def choose_penalty(
-    g: np.ndarray, next_risk: np.ndarray, order_key: np.ndarray, cfg: ClusterConfig, seed: int
+    g: np.ndarray,
+    next_risk: np.ndarray,
+    order_key: np.ndarray,
+    cfg: ClusterConfig,
+    seed: int,
+    seg: np.ndarray | None = None,
 ) -> tuple[float, dict]:
     """The switch penalty of ``penalty_rule: validation_eta2``, chosen on training windows only.
 
@@ -212,17 +279,17 @@ def choose_penalty(
     within ``cfg.penalty_tolerance`` (relative) of the best, take the largest penalty: as informative as the
     best, and as persistent as that allows."""
     n = len(g)
-    cut = int(round(n * (1.0 - cfg.validation)))
+    fit = fit_mask(seg, n, cfg.validation)
     k = cfg.n_clusters
-    if not np.isfinite(next_risk[cut:]).any():
+    if not np.isfinite(next_risk[~fit]).any():
         raise ValueError(
-            f"cannot choose the switch penalty: none of the {n - cut} validation windows has a "
+            f"cannot choose the switch penalty: none of the {int((~fit).sum())} validation windows has a "
             f"known coming risk (too few training bars); set clustering.penalty explicitly"
         )
-    start = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
+    start = order_by(spectral_labels(g[fit], cfg, seed), order_key[fit], k)
     rows, labels_of = [], {}
     for lam in cfg.penalties:
-        row, val = _validate(g, start, cut, float(lam), next_risk, cfg)
+        row, val = _validate(g, start, fit, float(lam), next_risk, cfg, seg)
         rows.append(row)
         labels_of[float(lam)] = val
     best = max(r["eta2"] for r in rows)
@@ -235,16 +302,18 @@ def choose_penalty(
     )
     return chosen["penalty"], {
         "rule": rule,
-        "validation_windows": int(n - cut),
+        "validation_windows": int((~fit).sum()),
         "candidates": rows,
         "chosen": chosen["penalty"],
         "_validation_row": chosen,
         "_validation_labels": labels_of[chosen["penalty"]],
-        "_cut": cut,
+        "_cut": fit,
     }
 
 
-def self_consistent_penalty(g: np.ndarray, start: np.ndarray, cfg: ClusterConfig) -> tuple[float, dict]:
+def self_consistent_penalty(
+    g: np.ndarray, start: np.ndarray, cfg: ClusterConfig, seg: np.ndarray | None = None
+) -> tuple[float, dict]:
     """The switch penalty of ``penalty_rule: self_consistent``: the one the fit's own persistence implies.
 
     A jump model is a hard HMM whose transition matrix stays with probability 1 - p and moves to each other
@@ -258,9 +327,9 @@ def self_consistent_penalty(g: np.ndarray, start: np.ndarray, cfg: ClusterConfig
     lam = float(cfg.penalty_start)
     history = []
     for _ in range(int(cfg.penalty_iterations)):
-        cent, _ = refine(g, start, k, lam)
-        served = JumpDecoder(lam, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
-        d = mean_duration(served)
+        cent, _ = refine(g, start, k, lam, seg=seg)
+        served = decode(JumpDecoder(lam, cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
+        d = dwell(served, seg)
         implied = float(np.log((k - 1) * max(d - 1.0, 1.0)))
         history.append({"penalty": lam, "dwell": d, "implied_penalty": implied})
         if abs(implied - lam) < 0.05:
@@ -281,6 +350,7 @@ def fit_regimes(
     next_risk: np.ndarray,
     cfg: ClusterConfig,
     seed: int,
+    seg: np.ndarray | None = None,
 ) -> Clustering:
     """Standardise the embeddings, build the regime geometry (whitened: ``whiten``), choose the penalty, fit
     the jump model on every training window (spectral start), renumber by ``order_key`` (calmest first), fit
@@ -289,7 +359,7 @@ def fit_regimes(
     raw_train (N, D) raw encoder outputs; last_rows_train (N, F) scaled last feature rows of the same windows;
     order_key (N,) e.g. each window's own return volatility; next_risk (N,) the risk of the bars after each
     window's last bar, e.g. bar_volatility (the validation target: the search's figures, and the penalty of
-    ``penalty_rule: validation_eta2``)."""
+    ``penalty_rule: validation_eta2``); seg (N,) each window's segment (module docstring), None for one series."""
     mean, std = fit_geometry(raw_train)
     z = ((raw_train - mean) / std).astype(np.float32)
     cols, weights = risk_columns(names, cfg)
@@ -297,30 +367,30 @@ def fit_regimes(
     space = RegimeSpace(cols, weights, cfg.embedding_weight, np.zeros((k, len(cols) + z.shape[1])))
     whitening = None
     if cfg.whiten:
-        space, whitening = whiten(last_rows_train, z, space, cfg, seed)
+        space, whitening = whiten(last_rows_train, z, space, cfg, seed, seg)
         cols, weights = space.risk_columns, space.risk_weights
     g = space.geometry(last_rows_train, z)
     start = spectral_labels(g, cfg, seed)
     if cfg.penalty is not None:
         penalty, selection = float(cfg.penalty), {"rule": "fixed by configuration", "chosen": float(cfg.penalty)}
     elif cfg.penalty_rule == "validation_eta2":
-        penalty, selection = choose_penalty(g, next_risk, order_key, cfg, seed)
+        penalty, selection = choose_penalty(g, next_risk, order_key, cfg, seed, seg)
     else:
-        penalty, selection = self_consistent_penalty(g, start, cfg)
+        penalty, selection = self_consistent_penalty(g, start, cfg, seg)
     if whitening is not None:
         selection["whitening"] = whitening
     if "_validation_labels" not in selection and np.isfinite(next_risk).any():
         # the search's training-only figures for the chosen penalty (what validation_eta2 computes per candidate)
-        cut = int(round(len(g) * (1.0 - cfg.validation)))
-        if np.isfinite(next_risk[cut:]).any():
-            vstart = order_by(spectral_labels(g[:cut], cfg, seed), order_key[:cut], k)
-            row, val = _validate(g, vstart, cut, penalty, next_risk, cfg)
-            selection.update({"validation_windows": int(len(g) - cut), "_validation_row": row})
-            selection.update({"_validation_labels": val, "_cut": cut})
-    cent, labels = refine(g, start, k, penalty)  # a regime the fit left empty keeps its last centre
+        fit = fit_mask(seg, len(g), cfg.validation)
+        if np.isfinite(next_risk[~fit]).any():
+            vstart = order_by(spectral_labels(g[fit], cfg, seed), order_key[fit], k)
+            row, val = _validate(g, vstart, fit, penalty, next_risk, cfg, seg)
+            selection.update({"validation_windows": int((~fit).sum()), "_validation_row": row})
+            selection.update({"_validation_labels": val, "_cut": fit})
+    cent, labels = refine(g, start, k, penalty, seg=seg)  # a regime the fit left empty keeps its last centre
     # number the ids by the volatility of the windows each regime is *served* on (the causal decoder's labels,
     # which lag the offline fit's), so id 0 is the calmest regime as subscribers see it
-    decoded = JumpDecoder(penalty, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+    decoded = decode(JumpDecoder(penalty, cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
     means = np.array([order_key[decoded == i].mean() if (decoded == i).any() else np.inf for i in range(k)])
     rank = np.empty(k, dtype=np.int64)
     rank[np.argsort(means, kind="stable")] = np.arange(k)
@@ -331,7 +401,7 @@ def fit_regimes(
 
         popped: Any = (selection.pop("_validation_labels"), selection.pop("_cut"), selection.pop("_validation_row"))
         val, cut, row = popped
-        final = rank[decoded][cut:]
+        final = rank[decoded][~cut]
         selection["validation"] = {
             "eta2_coming_risk": row["eta2"],
             "dwell_fit": row["dwell_fit"],
@@ -347,7 +417,12 @@ def fit_regimes(
 
 
 def fit_anchored(
-    raw_train: np.ndarray, last_rows_train: np.ndarray, order_key: np.ndarray, warm, cfg: ClusterConfig
+    raw_train: np.ndarray,
+    last_rows_train: np.ndarray,
+    order_key: np.ndarray,
+    warm,
+    cfg: ClusterConfig,
+    seg: np.ndarray | None = None,
 ) -> Clustering:
     """A warm-started refit's regimes (trainer/warm_start.py): the previous embedding standardisation and
     geometry, the jump model refined from the previous centres with the previous penalty, ids kept. Records
@@ -355,8 +430,8 @@ def fit_anchored(
     z = ((raw_train - warm.emb_mean) / warm.emb_std).astype(np.float32)
     g = warm.space.geometry(last_rows_train, z)
     k = len(warm.space.centroids)
-    cent, labels = refine(g, None, k, warm.penalty, init_centroids=warm.space.centroids)
-    served = JumpDecoder(warm.penalty, cfg.memory).decode_series(0.5 * sq_distances(g, cent)).argmin(1)
+    cent, labels = refine(g, None, k, warm.penalty, init_centroids=warm.space.centroids, seg=seg)
+    served = decode(JumpDecoder(warm.penalty, cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
     means = np.array([order_key[served == i].mean() if (served == i).any() else np.nan for i in range(k)])
     ordered = bool(np.all(np.diff(means[np.isfinite(means)]) >= 0))
     space = RegimeSpace(warm.space.risk_columns, warm.space.risk_weights, warm.space.embedding_weight, cent)

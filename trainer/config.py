@@ -17,6 +17,7 @@ ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
 LOSSES = ("mse", "cosine")
 PENALTY_RULES = ("self_consistent", "validation_eta2")
+UNIVERSE_OPTIONS = ("symbols", "max_gap", "mixed_intervals")
 
 
 @dataclass
@@ -78,8 +79,15 @@ class ForecasterConfig:
 @dataclass
 class TrainConfig:
     name: str = "eurusd"
-    data: str = "eurusd"  # 'eurusd', 'synthetic' or a CSV/parquet path
+    data: str = "eurusd"  # 'eurusd', 'synthetic', a CSV/parquet path, a folder, 'archive:DIR', or a comma list
     symbol: str | None = None
+    # a universe (trainer/windows.py): the symbols kept from --data (None: every one it holds), and the gap that
+    # cuts a symbol's bars into separate runs (bars more than max_gap median intervals apart; None: never cut)
+    symbols: list | None = None
+    max_gap: float | None = None
+    # symbols of different bar intervals (median spacing apart by more than 1.5x) in one universe are refused
+    # unless this is true: measured (benchmarks/bench_universe.py), their regimes then tell the symbols apart
+    mixed_intervals: bool | None = None
     seed: int = 42
     window_size: int = 30
     stride: int = 1
@@ -124,6 +132,12 @@ class TrainConfig:
             errs.append("clustering.penalty_start must be >= 0 and clustering.penalty_iterations >= 1")
         if self.clustering.memory < 1:
             errs.append("clustering.memory must be >= 1")
+        if self.symbols is not None and (
+            not isinstance(self.symbols, list) or not self.symbols or not all(isinstance(x, str) for x in self.symbols)
+        ):
+            errs.append("symbols must be a non-empty list of symbol names (or unset: every symbol of --data)")
+        if self.max_gap is not None and not float(self.max_gap) > 1.0:
+            errs.append("max_gap must be > 1 (median bar intervals) or unset")
         if not 0.05 <= self.clustering.validation <= 0.5:
             errs.append("clustering.validation must be in [0.05, 0.5]")
         if errs:
@@ -131,7 +145,10 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The options; the universe-only ones (UNIVERSE_OPTIONS) only when set, so a one-symbol profile, its
+        recipe hash and the model version it gives are what they were before universes existed."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if not (k in UNIVERSE_OPTIONS and v is None)}
 
 
 def _merge(obj, values: dict, where: str) -> None:

@@ -154,6 +154,8 @@ def pretrain(
     seed: int,
     positive_offset: int,
     on_epoch: Callable[[int, dict], None] | None = None,
+    anchors: np.ndarray | None = None,
+    val_anchors: np.ndarray | None = None,
 ) -> list[dict]:
     """Masked reconstruction + temporal contrast, fresh masks and batch order every epoch from seeded draws.
 
@@ -162,6 +164,9 @@ def pretrain(
     window ``positive_offset`` rows later, which shares no bar with it but usually shares its regime, and away
     from random other windows, so what survives in the embedding is what stays put from one window to the
     next: volatility, volume and drift levels.
+
+    anchors / val_anchors: the rows of train / val whose positive (``positive_offset`` rows later) is in the same
+    series (a universe lays several end to end: trainer/windows.py); None: every row that has one.
     """
     import tensorflow as tf
 
@@ -185,17 +190,19 @@ def pretrain(
     def pairs(x: np.ndarray) -> int:
         return max(0, len(x) - positive_offset)
 
-    if pairs(train) < cfg.batch_size or pairs(val) < 2:
+    anchors = np.arange(pairs(train)) if anchors is None else np.asarray(anchors, dtype=np.int64)
+    val_anchors = np.arange(pairs(val)) if val_anchors is None else np.asarray(val_anchors, dtype=np.int64)
+    if len(anchors) < cfg.batch_size or len(val_anchors) < 2:
         raise ValueError(
             f"too few windows for pretraining: {len(train)} train / {len(val)} validation windows with "
             f"positive offset {positive_offset}; use more data or a smaller window"
         )
     rng = np.random.default_rng(seed)
-    val_masked, val_weight = mask_windows(val[: pairs(val)], cfg.mask_ratio, np.random.default_rng(seed + 1))
+    val_masked, val_weight = mask_windows(val[val_anchors], cfg.mask_ratio, np.random.default_rng(seed + 1))
     history = []
     for epoch in range(cfg.epochs):
         masked, weight = mask_windows(train, cfg.mask_ratio, rng)
-        order = rng.permutation(pairs(train))
+        order = anchors[rng.permutation(len(anchors))]
         tot = np.zeros(2)
         n_batches = 0
         for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):  # full batches: same negatives count
@@ -203,7 +210,7 @@ def pretrain(
             r, c = step(masked[idx], train[idx], weight[idx], train[idx + positive_offset])
             tot += (float(r), float(c))
             n_batches += 1
-        vr, vc = losses(val_masked, val[: pairs(val)], val_weight, val[positive_offset:], False)
+        vr, vc = losses(val_masked, val[val_anchors], val_weight, val[val_anchors + positive_offset], False)
         row = {
             "epoch": epoch + 1,
             "loss": float(tot.sum() / n_batches),
