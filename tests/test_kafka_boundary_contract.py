@@ -127,3 +127,25 @@ def test_direct_records_false_builds_stock_faust(tiny_bundle, direct):
     stock = type(app.transport) is driver.Transport and app.conf.Monitor is Monitor
     assert stock is not direct
     assert type(app.transport).Consumer._drain_messages is driver.Consumer._drain_messages or direct
+
+
+@pytest.mark.parametrize("instance", ["worker-a", ""])
+def test_static_membership_reaches_the_aiokafka_consumer(tiny_bundle, instance):
+    """Issue 14, defect 8: with REGIMETRY_GROUP_INSTANCE_ID the consumer joins as a static member
+    (group.instance.id), so a worker restarted after a SIGKILL under the same id takes its partitions back
+    without waiting out its predecessor's session timeout (benchmarks/bench_restart.py measures it); unset, the
+    membership stays dynamic."""
+    import aiokafka
+
+    from worker.app import Runtime, create_app
+    from worker.settings import load_settings
+
+    settings = load_settings({}, bundle=str(tiny_bundle), group_instance_id=instance, reload_interval=0)
+    app = create_app(settings, Runtime(settings))
+
+    async def build():
+        return app.consumer._thread._create_consumer(loop=asyncio.get_running_loop())
+
+    client = asyncio.run(build())
+    assert isinstance(client, aiokafka.AIOKafkaConsumer)
+    assert client._group_instance_id == (instance or None)
