@@ -98,8 +98,15 @@ class Process:
         )
 
 
+# the source tree this devstack belongs to: its children import the worker, archive and tools from here too,
+# not from whichever checkout an editable install happens to point at
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
+
+
 def _spawn(name: str, argv: list[str], workdir: Path, port: int, env: Mapping[str, str] | None = None) -> Process:
     workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join([_CHECKOUT, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     log = workdir / f"{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -108,7 +115,7 @@ def _spawn(name: str, argv: list[str], workdir: Path, port: int, env: Mapping[st
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=workdir,
-            env=dict(env) if env is not None else None,
+            env=env,
             start_new_session=True,
         )
     return Process(name, proc, log, port)
@@ -247,7 +254,7 @@ def start_redis(
 
 
 # -- the whole stack -------------------------------------------------------------------------------------
-DEFAULT_TOPICS = {"bars": 4, "regime-events": 4, "bars-dlq": 1}
+DEFAULT_TOPICS = {"bars": 4, "regime-events": 4, "regime-drift": 4, "regime-transitions": 4, "bars-dlq": 1}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`regimetry tail`: follow regime-events the way a downstream strategy would.
+"""`regimetry tail`: follow regime-events the way a downstream strategy would (or, --transitions-only, the
+regime-transitions topic: one record per regime change).
 
 A plain kafka-python consumer: without --group it reads every partition and commits nothing (a viewer must not
 move a strategy's offsets); with --group it joins that consumer group and commits, like a real subscriber.

@@ -16,7 +16,7 @@ from datetime import UTC
 
 import numpy as np
 import pytest
-from helpers import TIMEOUT
+from helpers import TIMEOUT, schema_validator
 
 from ops.replay import Pace, PaceError, merged, replay
 from regimetry.data import BarSeries
@@ -178,6 +178,43 @@ def ops_events(stack, worker, model, ops_symbol):
 
 
 @pytest.mark.slow
+def test_one_transition_record_per_regime_change_and_identical_on_redelivery(stack, ops_symbol, ops_events):
+    """regime-transitions holds one record per event whose regime changed (none for the others), its from/to
+    and dwell those of the events; the bars were sent twice, so each record came twice, byte for byte."""
+    from devstack.kafka_kit import Collector
+
+    changes = [(prev, e) for prev, e in zip(ops_events, ops_events[1:]) if e["regime_changed"]]
+    assert changes and not ops_events[0]["regime_changed"], "the series must contain regime changes"
+    col = Collector(stack.bootstrap, "regime-transitions")
+    try:
+        col.wait_for(lambda v: sum(t["symbol"] == ops_symbol for t in v) >= 2 * len(changes), TIMEOUT, "both copies")
+        copies = col.copies_by_event_id()
+        mine = [r for r in col.records if json.loads(r.value)["symbol"] == ops_symbol]
+    finally:
+        col.close()
+    validate = schema_validator("regime_transition.schema.json")
+    got: dict[str, dict] = {}
+    for r in mine:
+        t = json.loads(r.value)
+        validate.validate(t)
+        assert r.key == ops_symbol.encode() and len(copies[t["event_id"]]) == 1, "copies identical"
+        got.setdefault(t["event_id"], t)
+    assert len(mine) == 2 * len(changes)
+    assert list(got) == [e["event_id"] for _, e in changes]
+    for t, (prev, e) in zip(got.values(), changes):
+        assert (t["from"]["id"], t["to"]["id"], t["dwell"]) == (
+            prev["regime"]["id"],
+            e["regime"]["id"],
+            prev["bars_in_regime"],
+        )
+        assert (t["bar_time"], t["to"]["name"], t["confidence"]) == (
+            e["bar_time"],
+            e["regime"]["name"],
+            e["regime"]["confidence"],
+        )
+
+
+@pytest.mark.slow
 def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, ops_symbol, ops_events):
     want = [e for e in ops_events if e["regime_changed"]]
     assert want, "the series must contain regime changes for this test to mean anything"
@@ -194,9 +231,24 @@ def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, ops_symb
         stack.bootstrap,
     )
     assert r.returncode == 0, r.stderr
-    got = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [e["event_id"] for e in got] == [e["event_id"] for e in want]
-    assert all(e["symbol"] == ops_symbol and e["regime_changed"] and e["previous_regime"] is not None for e in got)
+    got = [json.loads(x) for x in r.stdout.splitlines()]  # records of regime-transitions
+    assert [t["event_id"] for t in got] == [e["event_id"] for e in want]
+    assert all(t["symbol"] == ops_symbol for t in got)
+    assert [(t["from"]["id"], t["to"]["id"]) for t in got] == [(e["previous_regime"], e["regime"]["id"]) for e in want]
+    table = run_cli(
+        "tail",
+        "--from-beginning",
+        "--symbol",
+        ops_symbol,
+        "--transitions-only",
+        "--max",
+        str(len(want)),
+        "--broker",
+        stack.bootstrap,
+    )
+    assert table.returncode == 0, table.stderr
+    assert "regime-transitions" in table.stdout + table.stderr and "dwell" in table.stdout
+    assert table.stdout.count(" -> ") == len(want)
 
 
 @pytest.mark.slow
