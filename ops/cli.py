@@ -118,7 +118,15 @@ def tail_cmd(
     lines on stdout."""
     from rich.console import Console
 
-    from ops.events_view import HEADER, TRANSITION_HEADER, is_transition, line, transition_line
+    from ops.events_view import (
+        HEADER,
+        TRANSITION_HEADER,
+        alarm_line,
+        is_alarm,
+        is_transition,
+        line,
+        transition_line,
+    )
     from ops.kafka import assign_all, consumer
     from ops.tail import TailOptions, follow, json_line, kafka_poller
 
@@ -145,7 +153,7 @@ def tail_cmd(
         out.print(TRANSITION_HEADER if topic == s.transitions_topic else HEADER, style="bold")
 
         def show(e: dict) -> None:
-            out.print(transition_line(e) if is_transition(e) else line(e))
+            out.print(transition_line(e) if is_transition(e) else alarm_line(e) if is_alarm(e) else line(e))
 
     try:
         follow(kafka_poller(cons), show, opts)

@@ -106,6 +106,20 @@ def transition_line(t: dict) -> Text:
     )
 
 
+def is_alarm(doc: dict) -> bool:
+    """A record of the regime-drift topic (regimetry/schemas/drift_alarm.schema.json)."""
+    return "alarm_id" in doc and "detector" in doc
+
+
+def alarm_line(a: dict) -> Text:
+    """One row of a drift alarm: bar time, symbol, detector, the stream's value, statistic over threshold."""
+    return Text.assemble(
+        f"{iso(a['bar_time']):<19}  {a['symbol']:<10} ",
+        (f"{a['detector']:<18}", "bold red"),
+        f" value {a['value']:.3f}  CUSUM {a['statistic']:.2f} > {a['threshold']:.2f}",
+    )
+
+
 CSV_COLUMNS = (
     "event_id",
     "symbol",

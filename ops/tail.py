@@ -42,7 +42,7 @@ def follow(
             event = decode(value)
             if event is None or not wanted(event, opts.symbols, opts.transitions_only):
                 continue
-            if opts.dedupe and not seen.first_time(event["event_id"]):
+            if opts.dedupe and not seen.first_time(event.get("alarm_id") or event["event_id"]):
                 continue
             show(event)
             shown += 1

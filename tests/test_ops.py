@@ -177,6 +177,28 @@ def ops_events(stack, worker, model, ops_symbol):
     return sorted(first.values(), key=lambda e: e["bar_time"])
 
 
+def test_tail_shows_transitions_and_alarms_once_each_and_renders_them():
+    """follow() on regime-transitions and regime-drift records: one per id (alarm_id for alarms: two detectors
+    firing on one event are two alarms), each with its own row layout."""
+    from ops.events_view import alarm_line, is_alarm, is_transition, transition_line
+    from ops.tail import TailOptions, follow
+
+    t = {"event_id": "e1", "symbol": "S", "bar_time": 3600, "from": {"id": 0, "name": "calm"}}
+    t |= {"to": {"id": 2, "name": "turbulent"}, "dwell": 17, "confidence": 0.9}
+    a1 = {"alarm_id": "a1", "event_id": "e2", "detector": "cusum_ood", "symbol": "S", "bar_time": 7200}
+    a1 |= {"value": 3.0, "statistic": 9.5, "threshold": 8.0}
+    a2 = {**a1, "alarm_id": "a2", "detector": "cusum_uncertainty"}
+    polls = [[json.dumps(x).encode() for x in (t, a1, a2, t, a1)], []]
+    shown: list[dict] = []
+    n = follow(lambda: polls.pop(0) if polls else [], shown.append, TailOptions(transitions_only=False, max_events=3))
+    assert n == 3 and shown == [t, a1, a2]
+    assert is_transition(t) and not is_alarm(t) and is_alarm(a1) and not is_transition(a1)
+    assert (
+        "calm" in transition_line(t).plain and " -> " in transition_line(t).plain and "17" in transition_line(t).plain
+    )
+    assert "cusum_ood" in alarm_line(a1).plain and "9.50 > 8.00" in alarm_line(a1).plain
+
+
 @pytest.mark.slow
 def test_one_transition_record_per_regime_change_and_identical_on_redelivery(stack, ops_symbol, ops_events):
     """regime-transitions holds one record per event whose regime changed (none for the others), its from/to
