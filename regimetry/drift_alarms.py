@@ -12,7 +12,9 @@ allowance, half the shift to detect in sigma units) is fixed at 0.5; h is calibr
 so that the detector's mean time between false alarms on data like the training data is at least a stated
 number of events (`arl0`; see `calibrate` for how: the stream's dependence is modelled and simulated, since a
 few thousand training values cannot show a rate of one alarm in thousands). The calibration is written in the manifest
-(drift_alarms), so the trainer, `regimetry drift-report` and any live consumer run the very same numbers.
+(drift_alarms), so the trainer, `regimetry drift-report` and the live worker run the very same numbers; and
+the very same update: `Cusum.step`, through `step_detectors` (one event; the worker keeps each symbol's
+statistics in Redis between batches, worker/steps.py) and `run_detectors` (a whole series, from zero).
 
 A CUSUM of our own rather than River's: the calibration needs the statistic's whole path on the training
 stream (River's detectors expose the decision, not S_t), and this is ten lines of numpy shared by all sides.
