@@ -244,3 +244,24 @@ def test_a_bundle_without_drift_alarms_raises_none(serving):
     bars = bars_of("NA", sv.history + 50, seed=6)
     out = run_batch(sv, FakeRedis(), items(bars))
     assert len(out.events) == 51 and out.drift == [] and out.report.alarms == []
+
+
+def test_the_worker_says_when_its_bundle_has_no_drift_alarms(tiny_bundle, caplog):
+    """Detectors on: one info line naming them and the topic. A bundle trained before drift alarms: a warning
+    that they are off."""
+    import logging
+    from dataclasses import replace
+
+    from worker.app import Runtime
+
+    rt = Runtime(load_settings({}, bundle=str(tiny_bundle), reload_interval=0))
+    try:
+        with caplog.at_level(logging.INFO, logger="regimetry.worker"):
+            rt._record_model()
+            rt.serving = replace(rt.serving, detectors={})
+            rt._record_model()
+    finally:
+        rt.executor.shutdown()
+    on, off = [r for r in caplog.records if "drift" in r.getMessage()]
+    assert on.levelno == logging.INFO and "miss, ood, uncertainty -> regime-drift" in on.getMessage()
+    assert off.levelno == logging.WARNING and "drift detectors off" in off.getMessage()
