@@ -257,7 +257,9 @@ def main() -> None:
     history = RegimeModel(bundle).bundle.history_bars
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     print(f"bundle {bundle.name}, history {history} bars; workdir {work}")
-    with start_stack(work, {"bars": 4, "regime-events": 4, "bars-dlq": 1}) as stack:
+    with start_stack(
+        work, {"bars": 4, "regime-events": 4, "regime-drift": 4, "regime-transitions": 4, "bars-dlq": 1}
+    ) as stack:
         if not args.latency_only:
             t0 = time.perf_counter()
             first = start_worker(stack, work, name="startup", bundle=str(bundle), log_level="warning")

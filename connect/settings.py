@@ -32,6 +32,8 @@ class ConnectionSettings:
     bars_topic: str = "bars"
     events_topic: str = "regime-events"
     dlq_topic: str = "bars-dlq"
+    drift_topic: str = "regime-drift"  # drift alarms (regimetry/schemas/drift_alarm.schema.json)
+    transitions_topic: str = "regime-transitions"  # regime changes (regimetry/schemas/regime_transition.schema.json)
     kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL
     kafka_sasl_mechanism: str = "PLAIN"  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     kafka_sasl_username: str = ""

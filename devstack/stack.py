@@ -274,7 +274,7 @@ def start_redis(
 
 
 # -- the whole stack -------------------------------------------------------------------------------------
-DEFAULT_TOPICS = {"bars": 4, "regime-events": 4, "bars-dlq": 1}
+DEFAULT_TOPICS = {"bars": 4, "regime-events": 4, "regime-drift": 4, "regime-transitions": 4, "bars-dlq": 1}
 
 
 @dataclass

@@ -98,27 +98,42 @@ def replay_cmd(
 
 def tail_cmd(
     symbol: list[str] = typer.Option([], "--symbol", help="Only these symbols (repeatable)."),
-    transitions_only: bool = typer.Option(False, "--transitions-only", help="Only events where the regime changed."),
+    transitions_only: bool = typer.Option(
+        False,
+        "--transitions-only",
+        help="Only regime changes: read the transitions topic (REGIMETRY_TRANSITIONS_TOPIC, one record per change).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines (the raw events) instead of a table."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the earliest event, not the next."),
     group: str | None = typer.Option(None, help="Join this consumer group and commit (like a strategy)."),
     max_events: int | None = typer.Option(None, "--max", help="Exit after N events."),
     idle_timeout: float | None = typer.Option(None, "--idle-timeout", help="Exit after N seconds without events."),
     no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Show redelivered events again."),
-    topic: str | None = typer.Option(None, help="Events topic (default REGIMETRY_EVENTS_TOPIC)."),
+    topic: str | None = typer.Option(
+        None, help="Topic (default REGIMETRY_EVENTS_TOPIC; with --transitions-only REGIMETRY_TRANSITIONS_TOPIC)."
+    ),
     broker: str | None = BROKER,
 ) -> None:
-    """Follow regime events as a strategy would: a table or JSON lines on stdout."""
+    """Follow regime events (or, --transitions-only, regime transitions) as a strategy would: a table or JSON
+    lines on stdout."""
     from rich.console import Console
 
-    from ops.events_view import HEADER, line
+    from ops.events_view import (
+        HEADER,
+        TRANSITION_HEADER,
+        alarm_line,
+        is_alarm,
+        is_transition,
+        line,
+        transition_line,
+    )
     from ops.kafka import assign_all, consumer
     from ops.tail import TailOptions, follow, json_line, kafka_poller
 
     s = _settings(broker)
     out = Console(highlight=False, soft_wrap=True)
     opts = TailOptions(frozenset(symbol), transitions_only, not no_dedupe, max_events, idle_timeout)
-    topic = topic or s.events_topic
+    topic = topic or (s.transitions_topic if transitions_only else s.events_topic)
     cons = consumer(s, topic if group else None, from_beginning, group)
     if group is None:
         try:
@@ -135,10 +150,10 @@ def tail_cmd(
             sys.stdout.write(json_line(e) + "\n")
             sys.stdout.flush()
     else:
-        out.print(HEADER, style="bold")
+        out.print(TRANSITION_HEADER if topic == s.transitions_topic else HEADER, style="bold")
 
         def show(e: dict) -> None:
-            out.print(line(e))
+            out.print(transition_line(e) if is_transition(e) else alarm_line(e) if is_alarm(e) else line(e))
 
     try:
         follow(kafka_poller(cons), show, opts)
@@ -186,13 +201,18 @@ def report_cmd(
 
 def topics_cmd(
     bars_partitions: int = typer.Option(6, envvar="REGIMETRY_BARS_PARTITIONS", help="Partitions of the bars topic."),
-    events_partitions: int = typer.Option(6, envvar="REGIMETRY_EVENTS_PARTITIONS", help="Partitions of regime-events."),
+    events_partitions: int = typer.Option(
+        6,
+        envvar="REGIMETRY_EVENTS_PARTITIONS",
+        help="Partitions of regime-events (and of regime-drift, regime-transitions).",
+    ),
     dlq_partitions: int = typer.Option(1, envvar="REGIMETRY_DLQ_PARTITIONS", help="Partitions of bars-dlq."),
     replication: int = typer.Option(1, envvar="REGIMETRY_REPLICATION_FACTOR", help="Replication factor."),
     timeout: float = typer.Option(120.0, help="Wait this long for the broker."),
     broker: str | None = BROKER,
 ) -> None:
-    """Create the bars, regime-events and bars-dlq topics if missing (idempotent; run before the worker)."""
+    """Create the bars, regime-events, regime-drift, regime-transitions and bars-dlq topics if missing
+    (idempotent; run before the worker)."""
     from ops.topics import ensure_topics, plan
 
     s = _settings(broker)

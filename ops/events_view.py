@@ -43,9 +43,16 @@ class Seen:
         return True
 
 
+def is_transition(doc: dict) -> bool:
+    """A record of the regime-transitions topic (regimetry/schemas/regime_transition.schema.json)."""
+    return "from" in doc and "to" in doc
+
+
 def wanted(event: dict, symbols: frozenset[str], transitions_only: bool) -> bool:
+    """transitions_only keeps transition records, and events whose regime changed (an events topic read with
+    --topic)."""
     return (not symbols or event.get("symbol") in symbols) and (
-        not transitions_only or bool(event.get("regime_changed"))
+        not transitions_only or is_transition(event) or bool(event.get("regime_changed"))
     )
 
 
@@ -77,6 +84,39 @@ def line(event: dict) -> Text:
         f"  {'' if nxt is None else nxt:>4}",
         f" {pred['confidence']:>5.2f}" if nxt is not None else f" {'':>5}",
         (f"  {event.get('ood_score', 0.0):>6.2f}", "bold red" if event.get("ood") else ""),
+    )
+
+
+TRANSITION_HEADER = (
+    f"{'bar time (UTC)':<19}  {'symbol':<10} {'from':>4} {'name':<{NAME_WIDTH}}    {'to':>4} {'name':<{NAME_WIDTH}} "
+    f"{'dwell':>5} {'conf':>5}"
+)
+
+
+def transition_line(t: dict) -> Text:
+    """One aligned row of a regime transition: bar time, symbol, from (id, name), to (id, name), bars spent in
+    the regime it left, confidence of the new one."""
+    a, b = t["from"], t["to"]
+    return Text.assemble(
+        f"{iso(t['bar_time']):<19}  {t['symbol']:<10} ",
+        (f"{a['id']:>4} {a.get('name') or '':<{NAME_WIDTH}}", f"bold {REGIME_STYLES[a['id'] % len(REGIME_STYLES)]}"),
+        " -> ",
+        (f"{b['id']:>4} {b.get('name') or '':<{NAME_WIDTH}}", f"bold {REGIME_STYLES[b['id'] % len(REGIME_STYLES)]}"),
+        f" {'' if t.get('dwell') is None else t['dwell']:>5} {t['confidence']:>5.2f}",
+    )
+
+
+def is_alarm(doc: dict) -> bool:
+    """A record of the regime-drift topic (regimetry/schemas/drift_alarm.schema.json)."""
+    return "alarm_id" in doc and "detector" in doc
+
+
+def alarm_line(a: dict) -> Text:
+    """One row of a drift alarm: bar time, symbol, detector, the stream's value, statistic over threshold."""
+    return Text.assemble(
+        f"{iso(a['bar_time']):<19}  {a['symbol']:<10} ",
+        (f"{a['detector']:<18}", "bold red"),
+        f" value {a['value']:.3f}  CUSUM {a['statistic']:.2f} > {a['threshold']:.2f}",
     )
 
 

@@ -1,4 +1,5 @@
-"""`regimetry tail`: follow regime-events the way a downstream strategy would.
+"""`regimetry tail`: follow regime-events the way a downstream strategy would (or, --transitions-only, the
+regime-transitions topic: one record per regime change).
 
 A plain kafka-python consumer: without --group it reads every partition and commits nothing (a viewer must not
 move a strategy's offsets); with --group it joins that consumer group and commits, like a real subscriber.
@@ -41,7 +42,7 @@ def follow(
             event = decode(value)
             if event is None or not wanted(event, opts.symbols, opts.transitions_only):
                 continue
-            if opts.dedupe and not seen.first_time(event["event_id"]):
+            if opts.dedupe and not seen.first_time(event.get("alarm_id") or event["event_id"]):
                 continue
             show(event)
             shown += 1

@@ -1,8 +1,10 @@
-"""`regimetry topics`: create the worker's topics (bars, regime-events, bars-dlq) if they do not exist.
+"""`regimetry topics`: create the worker's topics (bars, regime-events, regime-drift, regime-transitions,
+bars-dlq) if they do not exist.
 
 docker-compose runs it once before the worker starts; it is the same code against any cluster, so an operator
 can create the topics on an existing Kafka with the same REGIMETRY_* settings the worker uses. Partition counts
-come from REGIMETRY_*_PARTITIONS (the bars partition count caps how many worker processes share the load).
+come from REGIMETRY_*_PARTITIONS (the bars partition count caps how many worker processes share the load);
+regime-drift and regime-transitions get as many partitions as regime-events (they are keyed by symbol too).
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ class TopicPlan:
 
 
 def plan(s: Settings, bars: int, events: int, dlq: int) -> list[TopicPlan]:
-    return [TopicPlan(s.bars_topic, bars), TopicPlan(s.events_topic, events), TopicPlan(s.dlq_topic, dlq)]
+    return [
+        TopicPlan(s.bars_topic, bars),
+        TopicPlan(s.events_topic, events),
+        TopicPlan(s.drift_topic, events),
+        TopicPlan(s.transitions_topic, events),
+        TopicPlan(s.dlq_topic, dlq),
+    ]
 
 
 def ensure_topics(s: Settings, topics: list[TopicPlan], replication: int = 1, timeout: float = 60.0) -> dict[str, int]:

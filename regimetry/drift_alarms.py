@@ -12,7 +12,9 @@ allowance, half the shift to detect in sigma units) is fixed at 0.5; h is calibr
 so that the detector's mean time between false alarms on data like the training data is at least a stated
 number of events (`arl0`; see `calibrate` for how: the stream's dependence is modelled and simulated, since a
 few thousand training values cannot show a rate of one alarm in thousands). The calibration is written in the manifest
-(drift_alarms), so the trainer, `regimetry drift-report` and any live consumer run the very same numbers.
+(drift_alarms), so the trainer, `regimetry drift-report` and the live worker run the very same numbers; and
+the very same update: `Cusum.step`, through `step_detectors` (one event; the worker keeps each symbol's
+statistics in Redis between batches, worker/steps.py) and `run_detectors` (a whole series, from zero).
 
 A CUSUM of our own rather than River's: the calibration needs the statistic's whole path on the training
 stream (River's detectors expose the decision, not S_t), and this is ten lines of numpy shared by all sides.
@@ -20,6 +22,7 @@ stream (River's detectors expose the decision, not S_t), and this is ten lines o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,18 +39,24 @@ class Cusum:
     threshold: float  # h, in standardised units
     allowance: float = ALLOWANCE
 
+    def step(self, acc: float, x: float) -> tuple[float, bool]:
+        """One value: S_t = max(0, acc + (x - mu) / sigma - k) after the statistic ``acc`` before it, and whether
+        S_t alarms (S_t > h; the next statistic is then 0). The one update of every side: ``path`` (and so the
+        calibration and run_detectors) and the live worker (step_detectors) all go through it."""
+        s = max(0.0, acc + ((x - self.mean) / self.std - self.allowance))
+        return s, s > self.threshold
+
     def path(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(S_t (T,), alarm indices) over a stream of values (T,), restarting from 0 after each alarm."""
-        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std - self.allowance
-        s = np.empty(len(z))
+        values = np.asarray(x, dtype=np.float64).tolist()
+        s = np.empty(len(values))
         alarms = []
         acc = 0.0
-        for t, v in enumerate(z):
-            acc = max(0.0, acc + v)
-            s[t] = acc
-            if acc > self.threshold:
+        for t, v in enumerate(values):
+            s[t], fired = self.step(acc, v)
+            if fired:
                 alarms.append(t)
-                acc = 0.0
+            acc = 0.0 if fired else float(s[t])
         return s, np.asarray(alarms, dtype=np.int64)
 
     def to_dict(self) -> dict:
@@ -180,24 +189,39 @@ def detectors_from_manifest(manifest: dict) -> dict[str, Cusum]:
     return {d["stream"]: Cusum.from_dict(d) for d in section.get("detectors", [])}
 
 
-def run_detectors(detectors: dict[str, Cusum], streams: dict[str, np.ndarray]) -> list[dict]:
-    """Alarms of every detector over its stream: [{detector, stream, index, statistic, threshold}], NaN values
-    (a miss with no forecast before it) skipped without resetting the statistic."""
-    out = []
-    for name, det in detectors.items():
-        x = streams.get(name)
-        if x is None:
+def step_detectors(
+    detectors: dict[str, Cusum], state: dict[str, float], values: dict[str, float]
+) -> tuple[dict[str, float], list[dict]]:
+    """One event through every detector: ``state`` holds each stream's statistic before it (absent: 0),
+    ``values`` the event's value of each stream. Returns the statistics after it (0 after an alarm) and its
+    alarms [{detector, stream, statistic, threshold, value}] in detector order. A NaN or missing value (a miss
+    with no forecast before it) leaves its statistic as it is. The worker keeps ``state`` per symbol
+    (worker/steps.py), run_detectors replays a whole series through this same function."""
+    new = dict(state)
+    alarms = []
+    for name in sorted(detectors):
+        x = values.get(name)
+        if x is None or not math.isfinite(x):
             continue
-        keep = np.flatnonzero(np.isfinite(x))
-        s, alarms = det.path(x[keep])
-        for a in alarms.tolist():
-            out.append(
-                {
-                    "detector": f"cusum_{name}",
-                    "stream": name,
-                    "index": int(keep[a]),
-                    "statistic": float(s[a]),
-                    "threshold": det.threshold,
-                }
+        det = detectors[name]
+        s, fired = det.step(new.get(name, 0.0), x)
+        new[name] = 0.0 if fired else s
+        if fired:
+            alarms.append(
+                {"detector": f"cusum_{name}", "stream": name, "statistic": s, "threshold": det.threshold, "value": x}
             )
-    return sorted(out, key=lambda r: (r["index"], r["detector"]))
+    return new, alarms
+
+
+def run_detectors(detectors: dict[str, Cusum], streams: dict[str, np.ndarray]) -> list[dict]:
+    """Alarms of every detector over its stream: [{detector, stream, index, statistic, threshold, value}] in
+    (index, detector) order, each event through step_detectors from a zero state (the live worker's update,
+    so live alarms equal these by construction); NaN values skipped without resetting the statistic."""
+    cols = {name: np.asarray(streams[name], dtype=np.float64).tolist() for name in detectors if name in streams}
+    n = max((len(v) for v in cols.values()), default=0)
+    state: dict[str, float] = {}
+    out = []
+    for t in range(n):
+        state, alarms = step_detectors(detectors, state, {name: v[t] for name, v in cols.items()})
+        out += [{**a, "index": t} for a in alarms]
+    return out

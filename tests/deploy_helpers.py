@@ -48,7 +48,10 @@ def dashboard() -> dict:
 
 
 def dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])]
+    """Every query of the dashboard: its panels' targets and its annotation queries."""
+    d = dashboard()
+    panels = [t["expr"] for p in d["panels"] for t in p.get("targets", [])]
+    return panels + [a["expr"] for a in d.get("annotations", {}).get("list", []) if "expr" in a]
 
 
 def alert_rules() -> list[dict]:

@@ -39,7 +39,8 @@ WORKER_SETTINGS = {
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    """Running broker + Redis with topics bars (4 partitions), regime-events (4), bars-dlq (1)."""
+    """Running broker + Redis with topics bars (4 partitions), regime-events (4), regime-drift (4),
+    regime-transitions (4), bars-dlq (1)."""
     from devstack.stack import start_stack
 
     st = start_stack(tmp_path_factory.mktemp("stack"))

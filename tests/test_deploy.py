@@ -220,6 +220,18 @@ def test_grafana_provisioning_matches_mounts_and_dashboard():
     assert interpolate(graf["ports"][0]) == "3000:3000"
 
 
+def test_drift_alarms_are_annotated_charted_and_alerted():
+    """The alarm counter drives a dashboard annotation (on every panel), a panel of its own and an alert (whose
+    promtool unit test is in alerts.test.yml)."""
+    d = dashboard()
+    notes = [a for a in d["annotations"]["list"] if "regimetry_drift_alarms_total" in a.get("expr", "")]
+    assert len(notes) == 1 and notes[0]["enable"] and re.search(r"increase\(|changes\(", notes[0]["expr"])
+    assert any("regimetry_drift_alarms_total" in t["expr"] for p in d["panels"] for t in p.get("targets", []))
+    rule = next(r for r in alert_rules() if r.get("alert") == "RegimeDriftAlarm")
+    assert "regimetry_drift_alarms_total" in rule["expr"]
+    assert "RegimeDriftAlarm" in (PROM_DIR / "alerts.test.yml").read_text()
+
+
 def test_dockerfiles_keep_tensorflow_out_of_the_worker_image():
     worker = (ROOT / "docker" / "worker.Dockerfile").read_text()
     trainer = (ROOT / "docker" / "trainer.Dockerfile").read_text()

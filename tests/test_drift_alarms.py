@@ -99,3 +99,71 @@ def test_the_trainer_calibrates_and_drift_report_fires_after_a_shift(tiny_bundle
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = (out / "transition_deviation.csv").read_text().splitlines()
     assert rows[0].startswith("from,to,predicted,realised")
+
+
+@pytest.mark.slow
+def test_drift_report_reads_the_events_topic_of_a_live_run_and_its_alarms_are_the_workers(
+    stack, worker, model, tiny_bundle, fresh_symbols, tmp_path
+):
+    """The session worker on the embedded stack serves bars whose ranges widen tenfold part-way through; then
+    `regimetry drift-report --events regime-events` reads the topic and writes every file. Its drift log for
+    the symbol holds exactly the alarms the worker sent to regime-drift while it ran (same events, detectors,
+    statistics), each a valid drift_alarm record keyed by the symbol."""
+    import subprocess
+    import sys
+
+    from helpers import TIMEOUT, schema_validator, series
+
+    from devstack.kafka_kit import Collector, produce, series_messages
+    from regimetry.data import BarSeries
+
+    (sym,) = fresh_symbols(1)
+    history = model.bundle.history_bars
+    bars = series(sym, history + 300, seed=123)
+    v = bars.values.copy()
+    t0 = history + 120  # from here on, ranges ten times wider around the same closes (as in the test above)
+    mid = v[t0:, 3:4]
+    v[t0:, 1] = mid[:, 0] * (1 + 10 * (v[t0:, 1] / v[t0:, 3] - 1)) + 1e-9
+    v[t0:, 2] = mid[:, 0] * (1 - 10 * (1 - v[t0:, 2] / v[t0:, 3])) - 1e-9
+    v[t0:, 0] = np.clip(v[t0:, 0], v[t0:, 2], v[t0:, 1])
+    bars = BarSeries(bars.times, v, sym)
+    n = len(bars) - history + 1
+    events = Collector(stack.bootstrap, "regime-events")
+    alarms = Collector(stack.bootstrap, "regime-drift")
+    try:
+        produce(stack.bootstrap, "bars", series_messages(sym, bars.times, bars.values))
+        events.wait_for(lambda vals: sum(e["symbol"] == sym for e in vals) >= n, TIMEOUT, f"{sym} events")
+        out = tmp_path / "report"
+        r = subprocess.run(
+            [sys.executable, "-m", "regimetry.cli", "drift-report", "--bundle", str(tiny_bundle)]
+            + ["--events", "regime-events", "--out", str(out), "--broker", stack.bootstrap, "--timeout", "60"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        for name in ("drift_log.jsonl", "anomaly_report.md", "transition_deviation.csv"):
+            assert (out / name).stat().st_size > 0, name
+        for name in ("divergence.png", "transitions.png", "confidence_ood.png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert sym in (out / "anomaly_report.md").read_text()
+        offline = [a for a in map(json.loads, (out / "drift_log.jsonl").read_text().splitlines()) if a["symbol"] == sym]
+        assert offline, "the widened ranges should raise alarms"
+        want = {(a["event_id"], a["detector"]) for a in offline}
+        # the worker sent them in the same delivery as the events: wait until all are read, then compare
+        got = alarms.wait_for(
+            lambda vals: want <= {(a["event_id"], a["detector"]) for a in vals if a["symbol"] == sym},
+            TIMEOUT,
+            f"{sym} alarms on regime-drift",
+        )
+        keys = {rec.key for rec in alarms.records if json.loads(rec.value)["symbol"] == sym}
+    finally:
+        events.close()
+        alarms.close()
+    live = sorted((a for a in got if a["symbol"] == sym), key=lambda a: (a["bar_time"], a["detector"]))
+    fields = ("event_id", "detector", "stream", "statistic", "value", "threshold", "bar_time", "model_version")
+    assert [tuple(a[f] for f in fields) for a in live] == [tuple(a[f] for f in fields) for a in offline]
+    assert keys == {sym.encode()}
+    validate = schema_validator("drift_alarm.schema.json")
+    for a in live:
+        validate.validate(a)

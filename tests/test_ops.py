@@ -16,7 +16,7 @@ from datetime import UTC
 
 import numpy as np
 import pytest
-from helpers import TIMEOUT
+from helpers import TIMEOUT, schema_validator
 
 from ops.replay import Pace, PaceError, merged, replay
 from regimetry.data import BarSeries
@@ -177,6 +177,65 @@ def ops_events(stack, worker, model, ops_symbol):
     return sorted(first.values(), key=lambda e: e["bar_time"])
 
 
+def test_tail_shows_transitions_and_alarms_once_each_and_renders_them():
+    """follow() on regime-transitions and regime-drift records: one per id (alarm_id for alarms: two detectors
+    firing on one event are two alarms), each with its own row layout."""
+    from ops.events_view import alarm_line, is_alarm, is_transition, transition_line
+    from ops.tail import TailOptions, follow
+
+    t = {"event_id": "e1", "symbol": "S", "bar_time": 3600, "from": {"id": 0, "name": "calm"}}
+    t |= {"to": {"id": 2, "name": "turbulent"}, "dwell": 17, "confidence": 0.9}
+    a1 = {"alarm_id": "a1", "event_id": "e2", "detector": "cusum_ood", "symbol": "S", "bar_time": 7200}
+    a1 |= {"value": 3.0, "statistic": 9.5, "threshold": 8.0}
+    a2 = {**a1, "alarm_id": "a2", "detector": "cusum_uncertainty"}
+    polls = [[json.dumps(x).encode() for x in (t, a1, a2, t, a1)], []]
+    shown: list[dict] = []
+    n = follow(lambda: polls.pop(0) if polls else [], shown.append, TailOptions(transitions_only=False, max_events=3))
+    assert n == 3 and shown == [t, a1, a2]
+    assert is_transition(t) and not is_alarm(t) and is_alarm(a1) and not is_transition(a1)
+    assert (
+        "calm" in transition_line(t).plain and " -> " in transition_line(t).plain and "17" in transition_line(t).plain
+    )
+    assert "cusum_ood" in alarm_line(a1).plain and "9.50 > 8.00" in alarm_line(a1).plain
+
+
+@pytest.mark.slow
+def test_one_transition_record_per_regime_change_and_identical_on_redelivery(stack, ops_symbol, ops_events):
+    """regime-transitions holds one record per event whose regime changed (none for the others), its from/to
+    and dwell those of the events; the bars were sent twice, so each record came twice, byte for byte."""
+    from devstack.kafka_kit import Collector
+
+    changes = [(prev, e) for prev, e in zip(ops_events, ops_events[1:]) if e["regime_changed"]]
+    assert changes and not ops_events[0]["regime_changed"], "the series must contain regime changes"
+    col = Collector(stack.bootstrap, "regime-transitions")
+    try:
+        col.wait_for(lambda v: sum(t["symbol"] == ops_symbol for t in v) >= 2 * len(changes), TIMEOUT, "both copies")
+        copies = col.copies_by_event_id()
+        mine = [r for r in col.records if json.loads(r.value)["symbol"] == ops_symbol]
+    finally:
+        col.close()
+    validate = schema_validator("regime_transition.schema.json")
+    got: dict[str, dict] = {}
+    for r in mine:
+        t = json.loads(r.value)
+        validate.validate(t)
+        assert r.key == ops_symbol.encode() and len(copies[t["event_id"]]) == 1, "copies identical"
+        got.setdefault(t["event_id"], t)
+    assert len(mine) == 2 * len(changes)
+    assert list(got) == [e["event_id"] for _, e in changes]
+    for t, (prev, e) in zip(got.values(), changes):
+        assert (t["from"]["id"], t["to"]["id"], t["dwell"]) == (
+            prev["regime"]["id"],
+            e["regime"]["id"],
+            prev["bars_in_regime"],
+        )
+        assert (t["bar_time"], t["to"]["name"], t["confidence"]) == (
+            e["bar_time"],
+            e["regime"]["name"],
+            e["regime"]["confidence"],
+        )
+
+
 @pytest.mark.slow
 def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, ops_symbol, ops_events):
     want = [e for e in ops_events if e["regime_changed"]]
@@ -194,9 +253,24 @@ def test_tail_json_transitions_for_one_symbol_without_duplicates(stack, ops_symb
         stack.bootstrap,
     )
     assert r.returncode == 0, r.stderr
-    got = [json.loads(x) for x in r.stdout.splitlines()]
-    assert [e["event_id"] for e in got] == [e["event_id"] for e in want]
-    assert all(e["symbol"] == ops_symbol and e["regime_changed"] and e["previous_regime"] is not None for e in got)
+    got = [json.loads(x) for x in r.stdout.splitlines()]  # records of regime-transitions
+    assert [t["event_id"] for t in got] == [e["event_id"] for e in want]
+    assert all(t["symbol"] == ops_symbol for t in got)
+    assert [(t["from"]["id"], t["to"]["id"]) for t in got] == [(e["previous_regime"], e["regime"]["id"]) for e in want]
+    table = run_cli(
+        "tail",
+        "--from-beginning",
+        "--symbol",
+        ops_symbol,
+        "--transitions-only",
+        "--max",
+        str(len(want)),
+        "--broker",
+        stack.bootstrap,
+    )
+    assert table.returncode == 0, table.stderr
+    assert "regime-transitions" in table.stdout + table.stderr and "dwell" in table.stdout
+    assert table.stdout.count(" -> ") == len(want)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from devstack.stack import (
 
 pytestmark = pytest.mark.slow
 
-TOPICS = {"bars": 2, "regime-events": 2, "bars-dlq": 1}
+TOPICS = {"bars": 2, "regime-events": 2, "regime-drift": 2, "regime-transitions": 2, "bars-dlq": 1}
 
 
 def test_worker_survives_a_broker_restart_and_continues(model, tiny_bundle, tmp_path, fresh_symbols):

@@ -11,10 +11,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers import schema_validator
 
 from regimetry.synthetic import generate_bars
 from worker import steps
-from worker.redis_store import SymbolState, pack_bar, unpack_bars
+from worker.redis_store import SymbolState, pack_bar, unpack_bars, unpack_cusum
 from worker.serving import load_serving
 from worker.settings import load_settings
 from worker.steps import Action, BarAction, Outgoing, Record
@@ -42,6 +43,7 @@ class FakeRedis:
         self.bars: dict[int, bytes] = {}
         self.emb: dict[int, bytes] = {}
         self.events: dict[int, bytes] = {}
+        self.side: dict[int, bytes] = {}
         self.meta: dict = {}
 
     def apply(self, write, keep_emb: int) -> None:
@@ -50,6 +52,7 @@ class FakeRedis:
         self.bars.update(write.bars)
         self.emb.update(write.emb)
         self.events.update(write.events)
+        self.side.update(write.side)
         for t in sorted(self.emb)[:-keep_emb]:
             del self.emb[t]
         self.meta.update(write.meta)
@@ -77,6 +80,8 @@ class FakeRedis:
             bar_times=np.asarray(times[-(serving.history - 1) :], dtype=np.int64),
             partition=opt("partition"),
             offset=opt("offset"),
+            side={t: self.side[t] for t in candidates if last and t <= last and t in self.side},
+            cusum=unpack_cusum(self.meta.get("cusum")),
         )
 
 
@@ -225,3 +230,101 @@ def test_a_bar_far_ahead_of_its_spacing_is_dead_lettered_and_holds_nothing_back(
     before = steps.plan(serving, "FU", batch, st)  # without the check: the real bars are held back
     assert [a.action for a in before.actions] == [Action.NEW, Action.REJECT, Action.REJECT]
     assert steps.future_limit(st, now, 0.0) is None and steps.future_limit(steps.empty_state(), now, 1.0) is None
+
+
+def test_live_drift_alarms_equal_drift_report_and_transitions_follow_the_regime_changes(serving):
+    """The worker's per-symbol detectors, fed the series in batches of varied sizes (their statistics carried
+    between batches in the symbol's stored state), raise exactly the alarms drift-report computes offline
+    from the same events (ops.drift_report.detect, which runs run_detectors): same events, detectors,
+    statistics, values. Every regime change gets one transition record and nothing else does; a redelivered
+    batch re-emits both byte for byte."""
+    from dataclasses import replace
+
+    from ops.drift_report import by_symbol, detect
+
+    calibrated = serving.detectors
+    assert set(calibrated) == {"ood", "uncertainty", "miss"}, "the tiny bundle is trained with drift alarms"
+    # thresholds low enough that a few hundred in-distribution events raise alarms of every detector
+    low = {k: replace(d, threshold=1.0) for k, d in calibrated.items()}
+    sv = replace(serving, detectors=low)
+    h = sv.history
+    bars = bars_of("DA", h + 400, seed=5)
+    redis = FakeRedis()
+    outs, at = [], 0
+    for n in [h + 3, 1, 7, 60, 2, 130, 5, 1000]:
+        if at >= len(bars):
+            break
+        outs.append(run_batch(sv, redis, items(bars[at : at + n], at)))
+        at += n
+    again = run_batch(sv, redis, items(bars[h + 20 : h + 90], h + 20))  # a redelivery of stored bars
+
+    events = [json.loads(v) for o in outs for _, v in o.events]
+    live = [json.loads(v) for o in outs for _, v in o.drift]
+    manifest = {**sv.model.bundle.manifest, "drift_alarms": {"detectors": [d.to_dict() for d in low.values()]}}
+    symbols, _ = by_symbol(events, sv.version)
+    offline = detect(symbols, manifest)
+    key = ("event_id", "detector", "stream", "statistic", "value", "threshold", "bar_time", "symbol", "model_version")
+    assert {a["detector"] for a in offline} == {"cusum_ood", "cusum_uncertainty", "cusum_miss"}
+    assert [tuple(a[k] for k in key) for a in live] == [tuple(a[k] for k in key) for a in offline]
+    assert [o.report.alarms for o in outs] == [
+        [a["detector"] for _, v in o.drift for a in [json.loads(v)]] for o in outs
+    ]
+    validate = schema_validator("drift_alarm.schema.json")
+    for a in live:
+        validate.validate(a)
+
+    transitions = [json.loads(v) for o in outs for _, v in o.transitions]
+    changes = [(prev, e) for prev, e in zip(events, events[1:]) if e["regime_changed"]]
+    assert changes and not events[0]["regime_changed"], "the series should switch regimes"
+    assert [t["event_id"] for t in transitions] == [e["event_id"] for _, e in changes]
+    for t, (prev, e) in zip(transitions, changes):
+        assert (
+            (t["from"]["id"], t["to"]["id"])
+            == (prev["regime"]["id"], e["regime"]["id"])
+            == (
+                e["previous_regime"],
+                e["regime"]["id"],
+            )
+        )
+        assert t["dwell"] == prev["bars_in_regime"] and t["confidence"] == e["regime"]["confidence"]
+    validate = schema_validator("regime_transition.schema.json")
+    for t in transitions:
+        validate.validate(t)
+
+    # the redelivered bars: their stored events, alarms and transitions again, byte for byte
+    window = {e["event_id"] for e in map(json.loads, (v for _, v in again.events))}
+    assert len(window) == 70
+    first_drift = [(k, v) for o in outs for k, v in o.drift if json.loads(v)["event_id"] in window]
+    first_trans = [(k, v) for o in outs for k, v in o.transitions if json.loads(v)["event_id"] in window]
+    assert first_drift and first_trans
+    assert again.drift == first_drift and again.transitions == first_trans
+
+
+def test_a_bundle_without_drift_alarms_raises_none(serving):
+    from dataclasses import replace
+
+    sv = replace(serving, detectors={})
+    bars = bars_of("NA", sv.history + 50, seed=6)
+    out = run_batch(sv, FakeRedis(), items(bars))
+    assert len(out.events) == 51 and out.drift == [] and out.report.alarms == []
+
+
+def test_the_worker_says_when_its_bundle_has_no_drift_alarms(tiny_bundle, caplog):
+    """Detectors on: one info line naming them and the topic. A bundle trained before drift alarms: a warning
+    that they are off."""
+    import logging
+    from dataclasses import replace
+
+    from worker.app import Runtime
+
+    rt = Runtime(load_settings({}, bundle=str(tiny_bundle), reload_interval=0))
+    try:
+        with caplog.at_level(logging.INFO, logger="regimetry.worker"):
+            rt._record_model()
+            rt.serving = replace(rt.serving, detectors={})
+            rt._record_model()
+    finally:
+        rt.executor.shutdown()
+    on, off = [r for r in caplog.records if "drift" in r.getMessage()]
+    assert on.levelno == logging.INFO and "miss, ood, uncertainty -> regime-drift" in on.getMessage()
+    assert off.levelno == logging.WARNING and "drift detectors off" in off.getMessage()

@@ -314,3 +314,50 @@ def test_repeat_filter_holds_back_repeats_and_says_how_many():
     assert f.filter(back) and back.msg.endswith("[40 repeated Kafka client warnings/errors held back]")
     again = rec("Unable connect to node %s")
     assert f.filter(again) and again.msg == "Unable connect to node %s"
+
+
+def test_drift_alarm_counter_starts_at_zero_per_detector_and_counts_a_batchs_alarms():
+    """regimetry_drift_alarms_total{detector} is visible at 0 for every detector (so increase() sees the first
+    alarm) and telemetry adds each delivered batch's alarms by detector."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from devstack.stack import metric_value
+    from worker.metrics import WorkerMetrics
+    from worker.steps import BatchReport, Outgoing
+    from worker.telemetry import Telemetry
+
+    m = WorkerMetrics(3, registry=CollectorRegistry())
+    text = generate_latest(m.registry).decode()
+    for d in ("cusum_ood", "cusum_uncertainty", "cusum_miss"):
+        assert metric_value(text, "regimetry_drift_alarms_total", {"detector": d}) == 0.0
+    drift = DriftMonitor({"cluster_distribution": [1 / 3] * 3, "transition_matrix": np.eye(3).tolist()}, 3, 10, 1.0)
+    out = Outgoing(BatchReport("v", drift, 10, alarms=["cusum_ood", "cusum_miss", "cusum_ood"]))
+    Telemetry(m).record(out)
+    text = generate_latest(m.registry).decode()
+    assert metric_value(text, "regimetry_drift_alarms_total", {"detector": "cusum_ood"}) == 2.0
+    assert metric_value(text, "regimetry_drift_alarms_total", {"detector": "cusum_miss"}) == 1.0
+    assert metric_value(text, "regimetry_drift_alarms_total", {"detector": "cusum_uncertainty"}) == 0.0
+
+
+def test_side_records_and_detector_state_round_trip_through_their_redis_encoding():
+    from worker.events import alarm_id, build_alarm, build_transition
+    from worker.redis_store import SideRecord, pack_cusum, pack_side, unpack_cusum, unpack_side
+
+    prof = Profiles((0.9, 0.8), (10.0, 5.0), ("calm", "wild ü"))
+    e = build_event("S", 3600, "v1", 1, [0.25, 0.75], 0, 1, None, None, 2.5, 3.0, prof, emitted_at=9.0)
+    a = build_alarm(e, {"detector": "cusum_ood", "stream": "ood", "statistic": 8.5, "threshold": 8.0, "value": 2.5})
+    t = build_transition(e, 12, prof)
+    assert a["alarm_id"] == alarm_id(e["event_id"], "cusum_ood") != alarm_id(e["event_id"], "cusum_miss")
+    assert (t["from"], t["to"], t["dwell"], t["emitted_at"]) == (
+        {"id": 0, "name": "calm"},
+        {"id": 1, "name": "wild ü"},
+        12,
+        9.0,
+    )
+    schema_validator("drift_alarm.schema.json").validate(a)
+    schema_validator("regime_transition.schema.json").validate(t)
+    records = [SideRecord("transition", "", encode(t)), SideRecord("drift", "cusum_ood", encode(a))]
+    assert unpack_side(pack_side(records)) == records  # byte for byte, non-ASCII names included
+    state = {"ood": 0.1 + 0.2, "miss": 1e-300, "uncertainty": 7.123456789012345}
+    assert unpack_cusum(pack_cusum("v1", state)) == ("v1", state)
+    assert unpack_cusum(b"not json") is None and unpack_cusum(None) is None

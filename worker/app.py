@@ -60,6 +60,20 @@ class Runtime:
     def _record_model(self) -> None:
         b = self.serving.model.bundle
         self.metrics.set_model(b.manifest)
+        if self.serving.detectors:
+            log.info(
+                "drift alarms of %s on: CUSUM per symbol on %s -> %s",
+                b.version,
+                ", ".join(sorted(self.serving.detectors)),
+                self.settings.drift_topic,
+            )
+        else:
+            log.warning(
+                "bundle %s has no calibrated drift alarms (no drift_alarms section in its manifest: trained "
+                "before them): drift detectors off, nothing is sent to %s",
+                b.version,
+                self.settings.drift_topic,
+            )
         if self.settings.audit_log:
             from regimetry.audit import record_model_load
 
@@ -165,7 +179,8 @@ def _scratch_dir() -> str:
 
 
 def create_app(settings: Settings, runtime: Runtime):
-    """The Faust app, wired: bars topic -> Runner (worker/runner.py) -> regime-events / bars-dlq.
+    """The Faust app, wired: bars topic -> Runner (worker/runner.py) -> regime-events, regime-drift,
+    regime-transitions / bars-dlq.
 
     Raw (bytes) serializers, so malformed JSON reaches our validator, not Faust's. With direct records (the
     default) the app has its own consumer (worker/kafka_boundary.py) that hands the bars topic's fetched
@@ -222,7 +237,9 @@ def create_app(settings: Settings, runtime: Runtime):
         MicroBatcher(settings.batch_size, settings.batch_within),
         check=runtime.validator.check,
         process=runtime.process,
-        deliver=lambda out: delivery.deliver(out.messages(settings.events_topic, settings.dlq_topic)),
+        deliver=lambda out: delivery.deliver(
+            out.messages(settings.events_topic, settings.dlq_topic, settings.drift_topic, settings.transitions_topic)
+        ),
         ack=lambda message: app.consumer.ack(message),
         record=runtime.record,
     )

@@ -1,4 +1,6 @@
-"""Regime events (schemas/regime_event.schema.json) and dead-letter records (schemas/dlq.schema.json).
+"""Regime events (schemas/regime_event.schema.json), the drift alarms and regime transitions derived from
+them (schemas/drift_alarm.schema.json, schemas/regime_transition.schema.json) and dead-letter records
+(schemas/dlq.schema.json).
 
 The event id is uuid5 over ``symbol|bar_time|model_version``: a replay or a redelivery of the same bar under
 the same model yields the same id, so subscribers can de-duplicate without any coordination with us.
@@ -116,6 +118,53 @@ def build_event(
         "ood": bool(ood_score > ood_threshold),
         "profile": {"stickiness": profiles.stickiness[regime], "mean_duration": profiles.mean_duration[regime]},
         "emitted_at": time.time() if emitted_at is None else emitted_at,
+    }
+
+
+DRIFT_SCHEMA_VERSION = 1
+TRANSITION_SCHEMA_VERSION = 1
+
+
+def alarm_id(event: str, detector: str) -> str:
+    """uuid5 over ``event_id|detector``: one alarm per detector and event, the same id on every redelivery."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{event}|{detector}"))
+
+
+def build_alarm(event: dict, alarm: dict) -> dict:
+    """A drift alarm record (regime-drift topic): one alarm of regimetry.drift_alarms.step_detectors
+    ({detector, stream, statistic, threshold, value}) raised by ``event`` (a build_event dict). Every field is
+    a function of the event and the detector state before it; emitted_at is the event's."""
+    return {
+        "alarm_id": alarm_id(event["event_id"], alarm["detector"]),
+        "schema_version": DRIFT_SCHEMA_VERSION,
+        "detector": alarm["detector"],
+        "stream": alarm["stream"],
+        "statistic": float(alarm["statistic"]),
+        "value": float(alarm["value"]),
+        "threshold": float(alarm["threshold"]),
+        "symbol": event["symbol"],
+        "model_version": event["model_version"],
+        "bar_time": event["bar_time"],
+        "event_id": event["event_id"],
+        "emitted_at": event["emitted_at"],
+    }
+
+
+def build_transition(event: dict, dwell_before: int | None, profiles: Profiles) -> dict:
+    """A regime transition record (regime-transitions topic) for an event whose regime changed:
+    ``dwell_before`` is the bars the symbol spent in the previous regime (the prior bar's bars_in_regime)."""
+    prev, cur = int(event["previous_regime"]), event["regime"]
+    return {
+        "event_id": event["event_id"],
+        "schema_version": TRANSITION_SCHEMA_VERSION,
+        "symbol": event["symbol"],
+        "bar_time": event["bar_time"],
+        "model_version": event["model_version"],
+        "from": {"id": prev, "name": profiles.names[prev]},
+        "to": {"id": cur["id"], "name": cur["name"]},
+        "dwell": None if dwell_before is None else int(dwell_before),
+        "confidence": cur["confidence"],
+        "emitted_at": event["emitted_at"],
     }
 
 

@@ -1,7 +1,7 @@
 """Prometheus metrics of one worker process (prometheus-client, served over HTTP).
 
 Names follow Prometheus conventions (snake_case, base units, `_total` counters, `_seconds` histograms).
-Labels stay low-cardinality: `reason` (a fixed set), `regime` (K values), and `symbol` only on
+Labels stay low-cardinality: `reason` (a fixed set), `regime` (K values), `detector` (three), and `symbol` only on
 regimetry_current_regime, capped at `symbol_label_limit` symbols so a feed of thousands of instruments
 cannot blow up the time-series count. Regime names are not a label of the per-regime series: they sit in one
 info gauge, regimetry_regime_info{regime, name} = 1 (K series per process, replaced at every bundle load),
@@ -14,6 +14,7 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from regimetry.drift_alarms import STREAMS
 from regimetry.naming import manifest_names
 from worker.drift import DriftSnapshot
 
@@ -158,6 +159,14 @@ class WorkerMetrics:
         self.drift_ood = Gauge(
             "regimetry_drift_ood_share", "Share of embeddings beyond the training distance quantile", registry=r
         )
+        self.drift_alarms = Counter(
+            "regimetry_drift_alarms_total",
+            "Drift alarms sent to the drift topic (re-emissions of a redelivered bar included), by detector: "
+            "the bundle's calibrated one-sided CUSUMs on each symbol's OOD score (cusum_ood), 1 - confidence "
+            "(cusum_uncertainty) and forecast miss (cusum_miss)",
+            ["detector"],
+            registry=r,
+        )
         self.drift_events = Gauge("regimetry_drift_horizon_events", "Events in the drift horizon", registry=r)
         self.regime_share = Gauge(
             "regimetry_regime_share", "Share of each regime over the drift horizon", ["regime"], registry=r
@@ -184,6 +193,8 @@ class WorkerMetrics:
             self.dead_lettered.labels(reason=reason)  # visible at 0 from the start
         for result in ("exact", "short", "dwell_bound"):
             self.state_rebuilds.labels(result=result)
+        for stream in STREAMS:  # at 0 from the start, so increase() sees the first alarm
+            self.drift_alarms.labels(detector=f"cusum_{stream}")
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -7,10 +7,14 @@ Cluster, where a script may only touch keys of one slot):
     <prefix>:{SYM}:emb     ZSET  score = bar time, member = packed (time, float32[D] embedding in clustering
                                  geometry, float64[K] regime costs of the bar's window)
     <prefix>:{SYM}:events  ZSET  score = bar time, member = the event exactly as it was sent
+    <prefix>:{SYM}:side    ZSET  score = bar time, member = the drift alarms and the regime transition that
+                                 bar's event raised, exactly as they were sent (pack_side; bars that raised
+                                 none have no member), kept as long as the bar's event
     <prefix>:{SYM}:meta    HASH  last_time, regime, dwell (bars in that regime, the last one included),
-                                 pred (predicted next regime), model_version, partition and offset (the bars
-                                 topic's record of the last stored bar: where a read-back after a Redis
-                                 rollback starts, worker/log_reader.py)
+                                 pred (predicted next regime), model_version, cusum (the drift detectors'
+                                 statistics after the last event, with the model version they belong to),
+                                 partition and offset (the bars topic's record of the last stored bar: where a
+                                 read-back after a Redis rollback starts, worker/log_reader.py)
 
 The costs are kept as the float64 numbers the batch pass uses (regimetry/regimes.py: the decoder of bar t
 reads the last ``memory`` costs), the embeddings for the forecaster: one member holds both, the last
@@ -30,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 BAR_DTYPE = np.dtype([("time", ">i8"), ("ohlcv", ">f8", (5,))])
 
@@ -38,6 +43,7 @@ BAR_DTYPE = np.dtype([("time", ">i8"), ("ohlcv", ">f8", (5,))])
 # [time, stored bar, stored event] for each candidate at or before last_time (only those can be duplicates),
 # number of stored bars}.
 # Concatenating fixed-size members server-side turns ~100 reply items per symbol into one.
+# KEYS[5] (side): each candidate's stored side records come with its bar and event.
 READ_LUA = """
 local meta = redis.call('HGETALL', KEYS[4])
 local last = tonumber(redis.call('HGET', KEYS[4], 'last_time') or '-1')
@@ -51,25 +57,27 @@ for i = 2, #ARGV do
   if tonumber(ARGV[i]) <= last then
     local b = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
     local e = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[i], ARGV[i])
-    lookups[#lookups + 1] = {ARGV[i], b[1] or '', e[1] or ''}
+    local x = redis.call('ZRANGEBYSCORE', KEYS[5], ARGV[i], ARGV[i])
+    lookups[#lookups + 1] = {ARGV[i], b[1] or '', e[1] or '', x[1] or ''}
   end
 end
 return {meta, table.concat(bars), table.concat(emb), oldest[2] or '', lookups, redis.call('ZCARD', KEYS[1])}
 """
 
-# KEYS: bars, emb, events, meta.
+# KEYS: bars, emb, events, meta, side.
 # ARGV: expected last_time ('' = none), model_version, reset ('1': the embedding members are a rebuild and
-#       replace every stored one; '2': everything stored goes first (bars, members, events, meta): a reset),
-#       keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, ttl seconds (0: none), then (score, member)
-#       pairs for bars, emb, events, then meta field/value pairs.
+#       replace every stored one; '2': everything stored goes first (bars, members, events, side, meta): a
+#       reset), keep_bars, keep_emb, keep_events, n_bars, n_emb, n_events, n_side, ttl seconds (0: none), then
+#       (score, member) pairs for bars, emb, events, side, then meta field/value pairs. Side members older than
+#       the oldest kept event go when events are added.
 # Returns 1 when applied, 0 when last_time moved (another worker got there first: re-read and retry).
 WRITE_LUA = """
 local last = redis.call('HGET', KEYS[4], 'last_time') or ''
 if last ~= ARGV[1] then return 0 end
 local mv = redis.call('HGET', KEYS[4], 'model_version')
-if ARGV[3] == '2' then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+if ARGV[3] == '2' then redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 elseif (mv and mv ~= ARGV[2]) or ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-local i = 11
+local i = 12
 local counts = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local keep = {tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
 for k = 1, 3 do
@@ -79,14 +87,22 @@ for k = 1, 3 do
   end
   if counts[k] > 0 then redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -(keep[k] + 1)) end
 end
+for j = 1, tonumber(ARGV[10]) do
+  redis.call('ZADD', KEYS[5], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+if counts[3] > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  if oldest[2] then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. oldest[2]) end
+end
 redis.call('HSET', KEYS[4], 'model_version', ARGV[2])
 while i <= #ARGV do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   i = i + 2
 end
-local ttl = tonumber(ARGV[10])
+local ttl = tonumber(ARGV[11])
 if ttl > 0 then
-  for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
+  for k = 1, 5 do redis.call('EXPIRE', KEYS[k], ttl) end
 end
 return 1
 """
@@ -142,6 +158,44 @@ def unpack_embeddings(blob: bytes, dim: int, k: int) -> StoredWindows | None:
     return StoredWindows(arr["time"].astype(np.int64), arr["z"].astype(np.float32), arr["cost"].astype(np.float64))
 
 
+SIDE_DRIFT = "drift"  # a drift alarm record (regime-drift topic)
+SIDE_TRANSITION = "transition"  # a regime transition record (regime-transitions topic)
+
+
+@dataclass(frozen=True)
+class SideRecord:
+    """A record one bar's event raised besides itself: a drift alarm (detector set) or its regime transition."""
+
+    kind: str  # SIDE_DRIFT or SIDE_TRANSITION
+    detector: str  # the alarm's detector; "" for a transition
+    value: bytes  # the record exactly as it is sent
+
+
+def pack_side(records: list[SideRecord]) -> bytes:
+    """One side member: the bar's records as JSON [[kind, detector, record], ...] (records are UTF-8 JSON,
+    so they come back byte for byte)."""
+    return orjson.dumps([[r.kind, r.detector, r.value.decode()] for r in records])
+
+
+def unpack_side(blob: bytes) -> list[SideRecord]:
+    return [SideRecord(kind, detector, value.encode()) for kind, detector, value in orjson.loads(blob)] if blob else []
+
+
+def pack_cusum(model_version: str, state: dict[str, float]) -> bytes:
+    """The drift detectors' statistics as stored in meta (floats round-trip exactly through orjson)."""
+    return orjson.dumps({"model_version": model_version, "state": state})
+
+
+def unpack_cusum(raw: bytes | None) -> tuple[str, dict[str, float]] | None:
+    if not raw:
+        return None
+    try:
+        doc = orjson.loads(raw)
+        return str(doc["model_version"]), {str(k): float(v) for k, v in doc["state"].items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # unreadable: the detectors start from zero, as for a new symbol
+
+
 def _split(blob: bytes, size: int) -> list[bytes]:
     return [blob[i : i + size] for i in range(0, len(blob), size)]
 
@@ -161,6 +215,8 @@ class SymbolState:
     dwell: int | None = None  # bars in `regime`, the last one included
     n_bars: int = 0  # bars stored
     bar_times: np.ndarray | None = None  # (n,) their times
+    side: dict[int, bytes] = field(default_factory=dict)  # bar time <= last_time -> its stored side member
+    cusum: tuple[str, dict[str, float]] | None = None  # (model version, drift detector statistics) or None
     partition: int | None = None  # bars topic partition and offset of the last stored bar (None: not recorded)
     offset: int | None = None
 
@@ -174,7 +230,8 @@ class SymbolWrite:
     bars: list[tuple[int, bytes]] = field(default_factory=list)
     emb: list[tuple[int, bytes]] = field(default_factory=list)
     events: list[tuple[int, bytes]] = field(default_factory=list)
-    meta: dict[str, int | str] = field(default_factory=dict)
+    side: list[tuple[int, bytes]] = field(default_factory=list)
+    meta: dict[str, int | str | bytes] = field(default_factory=dict)
     reset_emb: bool = False  # `emb` is a rebuild: it replaces every stored member
     reset_all: bool = False  # everything stored goes first: the symbol starts again from these bars
 
@@ -216,7 +273,7 @@ class RedisStore:
 
     def keys(self, symbol: str) -> list[str]:
         base = f"{self.prefix}:{{{symbol}}}:"
-        return [base + "bars", base + "emb", base + "events", base + "meta"]
+        return [base + "bars", base + "emb", base + "events", base + "meta", base + "side"]
 
     async def load_scripts(self) -> None:
         """(Re)load both scripts; needed at start and after a Redis restart emptied its script cache."""
@@ -258,10 +315,12 @@ class RedisStore:
                 bars=values,
                 emb=emb,
                 oldest_time=int(float(oldest)) if oldest not in (b"", "") else None,
-                lookups={int(t): (bar, event) for t, bar, event in lookups},
+                lookups={int(t): (bar, event) for t, bar, event, _ in lookups},
                 dwell=_int_or_none(meta.get(b"dwell")),
                 n_bars=int(n_bars),
                 bar_times=times,
+                side={int(t): side for t, _, _, side in lookups if side},
+                cusum=unpack_cusum(meta.get(b"cusum")),
                 partition=_int_or_none(meta.get(b"partition")),
                 offset=_int_or_none(meta.get(b"offset")),
             )
@@ -294,9 +353,10 @@ class RedisStore:
                 len(w.bars),
                 len(w.emb),
                 len(w.events),
+                len(w.side),
                 self.ttl_seconds,
             ]
-            for pairs in (w.bars, w.emb, w.events):
+            for pairs in (w.bars, w.emb, w.events, w.side):
                 for score, member in pairs:
                     args += [score, member]
             for k, v in w.meta.items():

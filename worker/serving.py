@@ -11,9 +11,10 @@ previous bundle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from regimetry.drift_alarms import Cusum, detectors_from_manifest
 from regimetry.inference import RegimeModel
 from worker.drift import DriftMonitor
 from worker.events import Profiles
@@ -26,6 +27,9 @@ class Serving:
     ood_threshold: float
     drift: DriftMonitor
     profiles: Profiles
+    # the bundle's calibrated CUSUM drift alarms (regimetry/drift_alarms.py) by stream; {} for a bundle trained
+    # before them (then no alarm is raised: load_serving's caller logs it)
+    detectors: dict[str, Cusum] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -84,4 +88,4 @@ def load_serving(bundle_dir: str | Path, settings: Settings) -> Serving:
         )
     threshold = float(quantiles[settings.ood_quantile])
     drift = DriftMonitor(manifest["baseline"], model.bundle.n_clusters, settings.drift_horizon, threshold)
-    return Serving(model, threshold, drift, Profiles.from_manifest(manifest))
+    return Serving(model, threshold, drift, Profiles.from_manifest(manifest), detectors_from_manifest(manifest))

@@ -25,18 +25,25 @@ from enum import Enum
 
 import numpy as np
 
+from regimetry.drift_alarms import step_detectors
 from regimetry.features import scaled_windows
 from regimetry.regimes import dwell
 from worker.drift import DriftMonitor
-from worker.events import build_event, dead_letter, encode
+from worker.events import build_alarm, build_event, build_transition, dead_letter, encode
 from worker.redis_store import (
+    SIDE_DRIFT,
+    SIDE_TRANSITION,
+    SideRecord,
     StoredWindows,
     SymbolState,
     SymbolWrite,
     pack_bar,
     pack_bars,
+    pack_cusum,
     pack_embeddings,
+    pack_side,
     unpack_embeddings,
+    unpack_side,
 )
 from worker.serving import Serving
 from worker.validate import Bar, Reason
@@ -79,6 +86,7 @@ class BarAction:
     action: Action
     new_index: int = -1  # NEW, AGAIN: index of the bar among the plan's new bars
     stored_event: bytes = b""  # STORED: the event stored for it (empty: its window was not full)
+    stored_side: bytes = b""  # STORED: the drift alarms and transition stored with it (pack_side), if any
     dead: DeadLetter | None = None  # REJECT
     restored: bool = False  # a bar read back from the log (worker/log_reader.py): stored, nothing sent
 
@@ -162,6 +170,7 @@ class SymbolResult:
     write: SymbolWrite | None  # None: no new bar
     events: dict[int, bytes]  # new-bar index -> encoded event
     observations: list[Observation]
+    side: dict[int, list[SideRecord]]  # new-bar index -> the drift alarms and transition its event raised
     last_regime: int | None  # regime after the symbol's last event (None: no event)
     warming: int  # new bars stored without an event (window not full)
     rebuilt: Rebuild | None
@@ -185,14 +194,18 @@ class BatchReport:
     observations: list[Observation] = field(default_factory=list)
     regimes: list[tuple[str, int, tuple[str, int]]] = field(default_factory=list)  # (symbol, regime, partition)
     rebuilt: list[Rebuild] = field(default_factory=list)
+    alarms: list[str] = field(default_factory=list)  # detector of each drift alarm sent (re-emissions included)
 
 
 @dataclass
 class Outgoing:
-    """What a batch sends: events (key, value) in bar order per symbol, and dead letters; and its report."""
+    """What a batch sends: events (key, value) in bar order per symbol, the drift alarms and regime
+    transitions those events raised (same keys, same order), and dead letters; and its report."""
 
     report: BatchReport
     events: list[tuple[bytes, bytes]] = field(default_factory=list)
+    drift: list[tuple[bytes, bytes]] = field(default_factory=list)
+    transitions: list[tuple[bytes, bytes]] = field(default_factory=list)
     dead: list[tuple[bytes | None, bytes, str]] = field(default_factory=list)  # (key, value, reason)
     new_event_timestamps: list[float] = field(default_factory=list)
     reemitted: int = 0
@@ -201,9 +214,30 @@ class Outgoing:
     restored: int = 0  # bars read back from the log into Redis (their events were sent when they first came)
     overtaken: int = 0  # records the symbol's stored state is already past (a fencing outcome, nothing sent)
 
-    def messages(self, events_topic: str, dlq_topic: str) -> list[tuple[str, bytes | None, bytes]]:
-        """(topic, key, value) of everything the batch sends: its events in order, then its dead letters."""
-        return [(events_topic, k, v) for k, v in self.events] + [(dlq_topic, k, v) for k, v, _ in self.dead]
+    def messages(
+        self,
+        events_topic: str,
+        dlq_topic: str,
+        drift_topic: str = "regime-drift",
+        transitions_topic: str = "regime-transitions",
+    ) -> list[tuple[str, bytes | None, bytes]]:
+        """(topic, key, value) of everything the batch sends: its events in order, their drift alarms and
+        transitions in order, then its dead letters (all in one delivery, before any offset commits)."""
+        return (
+            [(events_topic, k, v) for k, v in self.events]
+            + [(drift_topic, k, v) for k, v in self.drift]
+            + [(transitions_topic, k, v) for k, v in self.transitions]
+            + [(dlq_topic, k, v) for k, v, _ in self.dead]
+        )
+
+    def side(self, key: bytes, records: list[SideRecord]) -> None:
+        """A bar's drift alarms and transition, sent after its event (new or re-emitted, byte for byte)."""
+        for r in records:
+            if r.kind == SIDE_DRIFT:
+                self.drift.append((key, r.value))
+                self.report.alarms.append(r.detector)
+            else:
+                self.transitions.append((key, r.value))
 
     def dead_letter(self, dead: DeadLetter, limit: int) -> None:
         rec = dead.record
@@ -255,7 +289,8 @@ def plan(
         else:
             stored_bar, stored_event = st.lookups.get(bar.time, (b"", b""))
             if stored_bar == pack_bar(bar.time, bar.values()):
-                actions.append(BarAction(Action.STORED, stored_event=stored_event))
+                side = st.side.get(bar.time, b"")
+                actions.append(BarAction(Action.STORED, stored_event=stored_event, stored_side=side))
             elif st.partition == rec.partition and st.offset is not None and rec.offset <= st.offset:
                 actions.append(BarAction(Action.OVERTAKEN))
             elif stored_bar:
@@ -431,12 +466,15 @@ def build(
     times = [bar.time for bar in plan.new]
     warming = len(times) - sum(j >= 0 for j in js)
     if not plan.new:
-        return SymbolResult(None, {}, [], None, 0, None)
+        return SymbolResult(None, {}, [], {}, None, 0, None)
     expected = (plan.reset or st).last_time
     write = SymbolWrite(plan.symbol, expected, reset_emb=plan.rebuilding, reset_all=plan.reset is not None)
     write.bars = list(zip(times, pack_bars(times, win.values[pi])))
     regime, pred = (None, None) if plan.rebuilding else (st.regime, st.pred)
+    prev_dwell = None if plan.rebuilding else st.dwell  # bars in `regime` at the prior bar
+    cusum = drift_state(serving, st)
     events: dict[int, bytes] = {}
+    side: dict[int, list[SideRecord]] = {}
     observations: list[Observation] = []
     if rows:
         assert inf is not None, "rows come with an inference"
@@ -446,7 +484,7 @@ def build(
         write.emb = list(zip(emb_times, pack_embeddings(emb_times, inf.z[rows[keep]], inf.costs[rows[keep]])))
         for row, j in zip(rows, js):
             if j < 0:  # a replayed bar: state only, its event (if any) was sent long ago
-                regime = inf.regime[row]
+                regime, prev_dwell = inf.regime[row], inf.dwell[row]
                 continue
             doc = build_event(
                 plan.symbol,
@@ -469,10 +507,22 @@ def build(
                 observations.append(
                     Observation(doc["regime"]["id"], doc["regime"]["confidence"], doc["ood_score"], regime, pred)
                 )
-            regime = doc["regime"]["id"]
+            records = []
+            if doc["regime_changed"]:
+                transition = build_transition(doc, prev_dwell, serving.profiles)
+                records.append(SideRecord(SIDE_TRANSITION, "", encode(transition)))
+            if serving.detectors:
+                cusum, alarms = step_detectors(serving.detectors, cusum, drift_values(doc, pred))
+                records += [SideRecord(SIDE_DRIFT, a["detector"], encode(build_alarm(doc, a))) for a in alarms]
+            if records:
+                side[j] = records
+                write.side.append((times[j], pack_side(records)))
+            regime, prev_dwell = doc["regime"]["id"], doc["bars_in_regime"]
             pred = doc["predicted"]["regime"] if doc["predicted"] else None
         assert regime is not None
         write.meta.update(regime=regime, dwell=inf.dwell[rows[-1]], pred="" if pred is None else pred)
+        if serving.detectors:
+            write.meta["cusum"] = pack_cusum(serving.version, cusum)
     elif plan.rebuilding:  # nothing of the old model's state may survive a rebuild
         write.meta.update(regime="", dwell="", pred="")
     last = plan.records[-1]
@@ -480,7 +530,25 @@ def build(
     rebuilt = None
     if plan.replay is not None and len(plan.replay) >= serving.history:
         rebuilt = rebuild_result(serving, plan, rows, js, inf, keep_bars)
-    return SymbolResult(write, events, observations, regime if events else None, warming, rebuilt)
+    return SymbolResult(write, events, observations, side, regime if events else None, warming, rebuilt)
+
+
+def drift_state(serving: Serving, st: SymbolState) -> dict[str, float]:
+    """The symbol's drift detector statistics before this batch: as the model in force stored them after the
+    symbol's last event, else zero (a new symbol, state lost, stored by another model: its detectors start
+    over, as the events of a new model version start a new series for drift-report)."""
+    if st.cusum is None or st.cusum[0] != serving.version:
+        return {}
+    return dict(st.cusum[1])
+
+
+def drift_values(doc: dict, previous_prediction: int | None) -> dict[str, float]:
+    """An event's value of each drift stream, as regimetry.drift_alarms.streams_of computes them from the
+    events: its OOD score, 1 - its confidence, and whether the forecast made at the prior bar missed (NaN
+    without one)."""
+    regime = doc["regime"]["id"]
+    miss = float("nan") if previous_prediction is None else float(previous_prediction != regime)
+    return {"ood": doc["ood_score"], "uncertainty": 1.0 - doc["regime"]["confidence"], "miss": miss}
 
 
 def rebuild_result(
@@ -512,6 +580,7 @@ def emit(plan: SymbolPlan, result: SymbolResult, out: Outgoing, dlq_limit: int) 
         elif a.action is Action.NEW:
             if a.new_index in result.events:
                 out.events.append((key, result.events[a.new_index]))
+                out.side(key, result.side.get(a.new_index, []))
                 ts = plan.records[a.new_index].timestamp
                 if ts is not None:
                     out.new_event_timestamps.append(ts)
@@ -519,6 +588,7 @@ def emit(plan: SymbolPlan, result: SymbolResult, out: Outgoing, dlq_limit: int) 
             out.duplicates += 1
             if a.new_index in result.events:
                 out.events.append((key, result.events[a.new_index]))
+                out.side(key, result.side.get(a.new_index, []))
                 out.reemitted += 1
         elif a.action is Action.OVERTAKEN:
             out.overtaken += 1
@@ -526,6 +596,7 @@ def emit(plan: SymbolPlan, result: SymbolResult, out: Outgoing, dlq_limit: int) 
             out.duplicates += 1
             if a.stored_event:
                 out.events.append((key, a.stored_event))
+                out.side(key, unpack_side(a.stored_side))
                 out.reemitted += 1
         elif a.dead is not None:
             out.dead_letter(a.dead, dlq_limit)

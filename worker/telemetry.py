@@ -26,9 +26,10 @@ class Telemetry:
         self.metrics.redis_errors.inc()
 
     def record(self, out: Outgoing, started: float | None = None) -> None:
-        """One batch: counts, dead letters by reason, latencies, rebuilds, lost states, the drift of the
-        model that computed it, the current regime per symbol. `started` (perf_counter at take) only for a
-        delivered batch: then the end-to-end and batch latencies are observed too."""
+        """One batch: counts, dead letters by reason, drift alarms by detector, latencies, rebuilds, lost
+        states, the drift of the model that computed it, the current regime per symbol. `started`
+        (perf_counter at take) only for a delivered batch: then the end-to-end and batch latencies are
+        observed too."""
         m, r = self.metrics, out.report
         m.bars_consumed.inc(r.bars)
         m.batch_size.observe(r.bars)
@@ -47,6 +48,8 @@ class Telemetry:
         m.bars_warming.inc(out.warming)
         for reason, n in Counter(reason for _, _, reason in out.dead).items():
             m.dead_lettered.labels(reason=reason).inc(n)
+        for detector, n in Counter(r.alarms).items():
+            m.drift_alarms.labels(detector=detector).inc(n)
         self._rebuilds(r.rebuilt, r.model_version, r.rebuild_bars)
         for obs in r.observations:
             r.drift.observe(obs.regime, obs.confidence, obs.ood_score, obs.previous, obs.previous_prediction)
