@@ -106,6 +106,20 @@ class Process:
 _LIVE: set[Process] = set()  # started and not stopped yet
 
 
+def stop_all(processes: list[Process], timeout: float = 10.0) -> None:
+    """SIGTERM every one, wait up to `timeout` for all of them together, SIGKILL what is left."""
+    alive = [p for p in processes if p.alive()]
+    for p in alive:
+        with contextlib.suppress(OSError):
+            p.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in alive:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.proc.wait(max(deadline - time.monotonic(), 0.0))
+    for p in processes:
+        p.stop(timeout=timeout, sig=signal.SIGKILL)
+
+
 @atexit.register
 def _stop_leftovers() -> None:
     for p in list(_LIVE):
@@ -302,11 +316,12 @@ class Stack:
             f"REGIMETRY_{k.upper()}": ",".join(v) if isinstance(v, (list, tuple)) else str(v) for k, v in base.items()
         }
 
-    def stop(self) -> None:
-        for p in reversed(self.processes):
-            p.stop()
-        self.redis.stop()
-        self.kafka.stop()
+    def stop(self, timeout: float = 10.0) -> None:
+        """The workers first (they may still commit), then Redis and the broker: each group signalled at once
+        and given `timeout` together, so stopping takes seconds however many processes there are (the demo's
+        Ctrl-C must be prompt on a loaded machine)."""
+        stop_all(self.processes, timeout)
+        stop_all([self.redis, self.kafka], timeout)
 
     def __enter__(self) -> Stack:
         return self

@@ -14,7 +14,7 @@ import pytest
 # Symbols handed out by the `fresh_symbols` fixture: a test asks for as many as it needs and gets names no
 # other test of the session has had, so tests sharing the topic `bars` and the session worker (or the session
 # Redis) never see each other's bars, whatever order they run in. Extend the range if the pool runs out.
-POOL = tuple(f"T{i:02d}" for i in range(64))
+POOL = tuple(f"T{i:02d}" for i in range(128))
 # Symbols kept explicit, each used by one test that is about the name or a property of it, not drawn from POOL:
 #   EQ.A, EQ.B, EQ:C  punctuation in a symbol (Redis keys, event ids, the allow-list): EQ.A is served next to
 #                     pool symbols in test_worker_e2e; EQ.B and EQ:C are accepted, for a test of such names

@@ -18,7 +18,7 @@ def test_pool_hands_out_each_name_once_and_says_when_it_is_empty():
 
 
 def test_every_pool_and_named_symbol_is_accepted_by_the_session_worker():
-    assert POOL == tuple(f"T{i:02d}" for i in range(64))
+    assert POOL == tuple(f"T{i:02d}" for i in range(128))
     assert len(set(TEST_SYMBOLS)) == len(TEST_SYMBOLS) == len(POOL) + len(NAMED)
     assert WORKER_SETTINGS["allowed_symbols"] == TEST_SYMBOLS
 
