@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -384,6 +385,37 @@ class RedisCluster:
 
         return killed, wait_until(promoted, timeout, f"a replica of the killed master {killed} promoted")
 
+    def cut_replication(self, replica_port: int) -> None:
+        """Detach the replica on `replica_port` from its master and keep it detached (it now offers a wrong
+        master password, so every reconnect fails), while it stays eligible to be promoted however old its
+        data gets (cluster-replica-validity-factor 0): a replica that misses the master's last writes, the case
+        a failover loses acknowledged writes in."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=replica_port, password=self.password or None, socket_timeout=2)
+        try:
+            client.config_set("cluster-replica-validity-factor", 0)
+            client.config_set("masterauth", "not-the-master-password")
+            client.execute_command("CLIENT KILL TYPE master")
+        finally:
+            client.close()
+        wait_until(
+            lambda: _redis_info(replica_port, "replication", self.password).get("master_link_status") == "down",
+            10,
+            f"the replica on {replica_port} detached from its master",
+        )
+
+    def stored(self, port: int, key: str, field: str) -> bytes | None:
+        """HGET `key` `field` on the node on `port` itself (READONLY on a replica): what that node holds."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, password=self.password or None, socket_timeout=2)
+        try:
+            client.execute_command("READONLY")
+            return client.hget(key, field)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         for p in self.nodes.values():
             p.stop()
@@ -439,7 +471,7 @@ def start_redis_cluster(
                 argv += ["--requirepass", password, "--masterauth", password]
             nodes[port] = _spawn(f"redis-cluster-{port}", argv, folder, port)
         for port, proc in nodes.items():
-            _await(proc, lambda port=port: redis_answers(port, password), timeout, "answering PING")
+            _await(proc, partial(redis_answers, port, password), timeout, "answering PING")
         create = [_redis_binary("redis-cli"), *(["-a", password, "--no-auth-warning"] if password else [])]
         create += ["--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes)]
         create += ["--cluster-replicas", str(replicas), "--cluster-yes"]
