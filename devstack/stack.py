@@ -412,7 +412,8 @@ class RedisCluster:
         client = redis.Redis(host="127.0.0.1", port=port, password=self.password or None, socket_timeout=2)
         try:
             client.execute_command("READONLY")
-            return client.hget(key, field)
+            value = client.hget(key, field)
+            return value.encode() if isinstance(value, str) else value
         finally:
             client.close()
 
