@@ -20,8 +20,7 @@ from helpers import assert_matches_reference, by_symbol, series
 
 from devstack.kafka_kit import Collector, PacedFeed, interleave, produce, series_messages
 from devstack.stack import create_topics, metric_value, metrics_text, start_redis_cluster, start_worker, wait_until
-
-pytestmark = pytest.mark.slow
+from worker.settings import SettingsError, load_settings
 
 
 def _meta_key(symbol: str) -> str:
@@ -73,6 +72,7 @@ def _assert_events(model, data: dict, events: Collector, lenient_copies: bool) -
     return len(copies)
 
 
+@pytest.mark.slow
 def test_worker_on_a_redis_cluster_equals_the_batch_reference(
     stack, cluster, model, tiny_bundle, tmp_path, fresh_symbols
 ):
@@ -109,6 +109,7 @@ def test_worker_on_a_redis_cluster_equals_the_batch_reference(
     print(f"redis cluster e2e: {len(data)} symbols on masters {sorted(set(masters.values()))}, {distinct} events")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("replica", ["in-sync", "behind"])
 def test_master_killed_mid_stream_loses_no_event(stack, cluster, model, tiny_bundle, tmp_path, fresh_symbols, replica):
     settings = _settings(f"failover-{replica}", cluster)
@@ -176,3 +177,71 @@ def test_master_killed_mid_stream_loses_no_event(stack, cluster, model, tiny_bun
         f"{missing}; redis errors retried {errors:.0f}, bars restored from the log {restored:.0f} (replica behind "
         f"by {lagged} bars of {victim})"
     )
+
+
+def test_cluster_setting_builds_a_cluster_client_from_every_seed():
+    """REGIMETRY_REDIS_CLUSTER=true: a RedisCluster bootstrapping from each seed of the URL, with the password and
+    TLS of the settings (no server needed: the client connects on first use)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from worker.client_security import redis_client
+
+    env = {
+        "REGIMETRY_REDIS_URL": "rediss://h1:7000;redis://h2:7001, redis://h3:7002",
+        "REGIMETRY_REDIS_CLUSTER": "true",
+        "REGIMETRY_REDIS_PASSWORD": "s3cret",
+    }
+    client = redis_client(load_settings(env))
+    assert isinstance(client, RedisCluster)
+    assert sorted(n.name for n in client.startup_nodes) == ["h1:7000", "h2:7001", "h3:7002"]
+    kwargs = client.get_connection_kwargs()
+    assert kwargs["password"] == "s3cret" and kwargs["socket_timeout"] == 5.0
+    assert client.nodes_manager.startup_nodes["h2:7001"].connection_class.__name__ == "SSLConnection"
+    single = redis_client(load_settings({"REGIMETRY_REDIS_URL": "redis://h1:7000/0"}))
+    assert isinstance(single, Redis)  # the default: one Redis
+    with pytest.raises(SettingsError, match="database 0 only"):
+        redis_client(load_settings({**env, "REGIMETRY_REDIS_URL": "redis://h1:7000/3"}))
+
+
+def test_cluster_outages_are_retried_and_bugs_are_not():
+    """What _with_redis waits out (a bar is never dropped meanwhile) and what it lets through."""
+    from redis import exceptions as e
+
+    from worker.redis_store import is_redis_outage
+
+    transient = [
+        e.ConnectionError("refused"),
+        e.TimeoutError("slow"),
+        e.BusyLoadingError("loading"),
+        e.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        e.MasterDownError("MASTERDOWN"),
+        e.TryAgainError("TRYAGAIN"),
+        e.SlotNotCoveredError('Slot "5" is not covered by the cluster.'),
+        e.RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node"),
+        OSError("network unreachable"),
+    ]
+    permanent = [
+        e.ResponseError("ERR wrong number of arguments"),
+        e.RedisClusterException("ERROR: Calling pipelined function evalsha is blocked"),
+        e.ClusterCrossSlotError("CROSSSLOT"),
+        ValueError("a bug"),
+    ]
+    assert all(is_redis_outage(x) for x in transient)
+    assert not any(is_redis_outage(x) for x in permanent)
+
+
+@pytest.mark.slow
+def test_preflight_on_a_cluster_with_a_password(tmp_path):
+    """Preflight speaks the cluster protocol: the right password passes (every primary answers, cluster_state
+    ok), a wrong one is an authentication failure (refused at once), not "unreachable" after the timeout."""
+    import asyncio
+
+    from worker.preflight import _redis_once, is_auth_failure
+
+    with start_redis_cluster(tmp_path / "auth-cluster", masters=3, replicas=0, password="right") as c:
+        env = {"REGIMETRY_REDIS_URL": c.url, "REGIMETRY_REDIS_CLUSTER": "true"}
+        asyncio.run(_redis_once(load_settings({**env, "REGIMETRY_REDIS_PASSWORD": "right"})))
+        with pytest.raises(Exception) as caught:
+            asyncio.run(_redis_once(load_settings({**env, "REGIMETRY_REDIS_PASSWORD": "wrong"})))
+        assert is_auth_failure(caught.value), repr(caught.value)
