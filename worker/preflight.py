@@ -31,7 +31,7 @@ class PreflightError(RuntimeError):
         self.exit_code = exit_code
 
 
-def is_auth_failure(exc: BaseException) -> bool:
+def is_auth_failure(exc: BaseException, _depth: int = 0) -> bool:
     """A credential the server refused (Redis AUTH/ACL, Kafka SASL): permanent, unlike a connection failure."""
     from aiokafka import errors as kafka_errors
     from redis import exceptions as redis_errors
@@ -50,7 +50,7 @@ def is_auth_failure(exc: BaseException) -> bool:
         return True
     # the cluster client wraps what its seed nodes answered ("Redis Cluster cannot be connected ...")
     cause = exc.__cause__ or exc.__context__
-    return cause is not None and cause is not exc and is_auth_failure(cause)
+    return cause is not None and _depth < 5 and is_auth_failure(cause, _depth + 1)
 
 
 async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: float, exit_code: int, hint: str) -> None:
