@@ -47,6 +47,9 @@ class ConnectionSettings:
     redis_password: str = ""
     redis_tls: bool = False
     redis_tls_cafile: str = ""
+    # true: REGIMETRY_REDIS_URL names nodes of a Redis Cluster (one or more seeds, `redis://h1:6379;redis://h2:6379`)
+    # and the worker speaks the cluster protocol (redis.asyncio.cluster.RedisCluster); false: a single Redis
+    redis_cluster: bool = False
     key_prefix: str = "regimetry"
 
     def __repr__(self) -> str:

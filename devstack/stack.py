@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -264,7 +265,7 @@ def start_redis(
     """redis-server on 127.0.0.1; no persistence by default (tests want a clean slate), or an append-only
     file in `workdir` (as in production) so a restart on the same port and folder keeps the data."""
     port = port or free_port()
-    binary = os.environ.get("REGIMETRY_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+    binary = _redis_binary("redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
         binary,
@@ -285,6 +286,234 @@ def start_redis(
         argv += ["--requirepass", password]
     proc = _spawn(f"redis-{port}", argv, workdir, port)
     return _await(proc, lambda: redis_answers(port, password), timeout, "answering PING")
+
+
+def _redis_binary(name: str) -> str:
+    env = {"redis-server": "REGIMETRY_REDIS_SERVER", "redis-cli": "REGIMETRY_REDIS_CLI"}[name]
+    return os.environ.get(env) or shutil.which(name) or f"/usr/bin/{name}"
+
+
+def _redis_info(port: int, section: str, password: str | None = None) -> dict[str, str]:
+    """`INFO <section>` (or `CLUSTER INFO` for section "cluster-info") of the node on `port` as a dict."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, password=password or None, socket_timeout=1)
+    try:
+        if section == "cluster-info":
+            raw = client.execute_command("CLUSTER INFO")
+            if isinstance(raw, dict):  # redis-py parses the reply
+                return {str(k): str(v) for k, v in raw.items()}
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            return dict(line.split(":", 1) for line in text.split() if ":" in line)
+        return {k: str(v) for k, v in client.info(section).items()}
+    finally:
+        client.close()
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster on loopback: `masters` primaries, each with `replicas` replicas (see start_redis_cluster).
+
+    `url` names every node (`redis://127.0.0.1:p1;redis://127.0.0.1:p2;...`): the worker's cluster client
+    bootstraps from whichever answers. `nodes` maps a port to its Process; roles change on a failover, so
+    masters()/master_of() ask the cluster, not the start order."""
+
+    workdir: Path
+    nodes: dict[int, Process]
+    password: str | None = None
+
+    @property
+    def ports(self) -> list[int]:
+        return sorted(self.nodes)
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"redis://127.0.0.1:{p}" for p in self.ports)
+
+    def alive_ports(self) -> list[int]:
+        return [p for p in self.ports if self.nodes[p].alive()]
+
+    def client(self):
+        """A synchronous redis.cluster.RedisCluster on the live nodes (for test assertions)."""
+        from redis.cluster import ClusterNode
+        from redis.cluster import RedisCluster as SyncCluster
+
+        return SyncCluster(
+            startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.alive_ports()],
+            password=self.password or None,
+            socket_timeout=2,
+        )
+
+    def masters(self) -> list[int]:
+        """Ports of the live nodes that report role master."""
+        return [p for p in self.alive_ports() if _redis_info(p, "replication", self.password)["role"] == "master"]
+
+    def master_of(self, key: str | bytes) -> int:
+        """Port of the live master serving `key`'s slot (CLUSTER SLOTS asked of a live node)."""
+        import redis
+
+        raw = key.encode() if isinstance(key, str) else key
+        for port in self.alive_ports():
+            client = redis.Redis(host="127.0.0.1", port=port, password=self.password or None, socket_timeout=1)
+            try:
+                slot = int(client.execute_command("CLUSTER KEYSLOT", raw))
+                for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if int(start) <= slot <= int(end):
+                        return int(primary[1])
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise StackError(f"no live node of the cluster knows the master of {key!r}")
+
+    def replicas_of(self, master_port: int) -> list[int]:
+        """Ports of the live replicas following the master on `master_port`."""
+        return [
+            p
+            for p in self.alive_ports()
+            if p != master_port
+            and (info := _redis_info(p, "replication", self.password))["role"] == "slave"
+            and int(info.get("master_port", -1)) == master_port
+        ]
+
+    def healthy(self) -> bool:
+        """Every live node reports cluster_state:ok."""
+        return all(
+            _redis_info(p, "cluster-info", self.password).get("cluster_state") == "ok" for p in self.alive_ports()
+        )
+
+    def kill_master_of(self, key: str | bytes, timeout: float = 30.0) -> tuple[int, int]:
+        """SIGKILL the master serving `key`, wait until one of its replicas is promoted (it reports role master
+        and every live node cluster_state:ok) within `timeout`; returns (killed port, promoted port)."""
+        killed = self.master_of(key)
+        replicas = self.replicas_of(killed)
+        if not replicas:
+            raise StackError(f"the master on {killed} has no replica to promote")
+        self.nodes[killed].kill()
+
+        def promoted() -> int | None:
+            for p in replicas:
+                if _redis_info(p, "replication", self.password)["role"] == "master" and self.healthy():
+                    return p
+            return None
+
+        return killed, wait_until(promoted, timeout, f"a replica of the killed master {killed} promoted")
+
+    def cut_replication(self, replica_port: int) -> None:
+        """Detach the replica on `replica_port` from its master and keep it detached (it now offers a wrong
+        master password, so every reconnect fails), while it stays eligible to be promoted however old its
+        data gets (cluster-replica-validity-factor 0): a replica that misses the master's last writes, the case
+        a failover loses acknowledged writes in."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=replica_port, password=self.password or None, socket_timeout=2)
+        try:
+            client.config_set("cluster-replica-validity-factor", 0)
+            client.config_set("masterauth", "not-the-master-password")
+            client.execute_command("CLIENT KILL TYPE master")
+        finally:
+            client.close()
+        wait_until(
+            lambda: _redis_info(replica_port, "replication", self.password).get("master_link_status") == "down",
+            10,
+            f"the replica on {replica_port} detached from its master",
+        )
+
+    def stored(self, port: int, key: str, field: str) -> bytes | None:
+        """HGET `key` `field` on the node on `port` itself (READONLY on a replica): what that node holds."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, password=self.password or None, socket_timeout=2)
+        try:
+            client.execute_command("READONLY")
+            value = client.hget(key, field)
+            return value.encode() if isinstance(value, str) else value
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        for p in self.nodes.values():
+            p.stop()
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_redis_cluster(
+    workdir: Path,
+    masters: int = 3,
+    replicas: int = 1,
+    node_timeout_ms: int = 1000,
+    password: str | None = None,
+    timeout: float = 60.0,
+) -> RedisCluster:
+    """masters * (1 + replicas) `redis-server --cluster-enabled yes` on loopback (no persistence, as
+    start_redis), joined with `redis-cli --cluster create ... --cluster-replicas N --cluster-yes`; returns once
+    every node reports cluster_state:ok. A short node timeout makes a killed master fail over in ~2 s."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    nodes: dict[int, Process] = {}
+    try:
+        for _ in range(masters * (1 + replicas)):
+            port = free_port()
+            folder = workdir / f"node-{port}"
+            folder.mkdir(parents=True, exist_ok=True)
+            argv = [
+                _redis_binary("redis-server"),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(folder),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(folder / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                # the bus port is port + 10000 unless set: a free port of its own, as free ports run to 65535
+                "--cluster-port",
+                str(free_port()),
+            ]
+            if password:
+                argv += ["--requirepass", password, "--masterauth", password]
+            nodes[port] = _spawn(f"redis-cluster-{port}", argv, folder, port)
+        for port, proc in nodes.items():
+            _await(proc, partial(redis_answers, port, password), timeout, "answering PING")
+        create = [_redis_binary("redis-cli"), *(["-a", password, "--no-auth-warning"] if password else [])]
+        create += ["--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes)]
+        create += ["--cluster-replicas", str(replicas), "--cluster-yes"]
+        with open(workdir / "cluster-create.log", "ab") as out:
+            done = subprocess.run(
+                create, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout
+            )
+        if done.returncode != 0:
+            raise StackError(
+                f"redis-cli --cluster create exited with {done.returncode}\n{_log_tail(workdir / 'cluster-create.log')}"
+            )
+        cluster = RedisCluster(workdir, nodes, password)
+
+        def formed() -> bool:
+            for proc in nodes.values():
+                if not proc.alive():
+                    raise proc.fail("exited while the cluster was forming")
+            links = [_redis_info(p, "replication", password) for p in nodes]
+            synced = all(i.get("master_link_status") == "up" for i in links if i["role"] == "slave")
+            return cluster.healthy() and len(cluster.masters()) == masters and synced
+
+        wait_until(formed, timeout, f"redis cluster of {masters} masters: cluster_state:ok on every node")
+        return cluster
+    except BaseException:
+        for proc in nodes.values():
+            proc.stop()
+        raise
 
 
 # -- the whole stack -------------------------------------------------------------------------------------

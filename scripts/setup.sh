@@ -9,6 +9,8 @@ PY="${PYTHON:-python3}"
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# redis-cli (Debian's redis-tools, a dependency of redis-server) joins the test Redis Cluster (--cluster create)
+command -v redis-cli    >/dev/null 2>&1 || need_apt+=(redis-tools)
 command -v prometheus   >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -279,14 +279,17 @@ class BatchProcessor:
 
     async def _with_redis(self, call, arg):
         """Retry a Redis call with capped exponential back-off until it succeeds: a bar is never dropped
-        because Redis was away, and nothing is acknowledged (so no offset is committed) meanwhile."""
-        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+        because Redis was away (or a Redis Cluster is failing over: redis_store.is_redis_outage), and nothing
+        is acknowledged (so no offset is committed) meanwhile."""
+        from worker.redis_store import is_redis_outage
 
         delay = 0.1
         while True:
             try:
                 return await call(arg)
-            except (ConnectionError, TimeoutError, BusyLoadingError, OSError) as exc:
+            except Exception as exc:
+                if not is_redis_outage(exc):  # a bug or a refused credential: retrying cannot help
+                    raise
                 self.telemetry.redis_error()
                 log.warning("redis unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)

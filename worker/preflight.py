@@ -31,7 +31,7 @@ class PreflightError(RuntimeError):
         self.exit_code = exit_code
 
 
-def is_auth_failure(exc: BaseException) -> bool:
+def is_auth_failure(exc: BaseException, _depth: int = 0) -> bool:
     """A credential the server refused (Redis AUTH/ACL, Kafka SASL): permanent, unlike a connection failure."""
     from aiokafka import errors as kafka_errors
     from redis import exceptions as redis_errors
@@ -46,7 +46,11 @@ def is_auth_failure(exc: BaseException) -> bool:
     if isinstance(exc, permanent):
         return True
     text = str(exc)  # older servers answer a bad password with a plain error reply
-    return isinstance(exc, redis_errors.ResponseError) and ("WRONGPASS" in text or "invalid password" in text)
+    if isinstance(exc, redis_errors.ResponseError) and ("WRONGPASS" in text or "invalid password" in text):
+        return True
+    # the cluster client wraps what its seed nodes answered ("Redis Cluster cannot be connected ...")
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and _depth < 5 and is_auth_failure(cause, _depth + 1)
 
 
 async def _retry(what: str, attempt: Callable[[], Awaitable[None]], timeout: float, exit_code: int, hint: str) -> None:
@@ -87,7 +91,15 @@ async def _kafka_once(s: Settings) -> None:
 async def _redis_once(s: Settings) -> None:
     client = redis_client(s)
     try:
-        await client.ping()
+        if s.redis_cluster:  # every primary answers and the cluster serves every slot
+            from redis.asyncio.cluster import RedisCluster
+
+            await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            state = (await client.cluster_info()).get("cluster_state")
+            if state != "ok":
+                raise ConnectionError(f"Redis Cluster reports cluster_state:{state}")
+        else:
+            await client.ping()
     finally:
         await client.aclose()
 
@@ -106,5 +118,5 @@ async def check_dependencies(s: Settings) -> None:
         lambda: _redis_once(s),
         s.startup_timeout,
         EXIT_REDIS_UNREACHABLE,
-        "check REGIMETRY_REDIS_URL, REGIMETRY_REDIS_PASSWORD and REGIMETRY_REDIS_TLS",
+        "check REGIMETRY_REDIS_URL, REGIMETRY_REDIS_CLUSTER, REGIMETRY_REDIS_PASSWORD and REGIMETRY_REDIS_TLS",
     )

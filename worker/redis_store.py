@@ -236,6 +236,44 @@ class SymbolWrite:
     reset_all: bool = False  # everything stored goes first: the symbol starts again from these bars
 
 
+# RedisClusterException messages of a cluster the client cannot map right now (no seed answers, slots not
+# covered or disputed during a failover): transient, unlike its other uses (a command it cannot route)
+_CLUSTER_TOPOLOGY_TEXTS = ("Redis Cluster cannot be connected", "All slots are not covered", "could not agree")
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    """Redis (or part of a Redis Cluster) is away or failing over: retry later, the bar is not dropped.
+
+    A single Redis: connection refused or lost, a timeout, still loading its data set, a replica that is read
+    only for now. A cluster adds CLUSTERDOWN (a master failed and no replica is promoted yet), TRYAGAIN (a slot
+    migrating), a slot no node serves, and a client that cannot map the cluster. MOVED and ASK never get here:
+    the cluster client follows them itself."""
+    from redis.exceptions import (
+        BusyLoadingError,
+        ClusterDownError,
+        ConnectionError,
+        ReadOnlyError,
+        RedisClusterException,
+        SlotNotCoveredError,
+        TimeoutError,
+        TryAgainError,
+    )
+
+    transient = (
+        ConnectionError,
+        TimeoutError,
+        BusyLoadingError,
+        ReadOnlyError,
+        OSError,
+        ClusterDownError,
+        TryAgainError,
+        SlotNotCoveredError,
+    )
+    if isinstance(exc, transient):
+        return True
+    return isinstance(exc, RedisClusterException) and any(t in str(exc) for t in _CLUSTER_TOPOLOGY_TEXTS)
+
+
 def _int_or_none(raw: bytes | None) -> int | None:
     return int(raw) if raw not in (None, b"") else None
 
@@ -276,7 +314,9 @@ class RedisStore:
         return [base + "bars", base + "emb", base + "events", base + "meta", base + "side"]
 
     async def load_scripts(self) -> None:
-        """(Re)load both scripts; needed at start and after a Redis restart emptied its script cache."""
+        """(Re)load both scripts; needed at start and after a Redis restart emptied its script cache. On a
+        Redis Cluster the client sends SCRIPT LOAD to every primary (redis-py routes it to PRIMARIES), so a
+        replica promoted later without them answers NOSCRIPT once and gets them here (_run)."""
         self._read_sha = await self.client.script_load(READ_LUA)
         self._write_sha = await self.client.script_load(WRITE_LUA)
 
@@ -289,7 +329,10 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             for which, keys, args in calls:
                 sha = self._read_sha if which == "read" else self._write_sha
-                pipe.evalsha(sha, len(keys), *keys, *args)
+                # execute_command, not pipe.evalsha: redis-py's cluster pipeline blocks the evalsha method
+                # name, yet routes an EVALSHA by its keys (one slot here: the symbol's hash tag) and sends each
+                # node's share as one pipeline, the nodes concurrently; on a single Redis it is what evalsha does
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             try:
                 return await pipe.execute()
             except NoScriptError:
