@@ -265,10 +265,18 @@ def start_redis(
     """redis-server on 127.0.0.1; no persistence by default (tests want a clean slate), or an append-only
     file in `workdir` (as in production) so a restart on the same port and folder keeps the data."""
     port = port or free_port()
-    binary = _redis_binary("redis-server")
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        binary,
+    argv = _redis_argv(port, workdir, appendonly) + ["--appendfsync", "always"]
+    if password:
+        argv += ["--requirepass", password]
+    proc = _spawn(f"redis-{port}", argv, workdir, port)
+    return _await(proc, lambda: redis_answers(port, password), timeout, "answering PING")
+
+
+def _redis_argv(port: int, folder: Path, appendonly: bool = False) -> list[str]:
+    """redis-server on 127.0.0.1:`port`, data in `folder`, no snapshots (tests want a clean slate)."""
+    return [
+        _redis_binary("redis-server"),
         "--port",
         str(port),
         "--bind",
@@ -277,15 +285,9 @@ def start_redis(
         "",
         "--appendonly",
         "yes" if appendonly else "no",
-        "--appendfsync",
-        "always",
         "--dir",
-        str(workdir),
+        str(folder),
     ]
-    if password:
-        argv += ["--requirepass", password]
-    proc = _spawn(f"redis-{port}", argv, workdir, port)
-    return _await(proc, lambda: redis_answers(port, password), timeout, "answering PING")
 
 
 def _redis_binary(name: str) -> str:
@@ -460,18 +462,7 @@ def start_redis_cluster(
             port = free_port()
             folder = workdir / f"node-{port}"
             folder.mkdir(parents=True, exist_ok=True)
-            argv = [
-                _redis_binary("redis-server"),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(folder),
+            argv = _redis_argv(port, folder) + [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
