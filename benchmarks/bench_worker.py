@@ -23,6 +23,7 @@ pin_math_threads()  # the same BLAS setting as the worker process, so "pure infe
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import tempfile
@@ -265,6 +266,8 @@ def main() -> None:
             first = start_worker(stack, work, name="startup", bundle=str(bundle), log_level="warning")
             startup = time.perf_counter() - t0
             print(f"worker start-up (spawn -> ready, default settings): {startup:.1f} s")
+            split = re.findall(r'regimetry_startup_seconds\{phase="([^"]+)"\} (\S+)', metrics_text(first.port))
+            print("  " + ", ".join(f"{phase} {float(v):.2f} s" for phase, v in split))
             first.stop()
         # the measured worker stays in the group while paused with SIGSTOP for the backlog run
         worker = start_worker(

@@ -57,6 +57,10 @@ def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model, fresh_symb
     ]:
         assert metric_value(text, name) is not None, f"{name} missing from /metrics"
     assert metric_value(text, "regimetry_model_info", {"model_version": model.bundle.version}) == 1.0
+    # where the start-up went (issue 13): every phase measured, positive, once the worker is ready
+    phases = ["imports", "bundle load and ONNX Runtime warm-up", "Redis and broker connection"]
+    phases.append("Faust start, Redis scripts and group join")
+    assert all((metric_value(text, "regimetry_startup_seconds", {"phase": p}) or 0) > 0 for p in phases)
     baseline = model.bundle.manifest["baseline"]["cluster_distribution"]
     for k, share in enumerate(baseline):  # the dashboard draws live shares against these
         assert metric_value(text, "regimetry_regime_baseline_share", {"regime": str(k)}) == pytest.approx(share)

@@ -155,11 +155,19 @@ class Runtime:
     def _update_ready(self) -> None:
         if self.connected and self.assigned:
             if not self.metrics.ready._value.get():
+                from worker import startup_clock
+
+                startup_clock.mark("Faust start, Redis scripts and group join")
+                took = startup_clock.phases()
+                for phase, seconds in took.items():
+                    self.metrics.startup.labels(phase=phase).set(seconds)
                 log.info(
-                    "regimetry worker ready: model %s, metrics on %s:%d",
+                    "regimetry worker ready: model %s, metrics on %s:%d; start-up %.1f s: %s",
                     self.model.bundle.version,
                     self.settings.metrics_host,
                     self.settings.metrics_port,
+                    sum(took.values()),
+                    ", ".join(f"{p} {s:.2f} s" for p, s in took.items()),
                 )
             self.metrics.ready.set(1)
 
@@ -288,8 +296,10 @@ def create_app(settings: Settings, runtime: Runtime):
 def main() -> int:
     """Entry point of `python -m worker` and `regimetry worker`."""
     from regimetry.bundle import BundleError
+    from worker import startup_clock
     from worker.settings import SettingsError, load_settings
 
+    startup_clock.mark("imports")
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -311,6 +321,7 @@ def main() -> int:
     except (BundleError, ValueError) as exc:
         print(f"regimetry worker: refusing to start: {exc}", file=sys.stderr)
         return EXIT_BAD_BUNDLE
+    startup_clock.mark("bundle load and ONNX Runtime warm-up")
     from worker.preflight import PreflightError, check_dependencies
 
     try:
@@ -318,6 +329,7 @@ def main() -> int:
     except PreflightError as exc:
         print(f"regimetry worker: {exc}", file=sys.stderr)
         return exc.exit_code
+    startup_clock.mark("Redis and broker connection")
     runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
     app = create_app(settings, runtime)
     import faust

@@ -25,6 +25,7 @@ def worker_cmd(
         "batch_size": batch_size,
         "ort_threads": ort_threads,
     }
+    import worker.startup_clock  # noqa: F401  # the start-up clock starts here
     from worker.blas_threads import pin_math_threads
 
     pin_math_threads()  # takes effect only if numpy is not loaded yet; python -m worker always pins

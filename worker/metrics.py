@@ -103,6 +103,12 @@ class WorkerMetrics:
             "(REGIMETRY_STATE_TTL_SECONDS) or was lost; each refills its window",
             registry=r,
         )
+        self.startup = Gauge(
+            "regimetry_startup_seconds",
+            "Seconds the worker's start-up spent per phase (worker/startup_clock.py), set once it is ready",
+            ["phase"],
+            registry=r,
+        )
         self.state_ttl = Gauge(
             "regimetry_state_ttl_seconds",
             "Per-symbol Redis state expires this long after the symbol's last write (0: never)",
