@@ -59,7 +59,7 @@ def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model, fresh_symb
     assert metric_value(text, "regimetry_model_info", {"model_version": model.bundle.version}) == 1.0
     # where the start-up went (issue 13): every phase measured, positive, once the worker is ready
     phases = ["imports", "bundle load and ONNX Runtime warm-up", "Redis and broker connection"]
-    phases.append("Faust start, Redis scripts and group join")
+    phases += ["Faust import and app wiring", "Faust start, Redis scripts and group join"]
     assert all((metric_value(text, "regimetry_startup_seconds", {"phase": p}) or 0) > 0 for p in phases)
     baseline = model.bundle.manifest["baseline"]["cluster_distribution"]
     for k, share in enumerate(baseline):  # the dashboard draws live shares against these

@@ -332,6 +332,7 @@ def main() -> int:
     startup_clock.mark("Redis and broker connection")
     runtime.metrics.serve(settings.metrics_host, settings.metrics_port)
     app = create_app(settings, runtime)
+    startup_clock.mark("Faust import and app wiring")
     import faust
 
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
