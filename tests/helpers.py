@@ -6,6 +6,7 @@ deploy_helpers (test_deploy). No test module imports from another test_*.py modu
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -101,3 +102,12 @@ def run_blocked(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
     )
+
+
+def gone(pid: int) -> bool:
+    """No process with this pid is left (what a test checks after stopping something it started)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import BLOCKER
+from helpers import BLOCKER, gone
 
 pytestmark = pytest.mark.slow
 BARS = 250
@@ -38,14 +38,6 @@ def demo_process(*args: str) -> subprocess.Popen:
         text=True,
         env={**os.environ, "COLUMNS": "120"},
     )
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def started_pids(text: str) -> list[int]:

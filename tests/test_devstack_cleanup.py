@@ -4,22 +4,14 @@ it, still leaves no Redis, Tansu or worker behind (devstack.stack: every child i
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from helpers import gone
 
 pytestmark = pytest.mark.slow
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize("ending", ["raise RuntimeError('a failing test')", "raise KeyboardInterrupt"])
@@ -35,4 +27,4 @@ def test_children_die_with_the_process_that_started_them(tmp_path, ending):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     pid = int(done.stdout.split()[0])
-    assert done.returncode != 0 and _gone(pid), f"redis-server {pid} outlived its parent: {done.stderr[-500:]}"
+    assert done.returncode != 0 and gone(pid), f"redis-server {pid} outlived its parent: {done.stderr[-500:]}"
