@@ -61,6 +61,9 @@ def test_metrics_endpoint_and_drift_gauges_move(stack, worker, model, fresh_symb
     phases = ["imports", "bundle load and ONNX Runtime warm-up", "Redis and broker connection"]
     phases += ["Faust import and app wiring", "Faust start, Redis scripts and group join"]
     assert all((metric_value(text, "regimetry_startup_seconds", {"phase": p}) or 0) > 0 for p in phases)
+    # the start-up heap is out of the collector's way and every collection's pause is measured
+    assert (metric_value(text, "regimetry_gc_frozen_objects") or 0) > 10_000
+    assert (metric_value(text, "regimetry_gc_pause_seconds_count", {"generation": "0"}) or 0) > 0
     baseline = model.bundle.manifest["baseline"]["cluster_distribution"]
     for k, share in enumerate(baseline):  # the dashboard draws live shares against these
         assert metric_value(text, "regimetry_regime_baseline_share", {"regime": str(k)}) == pytest.approx(share)

@@ -109,6 +109,18 @@ class WorkerMetrics:
             ["phase"],
             registry=r,
         )
+        self.gc_pause = Histogram(
+            "regimetry_gc_pause_seconds",
+            "Duration of each garbage collection (worker/gc_pauses.py), by generation: no bar moves meanwhile",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
+            registry=r,
+        )
+        self.gc_frozen = Gauge(
+            "regimetry_gc_frozen_objects",
+            "Objects of the start-up heap moved out of the collector's way when the worker became ready",
+            registry=r,
+        )
         self.state_ttl = Gauge(
             "regimetry_state_ttl_seconds",
             "Per-symbol Redis state expires this long after the symbol's last write (0: never)",
