@@ -245,6 +245,43 @@ def test_drift_follows_the_horizon():
     assert shifted.transition_shift > 0 and shifted.mean_confidence == 0.5
 
 
+def test_drift_running_counts_equal_a_recount_of_the_horizon():
+    """The snapshot's running counts (kept as the horizon slides) give exactly what recounting every event in
+    the horizon gives: shares, transition matrix, hit rate and OOD share, also long after the deques wrapped."""
+    from regimetry.diagnostics import jensen_shannon, psi, transition_shift
+
+    rng = np.random.default_rng(3)
+    k, horizon = 3, 57
+    baseline = {"cluster_distribution": [0.5, 0.3, 0.2], "transition_matrix": np.full((k, k), 1 / k).tolist()}
+    mon = DriftMonitor(baseline, k, horizon=horizon, ood_threshold=1.0)
+    events = []
+    for i in range(400):
+        e = (int(rng.integers(k)), float(rng.random()), float(rng.random() * 2))
+        prev = int(rng.integers(k)) if rng.random() < 0.8 else None
+        pred = int(rng.integers(k)) if rng.random() < 0.6 else None
+        mon.observe(*e, prev, pred)
+        events.append((*e, prev, pred))
+        if i % 37 and i < 390:
+            continue
+        regimes = [r for r, *_ in events][-horizon:]
+        pairs = [(p, r) for r, _, _, p, _ in events if p is not None][-horizon:]
+        hits = [q == r for r, _, _, _, q in events if q is not None][-horizon:]
+        ood = [o > 1.0 for _, _, o, _, _ in events][-horizon:]
+        counts = np.zeros((k, k))
+        for a, b in pairs:
+            counts[a, b] += 1
+        rows = counts.sum(1, keepdims=True)
+        tm = np.where(rows > 0, counts / np.maximum(rows, 1.0), np.asarray(baseline["transition_matrix"]))
+        shares = np.bincount(regimes, minlength=k) / len(regimes)
+        snap = mon.snapshot()
+        np.testing.assert_array_equal(snap.shares, shares)
+        np.testing.assert_array_equal(mon.transition_matrix(), tm)
+        assert snap.psi == psi(shares, mon.expected) and snap.js == jensen_shannon(shares, mon.expected)
+        assert snap.transition_shift == transition_shift(tm, mon.baseline_p)
+        assert snap.hit_rate == float(np.mean(hits)) and snap.ood_share == float(np.mean(ood))
+        assert snap.n == len(regimes) == min(i + 1, horizon)
+
+
 @hsettings(max_examples=400, deadline=None)
 @given(
     st.fixed_dictionaries(
