@@ -84,7 +84,9 @@ def _worker_events(stack, bundle, prefix: str, bars, sizes) -> list[bytes]:
     from worker.pipeline import Record
     from worker.settings import load_settings
 
-    rt = Runtime(load_settings({}, bundle=str(bundle), redis_url=stack.redis_url, key_prefix=prefix))
+    rt = Runtime(
+        load_settings({}, bundle=str(bundle), redis_url=stack.redis_url, key_prefix=prefix, state_cache_verify=True)
+    )
     msgs = series_messages(SYMBOL, bars.times, bars.values)
 
     async def run() -> list[bytes]:

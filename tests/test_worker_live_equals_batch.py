@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -92,11 +93,25 @@ class InProcess:
         from worker.settings import load_settings
 
         self.rt = Runtime(
-            load_settings({}, bundle=str(bundle), redis_url=redis_url, key_prefix=prefix, reload_interval=0, **settings)
+            load_settings(
+                {},
+                bundle=str(bundle),
+                redis_url=redis_url,
+                key_prefix=prefix,
+                reload_interval=0,
+                **{"state_cache_verify": True, **settings},
+            )
         )
         self.offset = 0
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self.rt.connect())
+
+    def forget(self) -> None:
+        """Drop what this worker remembers of its own writes (worker/state_cache.py), as a worker taking the
+        symbols over would start: the tests that change Redis behind its back model that. (Its cache would
+        keep serving the state it wrote itself, correct for its events; the compare-and-set write notices
+        every change that moves a symbol's last bar, and nothing but an outside edit leaves it in place.)"""
+        self.rt.processor.cache.clear()
 
     def feed(self, msgs: list) -> list[dict]:
         out = self.loop.run_until_complete(self.rt.processor.process(_records(msgs, self.offset)))
@@ -188,6 +203,7 @@ def test_state_in_doubt_is_rebuilt_from_the_stored_bars(tiny_bundle, model, redi
         before += w.feed(chunk)
     client = redis.Redis.from_url(redis_url)
     _corrupt(client, prefix, symbol, how, dim=int(model.bundle.manifest["embedding_dim"]))
+    w.forget()
     after = []
     for chunk in _chunked(msgs[cut:], [1, 30, 4]):
         after += w.feed(chunk)
@@ -219,6 +235,7 @@ def test_rebuild_from_fewer_bars_follows_their_batch_reference(tiny_bundle, mode
     client = redis.Redis.from_url(redis_url)
     _corrupt(client, "rebuild-short", "RB-short", "other_model")
     client.close()
+    w.forget()
     got += w.feed(msgs[cut:])
     rebuilt = w.rebuilds()
     w.close()
@@ -255,6 +272,7 @@ def test_rebuild_after_trimmed_bars_keeps_regimes_and_probabilities(
     assert client.zcard(f"{prefix}:{{{symbol}}}:bars") == keep
     _corrupt(client, prefix, symbol, "other_model")
     client.close()
+    w.forget()
     after = w.feed(msgs[cut:])
     rebuilt = w.rebuilds()
     w.close()
@@ -299,3 +317,57 @@ def test_symbol_state_expires_after_its_ttl(tiny_bundle, model, redis_url):
     finally:
         client.close()
         w.close()
+
+
+def _counter(w: InProcess, name: str) -> float:
+    from prometheus_client import generate_latest
+
+    from devstack.stack import metric_value
+
+    return metric_value(generate_latest(w.rt.metrics.registry).decode(), name) or 0.0
+
+
+@pytest.mark.slow
+def test_a_stale_state_cache_is_refused_by_the_write_and_redone_from_redis(tiny_bundle, model, redis_url):
+    """worker/state_cache.py: worker A plans on its cached state while worker B moved the symbol, then while
+    Redis lost it. A's compare-and-set write is refused each time; A reads Redis and redoes the bars: B's
+    events re-emitted byte for byte, the rest as the batch reference says, and after the loss a refill
+    (no event from a window with a hole), as without a cache."""
+    import redis
+
+    from devstack.kafka_kit import series_messages
+
+    h = model.bundle.history_bars
+    symbol, prefix = "SC-stale", "cache-stale"
+    b = series(symbol, 2 * h + 120, seed=640)
+    msgs = series_messages(symbol, b.times, b.values)
+    a = InProcess(tiny_bundle, redis_url, prefix, state_cache_verify=False)  # the cache as it runs in production
+    other = InProcess(tiny_bundle, redis_url, prefix)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        cut = h + 40
+        got = a.feed(msgs[:cut])
+        assert len(a.rt.processor.cache) == 1
+        got += a.feed(msgs[cut : cut + 5])  # planned on the cache: no read
+        assert _counter(a, "regimetry_state_cache_hits_total") == 1
+        other.offset = a.offset
+        by_other = other.feed(msgs[cut + 5 : cut + 15])  # B moves the symbol behind A's cache
+        a_again = a.feed(msgs[cut + 5 : cut + 25])  # A: cache hit, write refused, read, redone
+        assert _counter(a, "regimetry_state_cache_stale_total") == 1
+        assert _counter(a, "regimetry_redis_conflicts_total") == 0
+        assert a_again[:10] == by_other  # B's stored events, re-emitted unchanged
+        n = cut + 25
+        assert_matches_reference(model, SimpleNamespace(values=b.values[:n], times=b.times[:n]), got + a_again)
+
+        for key in client.scan_iter(f"{prefix}:*"):  # Redis loses the symbol (a restart without persistence)
+            client.delete(key)
+        start = cut + 25
+        refill = a.feed(msgs[start : start + h + 5])
+        assert _counter(a, "regimetry_state_cache_stale_total") == 2
+        assert [e["bar_time"] for e in refill] == b.times[start + h - 1 : start + h + 5].tolist()
+        ref = model.run_series(b.values[start:])
+        np.testing.assert_array_equal([e["regime"]["id"] for e in refill], ref.regime[: len(refill)])
+    finally:
+        client.close()
+        a.close()
+        other.close()

@@ -40,7 +40,9 @@ def test_switch_at_batch_boundary_and_refuse_a_bad_bundle(stack, tiny_bundle, tm
     for b in (tiny_bundle, second):
         shutil.copytree(b, root / b.name)
     (root / "CURRENT").write_text(tiny_bundle.name)
-    rt = Runtime(load_settings({}, bundle=str(root), redis_url=stack.redis_url, key_prefix="reload"))
+    rt = Runtime(
+        load_settings({}, bundle=str(root), redis_url=stack.redis_url, key_prefix="reload", state_cache_verify=True)
+    )
     new_model = RegimeModel(root / second.name)
     (symbol,) = fresh_symbols(1)
     bars = series(symbol, new_model.bundle.history_bars + 60, seed=44)

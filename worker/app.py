@@ -103,6 +103,8 @@ class Runtime:
             s.redis_retry_max_seconds,
             LogReader(s),
             s.max_future_bars,
+            s.state_cache_symbols,
+            s.state_cache_verify,
         )
         await processor._with_redis(lambda _: store.load_scripts(), None)
         self.processor = processor

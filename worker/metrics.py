@@ -109,6 +109,17 @@ class WorkerMetrics:
             ["phase"],
             registry=r,
         )
+        self.state_cache_hits = Counter(
+            "regimetry_state_cache_hits_total",
+            "Symbol batches planned on the worker's own last write instead of a Redis read (worker/state_cache.py)",
+            registry=r,
+        )
+        self.state_cache_stale = Counter(
+            "regimetry_state_cache_stale_total",
+            "Of those, writes Redis refused because the symbol had moved meanwhile (another worker, a restart, "
+            "expiry): re-read and redone",
+            registry=r,
+        )
         self.gc_pause = Histogram(
             "regimetry_gc_pause_seconds",
             "Duration of each garbage collection (worker/gc_pauses.py), by generation: no bar moves meanwhile",

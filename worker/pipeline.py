@@ -33,6 +33,7 @@ from worker import steps
 from worker.log_reader import LogReader
 from worker.redis_store import RedisStore, SymbolState
 from worker.serving import Serving
+from worker.state_cache import StateCache, differences
 from worker.steps import BatchReport, Outgoing, Record, SymbolPlan, SymbolResult
 from worker.telemetry import Telemetry
 from worker.validate import Bar, BarValidator, Rejection
@@ -54,9 +55,14 @@ class BatchProcessor:
         retry_max_seconds: float = 5.0,
         log_reader: LogReader | None = None,
         max_future_bars: float = 0.0,
+        cache_symbols: int = 0,
+        verify_cache: bool = False,
     ):
         self.max_future_bars = max_future_bars  # see steps.future_limit
         self.store = store
+        # what this worker's own writes left in Redis, standing in for the next read (worker/state_cache.py)
+        self.cache = StateCache(cache_symbols, serving.history, store.keep_bars, store.keep_emb)
+        self.verify_cache = verify_cache
         self.log_reader = log_reader  # None: no log to read back from (tools, unit tests): stored state trusted
         self.validator = validator
         self.telemetry = telemetry
@@ -77,6 +83,7 @@ class BatchProcessor:
         """Serve another model from the next batch on (call between batches only)."""
         self.serving = serving
         self.store.configure(serving.history, serving.keep_emb, serving.version)
+        self.cache.configure(serving.history, self.store.keep_bars, self.store.keep_emb)
 
     async def process(self, records: Sequence[Record], checked: Sequence[Bar | Rejection] | None = None) -> Outgoing:
         """`compute`, then the batch's telemetry (for callers without a broker: tests, tools). The worker's
@@ -102,7 +109,9 @@ class BatchProcessor:
                 pending.setdefault(check.symbol, []).append((check, rec))
         delay = 0.05
         while pending:
+            hits = set(out.report.cached)
             plans = await self._plan(pending, out.report)
+            hits = out.report.cached - hits  # planned on the cache in this round
             t0 = time.perf_counter()
             results = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer_and_build, plans)
             if any(p.new for p in plans):
@@ -111,17 +120,24 @@ class BatchProcessor:
             writes = [r.write for r in results if r.write is not None]
             applied = iter(await self._with_redis(self.store.write, writes))
             retry: dict[str, list[tuple[Bar, Record]]] = {}
+            raced = False  # another worker's write: back off before redoing (a stale cache is redone at once)
             for p, result in zip(plans, results):
                 if result.write is None or next(applied):
                     steps.emit(p, result, out, self.dlq_limit)
                     if result.write is not None:
                         self._known[p.symbol] = int(result.write.meta["last_time"])
+                        self.cache.after_write(p.state, result.write, self.serving.version)
                     self._vouch(p, pending[p.symbol][0][1])
                 else:  # another worker advanced this symbol between our read and write: redo it
-                    out.report.conflicts += 1
+                    self.cache.drop(p.symbol)
+                    if p.symbol in hits:  # Redis moved under the cache (see state_cache.py)
+                        out.report.cache_stale += 1
+                    else:
+                        out.report.conflicts += 1
+                        raced = True
                     retry[p.symbol] = pending[p.symbol]
             pending = retry
-            if pending:
+            if raced:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
         return out
@@ -129,8 +145,22 @@ class BatchProcessor:
     async def _plan(self, pending: dict[str, list[tuple[Bar, Record]]], report: BatchReport) -> list[SymbolPlan]:
         """Read each symbol's state and plan it; read every stored bar of the symbols to rebuild."""
         candidates = {s: [bar.time for bar, _ in items] for s, items in pending.items()}
-        states = await self._with_redis(self.store.read, candidates)
+        version = self.serving.version
+        cached = {s: st for s, t in candidates.items() if (st := self.cache.get(s, t, version)) is not None}
+        misses = {s: t for s, t in candidates.items() if s not in cached}
+        states = await self._with_redis(self.store.read, misses) if misses else {}
         report.states_lost += self._notice_lost_state(states)
+        if cached and self.verify_cache:
+            read = await self._with_redis(self.store.read, {s: candidates[s] for s in cached})
+            for s, st in list(cached.items()):
+                if (read[s].last_time, read[s].model_version) != (st.last_time, st.model_version):
+                    states[s] = read[s]  # Redis moved (the write would have been refused): plan on the read
+                    del cached[s]
+                    self.cache.drop(s)
+                elif diff := differences(st, read[s]):
+                    raise AssertionError(f"state cache of {s} differs from Redis in {', '.join(diff)}")
+        states.update(cached)
+        report.cached |= set(cached)
         restore, resets = await self._read_back(pending, states, report)
         now = time.time()
         plans = []
@@ -156,6 +186,7 @@ class BatchProcessor:
             if expected != rec.offset:
                 if expected is not None:
                     self._vouched = {s: v for s, v in self._vouched.items() if v[:2] != tp}
+                    self.cache.drop_partition(rec.partition)
                 self._seen_from[tp] = rec.offset
             self._next[tp] = rec.offset + 1
 
@@ -290,6 +321,7 @@ class BatchProcessor:
             except Exception as exc:
                 if not is_redis_outage(exc):  # a bug or a refused credential: retrying cannot help
                     raise
+                self.cache.clear()  # Redis may come back as something else: read it again
                 self.telemetry.redis_error()
                 log.warning("redis unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)

@@ -60,6 +60,11 @@ class Settings(ConnectionSettings):
     # Per-symbol Redis state expires this long after the symbol's last write (0 = never): a symbol that stops
     # trading stops costing memory; one that comes back later refills its window (no event for history_bars - 1)
     state_ttl_seconds: int = 7_776_000
+    # Symbols whose state this worker keeps as its own last write left it, so their next batch skips the Redis
+    # read (worker/state_cache.py; the compare-and-set write still guards it); ~20 KB each; 0 = always read
+    state_cache_symbols: int = 4096
+    # Also read every cached symbol and stop on any difference (a test and debugging aid: costs the read back)
+    state_cache_verify: bool = False
     allowed_symbols: tuple[str, ...] = ()
     # Metrics and drift
     metrics_host: str = "127.0.0.1"

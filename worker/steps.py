@@ -187,6 +187,8 @@ class BatchReport:
     inference_seconds: float = 0.0
     inferred: bool = False  # some bar went through the model
     conflicts: int = 0  # symbol writes lost to another worker (re-read and redone)
+    cached: set[str] = field(default_factory=set)  # symbols planned on this worker's cached state (no read)
+    cache_stale: int = 0  # of those, writes refused because Redis had moved under the cache (re-read, redone)
     states_lost: int = 0  # symbols whose stored state vanished or went back
     log_reads: int = 0  # reads of the bars topic for bars missing from Redis (worker/log_reader.py)
     resets: int = 0  # symbols started again from nothing: the log no longer held their missing bars

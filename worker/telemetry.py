@@ -36,6 +36,8 @@ class Telemetry:
         if r.inferred:
             m.inference_latency.observe(r.inference_seconds)
         m.redis_conflicts.inc(r.conflicts)
+        m.state_cache_hits.inc(len(r.cached))
+        m.state_cache_stale.inc(r.cache_stale)
         m.state_lost.inc(r.states_lost)
         m.bars_restored.inc(out.restored)
         m.bars_overtaken.inc(out.overtaken)
