@@ -152,13 +152,16 @@ class BatchProcessor:
         report.states_lost += self._notice_lost_state(states)
         if cached and self.verify_cache:
             read = await self._with_redis(self.store.read, {s: candidates[s] for s in cached})
+            moved = {}
             for s, st in list(cached.items()):
                 if (read[s].last_time, read[s].model_version) != (st.last_time, st.model_version):
-                    states[s] = read[s]  # Redis moved (the write would have been refused): plan on the read
+                    moved[s] = read[s]  # Redis moved (the write would have been refused): plan on the read
                     del cached[s]
                     self.cache.drop(s)
                 elif diff := differences(st, read[s]):
                     raise AssertionError(f"state cache of {s} differs from Redis in {', '.join(diff)}")
+            report.states_lost += self._notice_lost_state(moved)
+            states.update(moved)
         states.update(cached)
         report.cached |= set(cached)
         restore, resets = await self._read_back(pending, states, report)
