@@ -29,7 +29,9 @@ def _meta_key(symbol: str) -> str:
 
 @pytest.fixture()
 def cluster(tmp_path):
-    c = start_redis_cluster(tmp_path / "redis-cluster", masters=3, replicas=1)
+    # with a password: cut_replication keeps a replica detached by giving it a wrong master password (without
+    # one it re-syncs at once, and the "behind" replica was sometimes not behind)
+    c = start_redis_cluster(tmp_path / "redis-cluster", masters=3, replicas=1, password="cluster-test-pw")
     yield c
     c.stop()
 
@@ -52,6 +54,7 @@ def _settings(tag: str, cluster) -> dict:
         batch_within=0.02,
         redis_retry_max_seconds=1,
         redis_url=cluster.url,
+        redis_password=cluster.password,
         redis_cluster=True,
     )
 
