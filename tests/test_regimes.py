@@ -164,3 +164,71 @@ def test_whitening_puts_every_column_in_units_of_its_within_regime_noise():
     cent, lab = refine(gw, labels, 3, cfg.penalty_start)
     np.testing.assert_allclose((gw - cent[lab]).std(0), [1.0, 1.0], rtol=0.1)
     assert len(info["passes"]) >= 1
+
+
+def test_huber_cost_is_gaussian_inside_delta_and_linear_beyond():
+    """Per coordinate: 0.5 r^2 within delta of the centre, delta |r| - 0.5 delta^2 beyond (same value and slope
+    at delta), summed over coordinates; None is the Gaussian cost."""
+    from regimetry.regimes import point_costs
+
+    cent = np.zeros((1, 2))
+    gauss = RegimeSpace((0, 1), (1.0, 1.0), 0.0, cent)
+    huber = RegimeSpace((0, 1), (1.0, 1.0), 0.0, cent, huber_delta=2.0)
+    inside = np.array([[0.0, 0.0], [1.5, -2.0], [-0.3, 1.9]])
+    np.testing.assert_allclose(huber.costs(inside), gauss.costs(inside))
+    r = np.array([2.0, 3.0, 5.0, 11.0])
+    g = np.stack([r, np.zeros_like(r)], 1)
+    c = huber.costs(g)[:, 0]
+    np.testing.assert_allclose(c, 2.0 * r - 2.0)
+    np.testing.assert_allclose(np.diff(c) / np.diff(r), 2.0)  # slope delta beyond delta, never more
+    assert (c[1:] < gauss.costs(g)[1:, 0]).all()
+    # coordinates add; the sign of the residual does not matter
+    np.testing.assert_allclose(huber.costs(np.array([[-5.0, 1.0]])), [[(2.0 * 5 - 2.0) + 0.5]])
+    np.testing.assert_allclose(point_costs(g, cent, None), gauss.costs(g))
+    with pytest.raises(ValueError):
+        point_costs(g, cent, 0.0)
+
+
+def test_space_dict_keeps_the_cost_and_an_old_dict_means_gaussian():
+    cent = np.array([[0.0, 0.0], [1.0, 1.0]])
+    old = {"risk_columns": [0, 1], "risk_weights": [1.0, 1.0], "embedding_weight": 0.0, "centroids": cent.tolist()}
+    space = RegimeSpace.from_dict(old)
+    assert space.huber_delta is None
+    assert space.to_dict() == old  # a Gaussian space's dict (and the bundle's regimes hash) is unchanged
+    g = np.array([[9.0, -7.0]])
+    np.testing.assert_allclose(space.costs(g), 0.5 * ((g[:, None, :] - cent[None]) ** 2).sum(-1))
+    huber = RegimeSpace.from_dict({**old, "huber_delta": 2.5})
+    assert huber.huber_delta == 2.5
+    assert RegimeSpace.from_dict(huber.to_dict()).to_dict() == huber.to_dict()
+    assert (huber.costs(g) < space.costs(g)).all()
+
+
+def test_one_outlying_bar_carries_a_switch_under_gaussian_costs_but_not_huber():
+    """Two regimes 2 apart on one coordinate, penalty 4: one bar 10 deviations out on the far side gives
+    0.5 (10^2 - 8^2) = 18 nats of evidence under the Gaussian cost (a switch), at most delta * 2 = 4 under Huber
+    with delta 2 (no switch)."""
+    cent = np.array([[0.0], [2.0]])
+    g = np.zeros((60, 1))
+    g[30, 0] = 10.0
+    dec = JumpDecoder(4.5, 64)
+    gauss = dec.decode_series(RegimeSpace((0,), (1.0,), 0.0, cent).costs(g)).argmin(1)
+    huber = dec.decode_series(RegimeSpace((0,), (1.0,), 0.0, cent, huber_delta=2.0).costs(g)).argmin(1)
+    assert gauss[30] == 1 and (huber == 0).all()
+
+
+def test_huber_fit_centres_resist_outliers_and_volume_is_a_geometry_column():
+    from trainer.clustering import huber_centre, refine, risk_columns
+    from trainer.config import ClusterConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (400, 1))
+    x[:8] = 60.0  # 2 % wild points
+    m = huber_centre(x, 2.0, x.mean(0))
+    assert abs(m[0]) < 0.25 < abs(x.mean())
+    g, labels = planted_points(1500, 50)
+    cent_h, lab_h = refine(g, labels, 3, 4.0, huber_delta=2.5)
+    cent_g, lab_g = refine(g, labels, 3, 4.0)
+    assert np.mean(lab_h == lab_g) > 0.98 and np.abs(cent_h - cent_g).max() < 0.2  # Gaussian data: ~ the same
+    names = ("log_return", "log_range", "volume_z_20", "log_rvol_hl3")
+    assert risk_columns(names, ClusterConfig()) == ((1, 3), (1.0, 1.0))
+    assert risk_columns(names, ClusterConfig(volume_weight=0.5)) == ((1, 2, 3), (1.0, 0.5, 1.0))

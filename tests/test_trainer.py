@@ -226,6 +226,23 @@ def test_worker_path_reproduces_trainer_regimes(tiny_training):
     assert np.array_equal(cut.regime, r.regime[:300])
 
 
+def test_huber_cost_and_volume_column_reach_the_bundle_and_the_worker(tmp_path):
+    """clustering.huber_delta and clustering.volume_weight: the bundle records the cost and the volume column,
+    and ONNX Runtime's path (RegimeModel, what the worker runs) reproduces the trainer's regimes with them."""
+    from fixtures_bundle import tiny_config
+
+    from trainer.pipeline import train
+
+    res = train(tiny_config(tmp_path, **{"clustering.huber_delta": 2.5, "clustering.volume_weight": 1.0}))
+    reg = res.manifest["regimes"]
+    assert reg["space"]["huber_delta"] == 2.5
+    assert any(n.startswith("volume_z_") for n in reg["risk_features"])
+    model = RegimeModel(res.bundle_dir)
+    assert model.space.huber_delta == 2.5
+    r = model.run_series(generate_bars().bars.values)
+    assert np.mean(r.regime == res.regimes) >= 0.995
+
+
 def test_same_seed_same_model(tiny_training, tmp_path):
     from helpers import tiny_again
 

@@ -75,9 +75,9 @@ def permute_clustering(cl: Clustering, perm: np.ndarray) -> Clustering:
     clf = cl.classifier
     space = None
     if cl.space is not None:
-        from regimetry.regimes import RegimeSpace
+        from dataclasses import replace
 
-        space = RegimeSpace(cl.space.risk_columns, cl.space.risk_weights, cl.space.embedding_weight, centroids)
+        space = replace(cl.space, centroids=centroids)
     return Clustering(
         cl.emb_mean,
         cl.emb_std,

@@ -21,14 +21,14 @@ dwell, the validation split) runs block by block. ``seg=None`` is one series.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from regimetry.classify import KNNClassifier
 from regimetry.diagnostics import mean_duration
-from regimetry.regimes import JumpDecoder, RegimeSpace, sq_distances
+from regimetry.regimes import JumpDecoder, RegimeSpace, point_costs
 from trainer.config import ClusterConfig
 
 WHITEN_PASSES = 2  # fits behind the spreads: the first in the configured weights, then in the whitened ones
@@ -136,7 +136,32 @@ def risk_columns(names: tuple[str, ...], cfg: ClusterConfig) -> tuple[tuple[int,
         elif n == "log_range" and cfg.range_weight > 0:  # the bar's own range: the fastest risk reading
             cols.append(i)
             weights.append(cfg.range_weight)
+        elif n.startswith("volume_z_") and cfg.volume_weight > 0:  # the bar's volume level (trailing z-score)
+            cols.append(i)
+            weights.append(cfg.volume_weight)
     return tuple(cols), tuple(weights)
+
+
+def huber_centre(x: np.ndarray, delta: float, start: np.ndarray, iters: int = 20) -> np.ndarray:
+    """(M, P) points -> (P,) the per-coordinate Huber location (the minimiser of the summed Huber costs of
+    regimetry/regimes.py::point_costs) by iteratively reweighted means from ``start``."""
+    m = np.asarray(start, dtype=np.float64).copy()
+    for _ in range(iters):
+        r = np.abs(x - m)
+        w = np.minimum(1.0, delta / np.maximum(r, 1e-12))
+        new = (w * x).sum(0) / w.sum(0)
+        if np.max(np.abs(new - m)) < 1e-9:
+            return new
+        m = new
+    return m
+
+
+def centre_of(x: np.ndarray, huber_delta: float | None, start: np.ndarray | None = None) -> np.ndarray:
+    """The centre that minimises the regime's summed costs: the mean (Gaussian) or the Huber location."""
+    mean = x.mean(0)
+    if huber_delta is None:
+        return mean
+    return huber_centre(x, float(huber_delta), mean if start is None else start)
 
 
 def refine(
@@ -147,10 +172,13 @@ def refine(
     max_iter: int = 20,
     init_centroids: np.ndarray | None = None,
     seg: np.ndarray | None = None,
+    huber_delta: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Statistical jump model fit started from a partition: alternate centres (means) and the penalised
-    Viterbi path (jumpmodels.jump.dp) until the labels stop changing. Returns (centroids (K, P), labels (N,)).
-    A regime left empty keeps its previous centre, so ids never vanish mid-fit."""
+    """Statistical jump model fit started from a partition: alternate centres (the minimisers of each regime's
+    summed costs: means, or Huber locations with ``huber_delta``) and the penalised Viterbi path
+    (jumpmodels.jump.dp) on the costs of regimetry/regimes.py::point_costs until the labels stop changing.
+    Returns (centroids (K, P), labels (N,)). A regime left empty keeps its previous centre, so ids never vanish
+    mid-fit."""
     from jumpmodels.jump import dp, jump_penalty_to_mx
 
     pen = jump_penalty_to_mx(float(penalty), n)
@@ -158,18 +186,22 @@ def refine(
         cent = np.array(init_centroids, dtype=np.float64)
     elif labels is not None:
         cent = centroids_of(g, labels, n)
+        if huber_delta is not None:
+            cent = np.stack(
+                [centre_of(g[labels == k], huber_delta) if (labels == k).any() else cent[k] for k in range(n)]
+            )
     else:
         raise ValueError("refine needs a partition or initial centres")
     if labels is None:
         labels = np.full(len(g), -1, dtype=np.int64)
     parts = blocks(seg, len(g))
     for _ in range(max_iter):
-        loss = 0.5 * sq_distances(g, cent)
+        loss = point_costs(g, cent, huber_delta)
         if len(parts) == 1:
             new = np.asarray(dp(loss, pen)[0], dtype=np.int64)
         else:  # one Viterbi path per segment: no switch is charged (or saved) across a boundary
             new = np.concatenate([np.asarray(dp(loss[b], pen)[0], dtype=np.int64) for b in parts])
-        cent = np.stack([g[new == k].mean(0) if (new == k).any() else cent[k] for k in range(n)])
+        cent = np.stack([centre_of(g[new == k], huber_delta) if (new == k).any() else cent[k] for k in range(n)])
         if np.array_equal(new, labels):
             break
         labels = new
@@ -212,7 +244,9 @@ def whiten(
     passes = []
     for _ in range(max(1, int(WHITEN_PASSES))):
         g0 = cur.geometry(last_rows, z)
-        cent, labels = refine(g0, spectral_labels(g0, cfg, seed), k, cfg.penalty_start, seg=seg)
+        cent, labels = refine(
+            g0, spectral_labels(g0, cfg, seed), k, cfg.penalty_start, seg=seg, huber_delta=cfg.huber_delta
+        )
         resid = g0 - cent[labels]
         cur_w = np.asarray(cur.risk_weights, dtype=np.float64)
         # spreads of the unweighted columns (and of the embedding block at weight 1)
@@ -225,13 +259,13 @@ def whiten(
         weights = tuple(float(w / s) if s > 1e-12 else float(w) for w, s in zip(base_w.tolist(), sd.tolist()))
         ew = base_ew / esd if esd > 1e-12 else base_ew
         passes.append({"column_spread": sd.tolist(), "embedding_spread": esd})
-        cur = RegimeSpace(space.risk_columns, weights, ew, space.centroids)
+        cur = replace(space, risk_weights=weights, embedding_weight=ew)
     info = {
         "rule": "configured weight / pooled within-regime spread of each column (embedding block: rms residual "
         f"norm), from a fit at penalty {cfg.penalty_start:g} in the geometry of the pass before",
         "passes": passes,
     }
-    return RegimeSpace(space.risk_columns, weights, ew, space.centroids), info
+    return replace(space, risk_weights=weights, embedding_weight=ew), info
 
 
 def _validate(
@@ -248,8 +282,8 @@ def _validate(
     and the mean dwell in and out of the fit."""
     from trainer.regime_scores import eta_squared
 
-    cent, _ = refine(g[fit], start, cfg.n_clusters, lam, seg=_sub(seg, fit))
-    lab = decode(JumpDecoder(float(lam), cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
+    cent, _ = refine(g[fit], start, cfg.n_clusters, lam, seg=_sub(seg, fit), huber_delta=cfg.huber_delta)
+    lab = decode(JumpDecoder(float(lam), cfg.memory), point_costs(g, cent, cfg.huber_delta), seg).argmin(1)
     val = lab[~fit]
     ok = np.isfinite(next_risk[~fit])
     eta2 = eta_squared(val[ok], next_risk[~fit][ok]) if ok.sum() > 1 else float("nan")
@@ -327,8 +361,8 @@ def self_consistent_penalty(
     lam = float(cfg.penalty_start)
     history = []
     for _ in range(int(cfg.penalty_iterations)):
-        cent, _ = refine(g, start, k, lam, seg=seg)
-        served = decode(JumpDecoder(lam, cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
+        cent, _ = refine(g, start, k, lam, seg=seg, huber_delta=cfg.huber_delta)
+        served = decode(JumpDecoder(lam, cfg.memory), point_costs(g, cent, cfg.huber_delta), seg).argmin(1)
         d = dwell(served, seg)
         implied = float(np.log((k - 1) * max(d - 1.0, 1.0)))
         history.append({"penalty": lam, "dwell": d, "implied_penalty": implied})
@@ -364,7 +398,9 @@ def fit_regimes(
     z = ((raw_train - mean) / std).astype(np.float32)
     cols, weights = risk_columns(names, cfg)
     k = cfg.n_clusters
-    space = RegimeSpace(cols, weights, cfg.embedding_weight, np.zeros((k, len(cols) + z.shape[1])))
+    space = RegimeSpace(
+        cols, weights, cfg.embedding_weight, np.zeros((k, len(cols) + z.shape[1])), huber_delta=cfg.huber_delta
+    )
     whitening = None
     if cfg.whiten:
         space, whitening = whiten(last_rows_train, z, space, cfg, seed, seg)
@@ -387,15 +423,16 @@ def fit_regimes(
             row, val = _validate(g, vstart, fit, penalty, next_risk, cfg, seg)
             selection.update({"validation_windows": int((~fit).sum()), "_validation_row": row})
             selection.update({"_validation_labels": val, "_cut": fit})
-    cent, labels = refine(g, start, k, penalty, seg=seg)  # a regime the fit left empty keeps its last centre
+    # a regime the fit left empty keeps its last centre
+    cent, labels = refine(g, start, k, penalty, seg=seg, huber_delta=cfg.huber_delta)
     # number the ids by the volatility of the windows each regime is *served* on (the causal decoder's labels,
     # which lag the offline fit's), so id 0 is the calmest regime as subscribers see it
-    decoded = decode(JumpDecoder(penalty, cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
+    decoded = decode(JumpDecoder(penalty, cfg.memory), point_costs(g, cent, cfg.huber_delta), seg).argmin(1)
     means = np.array([order_key[decoded == i].mean() if (decoded == i).any() else np.inf for i in range(k)])
     rank = np.empty(k, dtype=np.int64)
     rank[np.argsort(means, kind="stable")] = np.arange(k)
     labels, cent = rank[labels], cent[np.argsort(rank)]
-    space = RegimeSpace(cols, weights, space.embedding_weight, cent)
+    space = replace(space, centroids=cent)
     if "_validation_labels" in selection:  # what the search ranks by: all on training windows only
         from trainer.regime_scores import refit_agreement
 
@@ -430,11 +467,12 @@ def fit_anchored(
     z = ((raw_train - warm.emb_mean) / warm.emb_std).astype(np.float32)
     g = warm.space.geometry(last_rows_train, z)
     k = len(warm.space.centroids)
-    cent, labels = refine(g, None, k, warm.penalty, init_centroids=warm.space.centroids, seg=seg)
-    served = decode(JumpDecoder(warm.penalty, cfg.memory), 0.5 * sq_distances(g, cent), seg).argmin(1)
+    delta = warm.space.huber_delta  # the previous model's cost, whatever cfg says: ids and geometry are kept
+    cent, labels = refine(g, None, k, warm.penalty, init_centroids=warm.space.centroids, seg=seg, huber_delta=delta)
+    served = decode(JumpDecoder(warm.penalty, cfg.memory), point_costs(g, cent, delta), seg).argmin(1)
     means = np.array([order_key[served == i].mean() if (served == i).any() else np.nan for i in range(k)])
     ordered = bool(np.all(np.diff(means[np.isfinite(means)]) >= 0))
-    space = RegimeSpace(warm.space.risk_columns, warm.space.risk_weights, warm.space.embedding_weight, cent)
+    space = replace(warm.space, centroids=cent)
     keep = subsample(len(z), cfg.max_reference)
     clf = KNNClassifier(z[keep], labels[keep], k, cfg.knn_k)
     selection = {

@@ -50,6 +50,11 @@ class ClusterConfig:
     trend_weight: float = 1.0  # weight of each trend_hl* column
     range_weight: float = 1.0  # weight of the bar's own log range (the fastest risk reading; 0 = left out)
     embedding_weight: float = 1.0  # weight of the whole standardised embedding (as one column)
+    volume_weight: float = 0.0  # weight of the bar's volume_z_* column (trailing volume z-score; 0 = left out)
+    # huber_delta: None = Gaussian costs (0.5 * squared distance); a number = Huber costs per coordinate, quadratic
+    # within delta of a regime centre and linear beyond (in whitened units when whiten), so that one heavy-tailed
+    # bar cannot carry a switch alone; the fit's centres are then Huber locations (regimetry/regimes.py)
+    huber_delta: float | None = None
     # whiten: the weights above count in units of each column's (and the embedding block's) pooled within-regime
     # spread on a preliminary training fit, so every column is measured against its own noise
     whiten: bool = True
@@ -126,6 +131,10 @@ class TrainConfig:
             errs.append("clustering.penalties must be a non-empty list of numbers >= 0")
         if self.clustering.penalty is not None and float(self.clustering.penalty) < 0:
             errs.append("clustering.penalty must be >= 0 (a negative penalty would reward switching)")
+        if self.clustering.huber_delta is not None and not float(self.clustering.huber_delta) > 0:
+            errs.append("clustering.huber_delta must be > 0 (or null for the Gaussian cost)")
+        if float(self.clustering.volume_weight) < 0:
+            errs.append("clustering.volume_weight must be >= 0")
         if self.clustering.penalty_rule not in PENALTY_RULES:
             errs.append(f"clustering.penalty_rule must be one of {PENALTY_RULES}")
         if float(self.clustering.penalty_start) < 0 or int(self.clustering.penalty_iterations) < 1:
