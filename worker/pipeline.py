@@ -109,9 +109,7 @@ class BatchProcessor:
                 pending.setdefault(check.symbol, []).append((check, rec))
         delay = 0.05
         while pending:
-            hits = set(out.report.cached)
-            plans = await self._plan(pending, out.report)
-            hits = out.report.cached - hits  # planned on the cache in this round
+            plans, hits = await self._plan(pending, out.report)
             t0 = time.perf_counter()
             results = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer_and_build, plans)
             if any(p.new for p in plans):
@@ -142,26 +140,19 @@ class BatchProcessor:
                 delay = min(delay * 2, self.retry_max_seconds)
         return out
 
-    async def _plan(self, pending: dict[str, list[tuple[Bar, Record]]], report: BatchReport) -> list[SymbolPlan]:
-        """Read each symbol's state and plan it; read every stored bar of the symbols to rebuild."""
+    async def _plan(
+        self, pending: dict[str, list[tuple[Bar, Record]]], report: BatchReport
+    ) -> tuple[list[SymbolPlan], set[str]]:
+        """Each symbol's state (this worker's cache where it stands in for a read, else Redis) and its plan;
+        every stored bar of the symbols to rebuild. Returns the plans and the symbols planned on the cache."""
         candidates = {s: [bar.time for bar, _ in items] for s, items in pending.items()}
         version = self.serving.version
         cached = {s: st for s, t in candidates.items() if (st := self.cache.get(s, t, version)) is not None}
-        misses = {s: t for s, t in candidates.items() if s not in cached}
-        states = await self._with_redis(self.store.read, misses) if misses else {}
+        wanted = candidates if self.verify_cache else {s: t for s, t in candidates.items() if s not in cached}
+        states = await self._with_redis(self.store.read, wanted) if wanted else {}
         report.states_lost += self._notice_lost_state(states)
-        if cached and self.verify_cache:
-            read = await self._with_redis(self.store.read, {s: candidates[s] for s in cached})
-            moved = {}
-            for s, st in list(cached.items()):
-                if (read[s].last_time, read[s].model_version) != (st.last_time, st.model_version):
-                    moved[s] = read[s]  # Redis moved (the write would have been refused): plan on the read
-                    del cached[s]
-                    self.cache.drop(s)
-                elif diff := differences(st, read[s]):
-                    raise AssertionError(f"state cache of {s} differs from Redis in {', '.join(diff)}")
-            report.states_lost += self._notice_lost_state(moved)
-            states.update(moved)
+        if self.verify_cache:
+            cached = self._verified(cached, states)
         states.update(cached)
         report.cached |= set(cached)
         restore, resets = await self._read_back(pending, states, report)
@@ -178,7 +169,21 @@ class BatchProcessor:
                 times, values = stored[plans[i].symbol]
                 keep = times <= plans[i].state.last_time  # what the first read saw (the write checks last_time)
                 plans[i] = plans[i].with_replay(times[keep], values[keep])
-        return plans
+        return plans, set(cached)
+
+    def _verified(self, cached: dict[str, SymbolState], read: dict[str, SymbolState]) -> dict[str, SymbolState]:
+        """REGIMETRY_STATE_CACHE_VERIFY: the cached states Redis still holds as they are. One Redis moved
+        under (its write would have been refused) is planned on the read instead; any other difference is a
+        bug in the cache and stops the batch."""
+        kept = {}
+        for s, st in cached.items():
+            if (read[s].last_time, read[s].model_version) != (st.last_time, st.model_version):
+                self.cache.drop(s)
+            elif diff := differences(st, read[s]):
+                raise AssertionError(f"state cache of {s} differs from Redis in {', '.join(diff)}")
+            else:
+                kept[s] = st
+        return kept
 
     def _track(self, records: Sequence[Record]) -> None:
         """Follow each partition's offsets: a jump (a rebalance, a seek) starts a new run, and what this

@@ -21,7 +21,6 @@ field by field; a difference is a bug and stops the batch (the runner's exit-on-
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import replace
 
 import numpy as np
 
@@ -129,7 +128,3 @@ def differences(cached: SymbolState, read: SymbolState) -> list[str]:
     ):
         out.append("bar_times")
     return out
-
-
-def without_lookups(st: SymbolState) -> SymbolState:
-    return replace(st, lookups={}, side={}, oldest_time=None)
