@@ -148,6 +148,72 @@ def test_self_consistent_penalty_is_the_switch_cost_of_the_dwell(dwell_bars):
     assert last["dwell"] == pytest.approx(dwell_bars, rel=0.1)
 
 
+def persistent_setting(dwell_bars: int, informative: bool, seed: int = 0):
+    """Planted points, each bar's next |move| drawn from its regime's scale (informative) or from one scale for
+    all (not), and the self-consistent penalty of their fit."""
+    from trainer.clustering import self_consistent_penalty
+    from trainer.config import ClusterConfig
+
+    g, labels = planted_points(2400, dwell_bars, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    scale = np.array([0.5, 1.0, 2.0])[labels] if informative else np.ones(len(labels))
+    move = np.abs(rng.normal(0.0, scale))
+    move[-1] = np.nan  # the last bar's next bar is not a training bar
+    cfg = ClusterConfig(n_clusters=3, penalty_rule="persistent")
+    lam0, _ = self_consistent_penalty(g, labels, cfg)
+    return g, move, labels.astype(float), cfg, lam0
+
+
+def test_persistent_penalty_keeps_the_self_consistent_one_where_a_larger_one_loses_regimes():
+    """Short planted regimes that tell the next move's scale: every larger multiple merges some of them, the
+    folds agree on the loss, and the rule stays at the self-consistent penalty."""
+    from trainer.clustering import persistent_penalty
+
+    g, move, key, cfg, lam0 = persistent_setting(20, informative=True)
+    lam, info = persistent_penalty(g, lam0, move, key, cfg, seed=0)
+    assert lam == lam0 and info["chosen"] == lam0
+    scores = np.asarray(info["fold_scores"])
+    assert scores.shape == (len(cfg.persistence_folds), len(info["multiples"]))
+    assert np.all(scores[:, 0] > scores[:, -1])  # the largest penalty explains less in every fold
+
+
+def test_persistent_penalty_buys_persistence_where_the_folds_cannot_tell():
+    """The same regimes with a next move that none of them explains: every candidate scores noise, and the
+    one-standard-error rule takes a larger penalty than the self-consistent one."""
+    from trainer.clustering import persistent_penalty
+
+    g, move, key, cfg, lam0 = persistent_setting(20, informative=False)
+    lam, info = persistent_penalty(g, lam0, move, key, cfg, seed=0)
+    assert lam > lam0 and lam in [lam0 * m for m in info["multiples"]]
+
+
+def test_persistent_penalty_without_two_usable_folds_keeps_the_self_consistent_one():
+    from trainer.clustering import persistent_penalty
+
+    g, move, key, cfg, lam0 = persistent_setting(20, informative=True)
+    unknown = np.full_like(move, np.nan)
+    lam, info = persistent_penalty(g, lam0, unknown, key, cfg, seed=0)
+    assert lam == lam0 and "fewer than two" in info["rule"]
+
+
+def test_adequate_memory_grows_with_the_penalty_until_the_decoder_equals_the_unbounded_one():
+    """A large penalty takes longer to forget the restart: the memory is doubled until the finite decoder labels
+    (almost) every bar as the unbounded recursion does, and a small penalty keeps the configured memory."""
+    from trainer.clustering import MEMORY_AGREEMENT, adequate_memory, unbounded_labels
+
+    costs = planted_costs(3000, seed=5) * 0.05  # weak evidence per bar: forgetting takes many bars
+    small, agree_small = adequate_memory(costs, 1.0, 32)
+    assert small == 32 and agree_small >= MEMORY_AGREEMENT
+    lam = 40.0
+    assert np.mean(JumpDecoder(lam, 32).decode_series(costs).argmin(1) == unbounded_labels(costs, lam)) < 0.99
+    grown, agree = adequate_memory(costs, lam, 32)
+    assert grown > 32 and agree >= MEMORY_AGREEMENT
+    head = costs[:600]  # the reference itself: the decoder with a memory as long as the series
+    np.testing.assert_array_equal(
+        unbounded_labels(head, lam), JumpDecoder(lam, len(head)).decode_series(head).argmin(1)
+    )
+
+
 def test_whitening_puts_every_column_in_units_of_its_within_regime_noise():
     """A column ten times noisier (and ten times further apart) gets a tenth of the weight: after whitening each
     column's pooled within-regime spread is its configured weight, whatever its scale."""

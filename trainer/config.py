@@ -11,12 +11,12 @@ from pathlib import Path
 
 import yaml
 
-TRAINER_VERSION = 6  # bump when training changes what a given config produces (part of every recipe hash)
+TRAINER_VERSION = 7  # bump when training changes what a given config produces (part of every recipe hash)
 ENCODING_METHODS = ("learnable", "sinusoidal")
 ENCODING_STYLES = ("interleaved", "stacked")
 FORECASTERS = ("stratum", "stratum_attn", "stratum_hydra")
 LOSSES = ("mse", "cosine")
-PENALTY_RULES = ("self_consistent", "validation_eta2")
+PENALTY_RULES = ("self_consistent", "persistent", "validation_eta2")
 UNIVERSE_OPTIONS = ("symbols", "max_gap", "mixed_intervals")
 
 
@@ -60,14 +60,21 @@ class ClusterConfig:
     whiten: bool = True
     penalty: float | None = None  # switch penalty; None = chosen on the training windows by penalty_rule
     # self_consistent: the penalty is the switch cost in nats of the fit's own dwell D (log((K-1)(D-1)), a hard
-    # HMM's), iterated to a fixed point on the training windows; validation_eta2: the candidate rule below
-    penalty_rule: str = "self_consistent"
+    # HMM's), iterated to a fixed point on the training windows; persistent (the default): that penalty, raised to
+    # the largest multiple time-series cross-validation cannot tell from the best (next-bar |log return| eta^2,
+    # one-standard-error rule); validation_eta2: the candidate rule below
+    penalty_rule: str = "persistent"
     penalty_start: float = 4.0  # first penalty of the fixed point (and of the preliminary fit of whiten)
     penalty_iterations: int = 8  # at most this many refits of the fixed point
     penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # validation_eta2's
     penalty_tolerance: float = 0.05  # validation_eta2: relative eta^2 loss accepted for a larger penalty
+    # persistent: the self-consistent penalty, raised to the largest of its multiples below that time-series
+    # cross-validation on the training windows cannot tell from the best one (clustering.persistent_penalty)
+    persistence_multiples: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    persistence_folds: list = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # expanding-window cuts
     validation: float = 0.3  # share of the training windows the penalty is validated on
-    memory: int = 128  # bars of costs behind each decoded regime
+    memory: int = 128  # bars of costs behind each decoded regime, at least (doubled until the decoder equals the
+    # unbounded recursion on 99.9 % of the training windows: trainer/clustering.py::adequate_memory)
 
 
 @dataclass
@@ -139,6 +146,11 @@ class TrainConfig:
             errs.append(f"clustering.penalty_rule must be one of {PENALTY_RULES}")
         if float(self.clustering.penalty_start) < 0 or int(self.clustering.penalty_iterations) < 1:
             errs.append("clustering.penalty_start must be >= 0 and clustering.penalty_iterations >= 1")
+        mult, folds = self.clustering.persistence_multiples, self.clustering.persistence_folds
+        if not mult or any(float(x) < 1 for x in mult):
+            errs.append("clustering.persistence_multiples must be a non-empty list of numbers >= 1")
+        if len(folds) < 2 or any(not 0 < float(x) < 1 for x in folds) or list(folds) != sorted(set(folds)):
+            errs.append("clustering.persistence_folds must be >= 2 increasing cuts in (0, 1)")
         if self.clustering.memory < 1:
             errs.append("clustering.memory must be >= 1")
         if self.symbols is not None and (

@@ -258,7 +258,14 @@ def train(
     summary["regime_names"] = [p["name"] for p in profiles]  # what an export writes, for reports of a config
     cl = rg.cl
     warm_next = WarmStart(
-        "in-memory", ws.scaler, cl.emb_mean, cl.emb_std, cl.space, cl.decoder.penalty, encoder.get_weights()
+        "in-memory",
+        ws.scaler,
+        cl.emb_mean,
+        cl.emb_std,
+        cl.space,
+        cl.decoder.penalty,
+        encoder.get_weights(),
+        memory=cl.decoder.memory,
     )
     if not write_bundle:
         return TrainResult(None, {}, summary, rg.regimes, ws.end_time, rg.z, warm_next, _window_symbols(ws))
@@ -337,7 +344,7 @@ def _fit_regimes(cfg: TrainConfig, spec: FeatureSpec, ws, raw: np.ndarray, warm,
     progress("clustering", 0, 1, f"spectral + jump model, k={cfg.clustering.n_clusters}")
     n, w_size = len(ws.windows), cfg.window_size
     bar_ret, next_ret, vol_all = np.zeros(n), np.full(n, np.nan), np.zeros(n)
-    next_risk = np.full(n, np.nan)
+    next_risk, next_move = np.full(n, np.nan), np.full(n, np.nan)
     for sg in ws.segments:
         values, idx = sg.series.values, sg.index
         end = ws.end_index[idx]
@@ -353,6 +360,9 @@ def _fit_regimes(cfg: TrainConfig, spec: FeatureSpec, ws, raw: np.ndarray, warm,
         # out is looked at.
         bar_vol = clustering.bar_volatility(values)
         last_train_bar = int(end[sg.n_train - 1]) if sg.n_train else -1
+        # the persistent penalty rule's target: the next bar's |log return|, where that bar is a training bar
+        known = end + 1 <= last_train_bar
+        next_move[idx[known]] = np.abs(log_ret[end[known] + 1])
         csum = np.concatenate([[0.0], np.cumsum(bar_vol)])
         ahead = end + w_size
         next_risk[idx] = np.where(
@@ -375,6 +385,7 @@ def _fit_regimes(cfg: TrainConfig, spec: FeatureSpec, ws, raw: np.ndarray, warm,
             cfg.clustering,
             cfg.seed,
             seg,
+            next_move=next_move[: ws.n_train],
         )
     z = ((raw - cl.emb_mean) / cl.emb_std).astype(np.float32)
 

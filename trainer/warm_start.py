@@ -38,6 +38,7 @@ class WarmStart:
     penalty: float
     encoder_weights: list[np.ndarray] | None = field(default=None, repr=False)
     weights_file: Path | None = None
+    memory: int | None = None  # the previous decoder's memory (None: the configured one)
 
     def load_into(self, encoder) -> None:
         """Set a freshly built encoder of the same architecture to the previous weights."""
@@ -71,4 +72,5 @@ class WarmStart:
             float(m["regimes"]["decoder"]["penalty"]),
             None,
             weights,
+            int(m["regimes"]["decoder"]["memory"]),
         )
