@@ -202,7 +202,7 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
         z = model.embed(w_)
         g = model.geometry(w_, z)
         costs = model.costs(g)
-        values = dec.values(dec.cost_windows(stored, costs))
+        values = dec.values_at(dec.sequence(stored, costs), np.arange(len(costs)))
         stored = np.concatenate([stored, costs])[-(dec.memory - 1) :]
         dec.proba(values)
         model.ood(g)

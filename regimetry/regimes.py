@@ -141,12 +141,33 @@ class JumpDecoder:
         c = np.asarray(cost_windows, dtype=np.float64)
         if c.shape[1] > self.memory:
             raise ValueError(f"{c.shape[1]} cost rows given, the decoder looks back {self.memory}")
-        w = np.zeros((c.shape[0], c.shape[2]))
+        n, m = c.shape[0], c.shape[1]
+        return self.values_at(c.reshape(n * m, c.shape[2]), np.arange(n) * m, m)
+
+    def values_at(self, seq: np.ndarray, starts: np.ndarray, length: int | None = None) -> np.ndarray:
+        """(S, K) costs laid end to end and (N,) the first row of each bar's window -> (N, K) values W: bar n
+        is decided from ``seq[starts[n] : starts[n] + length]`` (``length`` defaults to ``memory``), oldest
+        first, the recursion restarted from W = 0.
+
+        The one implementation of the decoder's arithmetic (``values`` and ``decode_series`` call it). Why this
+        shape: a bar's window overlaps its neighbours', so gathering one row per bar per step from the shared
+        sequence (in a (K, N) layout) costs N x K per step, where materialising the (N, M, K) windows first
+        cost ~4x more at memory 256 (a strided copy of M x N x K numbers)."""
+        seq_t = np.ascontiguousarray(np.asarray(seq, dtype=np.float64).T)  # (K, S)
+        starts = np.asarray(starts, dtype=np.int64)
+        m = self.memory if length is None else int(length)
+        if m > self.memory:
+            raise ValueError(f"{m} cost rows given, the decoder looks back {self.memory}")
+        k, n = seq_t.shape[0], len(starts)
         lam = float(self.penalty)
-        for m in range(c.shape[1]):
-            w = c[:, m, :] + np.minimum(w, lam)
-            w -= w.min(1, keepdims=True)
-        return w
+        w, row, low = np.zeros((k, n)), np.empty((k, n)), np.empty(n)
+        for i in range(m):
+            np.take(seq_t, starts + i, axis=1, out=row)
+            np.minimum(w, lam, out=w)
+            w += row
+            np.minimum.reduce(w, axis=0, out=low)
+            w -= low
+        return np.ascontiguousarray(w.T)
 
     def step(self, w_prev: np.ndarray, costs: np.ndarray) -> np.ndarray:
         """One more bar: (N, K) values and (N, K) costs of the next bar -> (N, K) values (the one-step-ahead
@@ -159,32 +180,31 @@ class JumpDecoder:
         e = np.exp(-np.asarray(w, dtype=np.float64) / self.temperature)
         return e / e.sum(1, keepdims=True)
 
-    def decode_series(self, costs: np.ndarray, block: int = 4096) -> np.ndarray:
+    def decode_series(self, costs: np.ndarray) -> np.ndarray:
         """(T, K) costs of consecutive bars -> (T, K) values: bar t decided from costs[max(0, t-M+1) : t+1].
 
-        The same ``values`` call the worker makes, on the same zero-padded windows, so both agree exactly."""
+        The same arithmetic as the worker's (``values_at``) on the same zero-padded windows, so both agree
+        exactly."""
         costs = np.asarray(costs, dtype=np.float64)
-        t, k = costs.shape
-        padded = np.concatenate([np.zeros((self.memory - 1, k)), costs])
-        out = np.empty((t, k))
-        for i in range(0, t, block):
-            j = min(t, i + block)
-            wins = np.lib.stride_tricks.sliding_window_view(padded[i : j + self.memory - 1], self.memory, axis=0)
-            out[i:j] = self.values(np.swapaxes(wins, 1, 2))
-        return out
+        return self.values_at(self.sequence(np.zeros((0, costs.shape[1])), costs), np.arange(len(costs)))
+
+    def sequence(self, stored: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """(S, K) costs already stored for a symbol (oldest first, any number) and (n, K) costs of its new
+        bars -> (memory - 1 + n, K): zero padding, the last memory - 1 stored costs, the new ones; new bar j's
+        window is rows j .. j + memory - 1 (``values_at`` with starts j)."""
+        new = np.asarray(new, dtype=np.float64)
+        k = new.shape[1]
+        stored = (
+            np.asarray(stored, dtype=np.float64).reshape(-1, k)[-(self.memory - 1) :]
+            if self.memory > 1
+            else np.zeros((0, k))
+        )
+        pad = np.zeros((self.memory - 1 - len(stored), k))
+        return np.concatenate([pad, stored, new])
 
     def cost_windows(self, stored: np.ndarray, new: np.ndarray) -> np.ndarray:
-        """The worker's view: (S, K) costs already stored for a symbol (oldest first, any number) and (n, K)
-        costs of its new bars -> (n, M, K) windows, zero-padded like decode_series."""
-        stored = (
-            np.asarray(stored, dtype=np.float64).reshape(-1, new.shape[1])[-(self.memory - 1) :]
-            if self.memory > 1
-            else np.zeros((0, new.shape[1]))
-        )
-        k = new.shape[1]
-        pad = np.zeros((self.memory - 1 - len(stored), k))
-        seq = np.concatenate([pad, stored, np.asarray(new, dtype=np.float64)])
-        wins = np.lib.stride_tricks.sliding_window_view(seq, self.memory, axis=0)
+        """The (n, M, K) windows of ``sequence(stored, new)``, zero-padded like decode_series."""
+        wins = np.lib.stride_tricks.sliding_window_view(self.sequence(stored, new), self.memory, axis=0)
         return np.swapaxes(wins, 1, 2)
 
     def to_dict(self) -> dict:

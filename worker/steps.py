@@ -420,8 +420,12 @@ def infer(serving: Serving, plans: list[SymbolPlan], win: Windows) -> Inference 
     prior = {pi: (empty if plans[pi].rebuilding else plans[pi].prior or empty) for pi in rows_of}
     order = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows_of.values()])
     w = np.empty_like(costs)
-    # the decoder: each row's last `memory` costs, from Redis then from this batch, in one call
-    w[order] = dec.values(np.concatenate([dec.cost_windows(prior[pi].costs, costs[r]) for pi, r in rows_of.items()]))
+    # the decoder: each row's last `memory` costs, from Redis then from this batch, in one call over the
+    # symbols' cost sequences laid end to end (row j of a symbol's sequence starts its j-th new bar's window)
+    seqs = [dec.sequence(prior[pi].costs, costs[r]) for pi, r in rows_of.items()]
+    offsets = np.cumsum([0] + [len(q) for q in seqs[:-1]])
+    starts = np.concatenate([o + np.arange(len(r)) for o, r in zip(offsets, rows_of.values())])
+    w[order] = dec.values_at(np.concatenate(seqs), starts)
     regime = w.argmin(1)
     dwell_rows = np.empty(len(regime), dtype=np.int64)
     for pi, r in rows_of.items():  # continued from the stored last regime and its dwell
