@@ -61,7 +61,8 @@ class Settings(ConnectionSettings):
     # trading stops costing memory; one that comes back later refills its window (no event for history_bars - 1)
     state_ttl_seconds: int = 7_776_000
     # Symbols whose state this worker keeps as its own last write left it, so their next batch skips the Redis
-    # read (worker/state_cache.py; the compare-and-set write still guards it); ~20 KB each; 0 = always read
+    # read (worker/state_cache.py; the compare-and-set write still guards it); ~32 KB each at decoder memory 256
+    # (~13 KB per 128 of memory, ~6 KB of bars), so ~130 MB at 4,096; 0 = always read
     state_cache_symbols: int = 4096
     # Also read every cached symbol and stop on any difference (a test and debugging aid: costs the read back)
     state_cache_verify: bool = False
