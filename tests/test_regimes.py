@@ -91,6 +91,26 @@ def test_bar_by_bar_from_stored_costs_equals_the_batch_pass():
     np.testing.assert_array_equal(np.concatenate(got), whole)
 
 
+def test_symbols_laid_end_to_end_decode_as_each_alone():
+    """The worker's one call per batch (worker/steps.py::infer): every symbol's sequence (padding, stored costs,
+    new costs) concatenated, one start per new bar. Each symbol's values equal its own batch pass bit for bit,
+    and its labels the brute-force recursion over the same bars, whatever the neighbouring symbols hold."""
+    dec = JumpDecoder(7.0, memory=48)
+    rng = np.random.default_rng(4)
+    series = [planted_costs(int(rng.integers(60, 300)), seed=20 + i) for i in range(5)]
+    stored_n = [int(rng.integers(0, len(s) - 1)) for s in series]  # some start empty, some beyond memory - 1
+    seqs = [dec.sequence(s[:n], s[n:]) for s, n in zip(series, stored_n)]
+    offsets = np.cumsum([0] + [len(q) for q in seqs[:-1]])
+    starts = np.concatenate([o + np.arange(len(s) - n) for o, s, n in zip(offsets, series, stored_n)])
+    got = dec.values_at(np.concatenate(seqs), starts)
+    i = 0
+    for s, n in zip(series, stored_n):
+        mine, i = got[i : i + len(s) - n], i + len(s) - n
+        np.testing.assert_array_equal(mine, dec.decode_series(s)[n:])
+        np.testing.assert_array_equal(mine.argmin(1), brute_force(s, 7.0, 48)[n:])
+    assert i == len(got)
+
+
 def test_probabilities_favour_the_decoded_regime_and_sum_to_one():
     dec = JumpDecoder(4.0, memory=32)
     w = dec.decode_series(planted_costs(300))
