@@ -1,10 +1,11 @@
 """Each symbol's Redis state as this worker's own last write left it, so the next batch need not read it back.
 
 Why: on a live feed a batch holds about one new bar per symbol, and reading the symbol's state (its last
-history - 1 bars and memory - 1 embeddings with costs, ~19 KB at memory 128, ~32 KB at 256) was the largest single share of a small
-batch (~2.2 of ~8.5 ms for a dozen symbols). After a write that held, this worker knows exactly what Redis
-holds for the symbol, because the write script (worker/redis_store.py, WRITE_LUA) is a pure function of the
-state it found and the write: ``after_write`` applies the same appends, trims and resets in-process.
+history - 1 bars and memory - 1 embeddings with costs, ~19 KB at memory 128, ~32 KB at 256) was the largest
+single share of a small batch (~2.2 of ~8.5 ms for a dozen symbols, at memory 128). After a write that held,
+this worker knows exactly what Redis holds for the symbol, because the write script (worker/redis_store.py,
+WRITE_LUA) is a pure function of the state it found and the write: ``after_write`` applies the same appends,
+trims and resets in-process.
 
 Why it cannot serve a wrong event: the cache only ever stands in for a read, and the write that follows is
 still the compare-and-set on the symbol's last bar time. Whatever happened in Redis meanwhile (another
