@@ -133,32 +133,21 @@ class JumpDecoder:
     memory: int  # bars of costs behind each decision (the bar itself included)
     temperature: float = 1.0
 
-    def values(self, cost_windows: np.ndarray) -> np.ndarray:
-        """(N, M, K) the last M costs of each of N bars, oldest first -> (N, K) normalised values W (min 0).
+    def values_at(self, seq: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """(S, K) costs laid end to end and (N,) the first row of each bar's window -> (N, K) values W (min 0):
+        bar n is decided from ``seq[starts[n] : starts[n] + memory]``, oldest first, the recursion restarted
+        from W = 0 (``sequence`` pads a series' first bars with zero costs, which leave W at 0, so a bar with
+        fewer than ``memory`` costs before it gets what a shorter recursion gives).
 
-        Fewer than ``memory`` rows are fine (a series' first bars); more are an error, since the result must
-        not depend on how many the caller happened to hold."""
-        c = np.asarray(cost_windows, dtype=np.float64)
-        if c.shape[1] > self.memory:
-            raise ValueError(f"{c.shape[1]} cost rows given, the decoder looks back {self.memory}")
-        n, m = c.shape[0], c.shape[1]
-        return self.values_at(c.reshape(n * m, c.shape[2]), np.arange(n) * m, m)
-
-    def values_at(self, seq: np.ndarray, starts: np.ndarray, length: int | None = None) -> np.ndarray:
-        """(S, K) costs laid end to end and (N,) the first row of each bar's window -> (N, K) values W: bar n
-        is decided from ``seq[starts[n] : starts[n] + length]`` (``length`` defaults to ``memory``), oldest
-        first, the recursion restarted from W = 0.
-
-        The one implementation of the decoder's arithmetic (``values`` and ``decode_series`` call it). Why this
+        The one implementation of the decoder's arithmetic (``decode_series`` and the worker call it). Why this
         shape: a bar's window overlaps its neighbours', so gathering one row per bar per step from the shared
         sequence (in a (K, N) layout) costs N x K per step, where materialising the (N, M, K) windows first
         cost ~4x more at memory 256 (a strided copy of M x N x K numbers)."""
         seq_t = np.ascontiguousarray(np.asarray(seq, dtype=np.float64).T)  # (K, S)
         starts = np.asarray(starts, dtype=np.int64)
-        m = self.memory if length is None else int(length)
-        if m > self.memory:
-            raise ValueError(f"{m} cost rows given, the decoder looks back {self.memory}")
-        k, n = seq_t.shape[0], len(starts)
+        if len(starts) and (starts.min() < 0 or starts.max() + self.memory > seq_t.shape[1]):
+            raise ValueError(f"a window of {self.memory} costs runs off the {seq_t.shape[1]}-row sequence")
+        k, n, m = seq_t.shape[0], len(starts), self.memory
         lam = float(self.penalty)
         w, row, low = np.zeros((k, n)), np.empty((k, n)), np.empty(n)
         for i in range(m):
@@ -201,11 +190,6 @@ class JumpDecoder:
         )
         pad = np.zeros((self.memory - 1 - len(stored), k))
         return np.concatenate([pad, stored, new])
-
-    def cost_windows(self, stored: np.ndarray, new: np.ndarray) -> np.ndarray:
-        """The (n, M, K) windows of ``sequence(stored, new)``, zero-padded like decode_series."""
-        wins = np.lib.stride_tricks.sliding_window_view(self.sequence(stored, new), self.memory, axis=0)
-        return np.swapaxes(wins, 1, 2)
 
     def to_dict(self) -> dict:
         return {"kind": "jump", "penalty": self.penalty, "memory": self.memory, "temperature": self.temperature}

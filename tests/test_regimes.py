@@ -85,7 +85,7 @@ def test_bar_by_bar_from_stored_costs_equals_the_batch_pass():
     while i < len(costs):
         n = int(rng.integers(1, 150))
         new = costs[i : i + n]
-        got.append(dec.values(dec.cost_windows(stored, new)))
+        got.append(dec.values_at(dec.sequence(stored, new), np.arange(len(new))))
         stored = np.concatenate([stored, new])[-(dec.memory - 1) :]
         i += n
     np.testing.assert_array_equal(np.concatenate(got), whole)

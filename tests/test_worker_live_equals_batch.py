@@ -40,17 +40,21 @@ def test_decoder_fed_in_chunks_equals_decode_series():
     pos = [0, 0]
     step = 0
     while any(pos[s] < len(series_costs[s]) for s in (0, 1)):
-        windows, owners = [], []
+        seqs, starts, owners = [], [], []
+        offset = 0
         for s in (0, 1):
             n = chunkings[s][step % len(chunkings[s])]  # cycled until the series is used up
             new = series_costs[s][pos[s] : pos[s] + n]
             pos[s] += len(new)
             if not len(new):
                 continue
-            windows.append(dec.cost_windows(stored[s], new))
+            seqs.append(dec.sequence(stored[s], new))
+            starts.append(offset + np.arange(len(new)))
+            offset += len(seqs[-1])
             owners.append((s, len(new)))
             stored[s] = np.concatenate([stored[s], new])[-(memory - 1) :]  # what Redis keeps
-        w = dec.values(np.concatenate(windows))  # one call for every symbol's new bars
+        # one call for every symbol's new bars, laid end to end as worker/steps.py::infer lays them
+        w = dec.values_at(np.concatenate(seqs), np.concatenate(starts))
         at = 0
         for s, n in owners:
             ws = w[at : at + n]
