@@ -219,14 +219,22 @@ def pure_inference(bundle: Path, threads: int, n: int, batch: int) -> float:
 
 
 def latency_run(stack, worker, args, history: int) -> dict:
+    """The latency at ``args.rate``, with the CPU each process used meanwhile: on a small machine the broker,
+    Redis, this script's producer and consumer and the worker share the cores, and once they are busy every
+    bar queues for CPU (the figure then measures the machine's saturation, not the worker's path)."""
     n_lat = int(args.rate * args.seconds)
     lat_symbols = max(1, min(args.symbols, n_lat // (history + 50)))
     lat_msgs = make_messages("LAT", lat_symbols, n_lat // lat_symbols, seed=2000)
-    lat = latency(stack, worker, lat_msgs, args.rate, history, lat_symbols, args.seconds + 60)
+    pids = {"worker": worker.pid, "broker": stack.kafka.pid, "redis": stack.redis.pid, "bench": None}
+    with CpuMeter(pids) as cpu:
+        lat = latency(stack, worker, lat_msgs, args.rate, history, lat_symbols, args.seconds + 60)
     print(
         f"latency at {args.rate:,.0f} bars/s offered ({lat['events']}/{lat['expected']} events): "
         f"p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms"
     )
+    busy = sum(cpu.used.values()) / cpu.wall
+    print(f"  {cpu.report(len(lat_msgs))}; all together {busy:.0%} of a core, {os.cpu_count()} cores")
+    lat["cpu_share"] = {name: sec / cpu.wall for name, sec in cpu.used.items()}
     return lat
 
 
