@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 OHLCV = ("open", "high", "low", "close", "volume")
 FEATURE_CODE_VERSION = 4  # bump whenever the arithmetic below changes; it is part of the spec hash
@@ -127,8 +127,14 @@ class FeatureSpec:
 
 
 def _rolling(x: np.ndarray, n: int) -> np.ndarray:
-    """Trailing windows of length n along the last axis: (..., T) -> (..., T-n+1, n)."""
-    return sliding_window_view(x, n, axis=-1)
+    """Trailing windows of length n along the last axis: (..., T) -> (..., T-n+1, n), read-only.
+
+    The view numpy's sliding_window_view(x, n, axis=-1) returns (same shape, strides and memory, so the same
+    numbers come out of it), built directly: its argument checks cost ~10 us a call, 16 calls per feature
+    pass, a third of the pass for a live worker's one-bar batch."""
+    if not 1 <= n <= x.shape[-1]:
+        raise ValueError(f"window {n} does not fit {x.shape[-1]} values")
+    return as_strided(x, (*x.shape[:-1], x.shape[-1] - n + 1, n), (*x.strides, x.strides[-1]), writeable=False)
 
 
 def _ema_fir(x: np.ndarray, span: int, length: int) -> np.ndarray:

@@ -91,6 +91,24 @@ def test_bar_by_bar_from_stored_costs_equals_the_batch_pass():
     np.testing.assert_array_equal(np.concatenate(got), whole)
 
 
+def test_a_few_bars_on_python_floats_give_the_numpy_loops_bits():
+    """values_at runs a batch of a few bars (a live bar arriving alone) on Python floats and a larger one in
+    numpy: the same bar gets the same bits either way, whatever the memory, penalty, number of regimes or zero
+    padding, so the size of the batch a bar travels in never changes its event."""
+    rng = np.random.default_rng(12)
+    for k, memory, lam in ((4, 256, 238.0), (3, 64, 4.5), (2, 17, 0.0), (6, 128, 30.0), (4, 1, 9.0)):
+        dec = JumpDecoder(lam, memory)
+        costs = rng.exponential(3.0, (memory + 40, k)) * rng.integers(0, 2, (memory + 40, 1))  # some zero rows
+        seq = dec.sequence(np.zeros((0, k)), costs)
+        starts = np.arange(len(costs))
+        assert len(starts) * k > dec.SMALL  # the numpy loop
+        whole = dec.values_at(seq, starts)
+        for n in (1, 2, dec.SMALL // k):
+            for first in (0, memory // 2, len(costs) - n):
+                part = dec.values_at(seq, starts[first : first + n])  # the Python loop
+                np.testing.assert_array_equal(part, whole[first : first + n])
+
+
 def test_symbols_laid_end_to_end_decode_as_each_alone():
     """The worker's one call per batch (worker/steps.py::infer): every symbol's sequence (padding, stored costs,
     new costs) concatenated, one start per new bar. Each symbol's values equal its own batch pass bit for bit,

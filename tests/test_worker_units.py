@@ -247,7 +247,8 @@ def test_drift_follows_the_horizon():
 
 def test_drift_running_counts_equal_a_recount_of_the_horizon():
     """The snapshot's running counts (kept as the horizon slides) give exactly what recounting every event in
-    the horizon gives: shares, transition matrix, hit rate and OOD share, also long after the deques wrapped."""
+    the horizon gives: shares, transition matrix, hit rate and OOD share (and the mean confidence to 2^-32),
+    also long after the deques wrapped."""
     from regimetry.diagnostics import jensen_shannon, psi, transition_shift
 
     rng = np.random.default_rng(3)
@@ -280,6 +281,8 @@ def test_drift_running_counts_equal_a_recount_of_the_horizon():
         assert snap.transition_shift == transition_shift(tm, mon.baseline_p)
         assert snap.hit_rate == float(np.mean(hits)) and snap.ood_share == float(np.mean(ood))
         assert snap.n == len(regimes) == min(i + 1, horizon)
+        confidence = [c for _, c, _, _, _ in events][-horizon:]  # kept in units of 2^-32: the mean to that
+        assert abs(snap.mean_confidence - float(np.mean(confidence))) <= 2.0**-32
 
 
 @hsettings(max_examples=400, deadline=None)
