@@ -134,6 +134,7 @@ class JumpDecoder:
     memory: int  # bars of costs behind each decision (the bar itself included)
     temperature: float = 1.0
     SMALL: ClassVar[int] = 16  # values_at runs on Python floats up to this many bars x regimes
+    GATHERED: ClassVar[int] = 256  # ... and gathers every window at once up to this many
 
     def values_at(self, seq: np.ndarray, starts: np.ndarray) -> np.ndarray:
         """(S, K) costs laid end to end and (N,) the first row of each bar's window -> (N, K) values W (min 0):
@@ -141,24 +142,38 @@ class JumpDecoder:
         from W = 0 (``sequence`` pads a series' first bars with zero costs, which leave W at 0, so a bar with
         fewer than ``memory`` costs before it gets what a shorter recursion gives).
 
-        The one implementation of the decoder's arithmetic (``decode_series`` and the worker call it). Why this
-        shape: a bar's window overlaps its neighbours', so gathering one row per bar per step from the shared
-        sequence (in a (K, N) layout) costs N x K per step, where materialising the (N, M, K) windows first
-        cost ~4x more at memory 256 (a strided copy of M x N x K numbers). A batch of a few bars (N x K <=
-        ``SMALL``: a live worker's bar that arrives alone) runs the same steps on Python floats instead: numpy's
-        ~2 us per call times six calls a step is most of the work there (memory 256, one bar: 3.7 -> 0.7 ms).
-        Both loops do the same IEEE double operations in the same order (min with the penalty, add the cost,
-        subtract the minimum), so they give the same bits (tests/test_regimes.py)."""
+        The one implementation of the decoder's arithmetic (``decode_series`` and the worker call it), in three
+        loops by batch size, each doing the same IEEE double operations in the same order (min with the
+        penalty, add the cost, subtract the minimum), so a bar gets the same bits whatever batch it travels in
+        (tests/test_regimes.py). Why three: a step is a handful of numpy calls of ~2 us each whatever their
+        size, which is most of the work for a small batch, while a large batch must not copy its windows.
+
+        - N x K <= ``SMALL`` (a live worker's bar arriving alone): the steps on Python floats (memory 256, one
+          bar: 3.7 -> 0.7 ms).
+        - N x K <= ``GATHERED``: every bar's window gathered once, (M, K, N), then four calls a step (ten bars:
+          3.3 -> 1.4 ms).
+        - larger: one row per bar gathered per step from the shared sequence in a (K, N) layout, since a bar's
+          window overlaps its neighbours' and the (M, K, N) copy would cost more than the steps (~4x at memory
+          256 and a thousand bars)."""
         seq = np.asarray(seq, dtype=np.float64)
         starts = np.asarray(starts, dtype=np.int64)
         if len(starts) and (starts.min() < 0 or starts.max() + self.memory > seq.shape[0]):
             raise ValueError(f"a window of {self.memory} costs runs off the {seq.shape[0]}-row sequence")
-        if len(starts) * seq.shape[1] <= self.SMALL:
+        k, n, m = seq.shape[1], len(starts), self.memory
+        if n * k <= self.SMALL:
             return self._values_small(seq, starts)
-        seq_t = np.ascontiguousarray(seq.T)  # (K, S)
-        k, n, m = seq_t.shape[0], len(starts), self.memory
         lam = float(self.penalty)
-        w, row, low = np.zeros((k, n)), np.empty((k, n)), np.empty(n)
+        w, low = np.zeros((k, n)), np.empty(n)
+        if n * k <= self.GATHERED:
+            windows = np.ascontiguousarray(np.moveaxis(seq[starts[None, :] + np.arange(m)[:, None]], 2, 1))
+            for row in windows:  # (K, N) each, oldest first
+                np.minimum(w, lam, out=w)
+                w += row
+                np.minimum.reduce(w, axis=0, out=low)
+                w -= low
+            return np.ascontiguousarray(w.T)
+        seq_t = np.ascontiguousarray(seq.T)  # (K, S)
+        row = np.empty((k, n))
         for i in range(m):
             np.take(seq_t, starts + i, axis=1, out=row)
             np.minimum(w, lam, out=w)

@@ -91,21 +91,24 @@ def test_bar_by_bar_from_stored_costs_equals_the_batch_pass():
     np.testing.assert_array_equal(np.concatenate(got), whole)
 
 
-def test_a_few_bars_on_python_floats_give_the_numpy_loops_bits():
-    """values_at runs a batch of a few bars (a live bar arriving alone) on Python floats and a larger one in
-    numpy: the same bar gets the same bits either way, whatever the memory, penalty, number of regimes or zero
-    padding, so the size of the batch a bar travels in never changes its event."""
+def test_every_batch_size_gives_the_same_bits():
+    """values_at runs a batch of a few bars (a live bar arriving alone) on Python floats, a medium one on
+    windows gathered at once and a large one row by row: the same bar gets the same bits in each, whatever the
+    memory, penalty, number of regimes or zero padding, so the size of the batch a bar travels in never changes
+    its event."""
     rng = np.random.default_rng(12)
     for k, memory, lam in ((4, 256, 238.0), (3, 64, 4.5), (2, 17, 0.0), (6, 128, 30.0), (4, 1, 9.0)):
         dec = JumpDecoder(lam, memory)
-        costs = rng.exponential(3.0, (memory + 40, k)) * rng.integers(0, 2, (memory + 40, 1))  # some zero rows
+        n_bars = max(memory + 40, dec.GATHERED // k + 10)
+        costs = rng.exponential(3.0, (n_bars, k)) * rng.integers(0, 2, (n_bars, 1))  # some zero rows
         seq = dec.sequence(np.zeros((0, k)), costs)
-        starts = np.arange(len(costs))
-        assert len(starts) * k > dec.SMALL  # the numpy loop
+        starts = np.arange(n_bars)
+        assert n_bars * k > dec.GATHERED  # row by row
         whole = dec.values_at(seq, starts)
-        for n in (1, 2, dec.SMALL // k):
-            for first in (0, memory // 2, len(costs) - n):
-                part = dec.values_at(seq, starts[first : first + n])  # the Python loop
+        sizes = {1, dec.SMALL // k, dec.SMALL // k + 1, dec.GATHERED // k}  # Python floats, then gathered windows
+        for n in sorted(sizes):
+            for first in (0, memory // 2, n_bars - n):
+                part = dec.values_at(seq, starts[first : first + n])
                 np.testing.assert_array_equal(part, whole[first : first + n])
 
 

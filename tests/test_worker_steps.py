@@ -230,6 +230,10 @@ def test_a_bar_far_ahead_of_its_spacing_is_dead_lettered_and_holds_nothing_back(
     before = steps.plan(serving, "FU", batch, st)  # without the check: the real bars are held back
     assert [a.action for a in before.actions] == [Action.NEW, Action.REJECT, Action.REJECT]
     assert steps.future_limit(st, now, 0.0) is None and steps.future_limit(steps.empty_state(), now, 1.0) is None
+    # a batch whose latest bar is not past the clock needs no limit (none of its bars can be past it) ...
+    assert steps.future_limit(st, now, 1.0, latest=bars[21].time) is None
+    # ... and one with a bar past the clock gets the limit
+    assert steps.future_limit(st, now, 1.0, latest=ahead.time) == limit
 
 
 def test_live_drift_alarms_equal_drift_report_and_transitions_follow_the_regime_changes(serving):

@@ -160,7 +160,8 @@ class BatchProcessor:
         plans = []
         for s, items in pending.items():
             back = restore.get(s, [])
-            limit = steps.future_limit(states[s], now, self.max_future_bars)
+            latest = max(bar.time for bar, _ in back + items)
+            limit = steps.future_limit(states[s], now, self.max_future_bars, latest)
             plans.append(steps.plan(self.serving, s, back + items, states[s], len(back), s in resets, limit))
         doubtful = [i for i, p in enumerate(plans) if p.new and p.doubt is not None]
         if doubtful:  # second read, these symbols only: every stored bar, to rebuild from

@@ -312,11 +312,13 @@ def plan(
     return SymbolPlan(symbol, st, new, records, actions, prior, doubt, restored_new=restored_new, reset=replaced)
 
 
-def future_limit(st: SymbolState, now: float, bars_ahead: float) -> float | None:
+def future_limit(st: SymbolState, now: float, bars_ahead: float, latest: float | None = None) -> float | None:
     """The latest bar time the symbol may take now: `bars_ahead` of its bar spacing (the median gap of its
     stored bars) past the clock; None when it has fewer than two stored bars or the check is off (0). Why: a
-    bar stamped 12 h ahead of an hourly feed was accepted and then held back every real bar of its symbol."""
-    if bars_ahead <= 0 or st.bar_times is None or len(st.bar_times) < 2:
+    bar stamped 12 h ahead of an hourly feed was accepted and then held back every real bar of its symbol.
+    `latest`, the batch's latest bar time for the symbol: None too when it is not past the clock, since no bar
+    can then be past a limit later still (the median costs ~0.1 ms a symbol, and live bars are in the past)."""
+    if bars_ahead <= 0 or st.bar_times is None or len(st.bar_times) < 2 or (latest is not None and latest <= now):
         return None
     gaps = np.diff(st.bar_times)
     gaps = gaps[gaps > 0]
