@@ -42,13 +42,14 @@ from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository ro
     _clean,
     _merge,
     _num,
+    add_set_argument,
+    consoles,
+    progress_bar,
     real_series,
     run_methods,
     score_real,
     set_overrides,
 )
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from regimetry.features import FeatureSpec, history_needed  # noqa: E402
@@ -194,14 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spans", type=int, default=5, help="number of test spans (folds)")
     ap.add_argument("--span", type=float, default=0.1, help="length of each test span, as a share of the windows")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit (project, HMM, jump model)")
-    ap.add_argument(
-        "--set",
-        dest="set_",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one training option of the project's method (as bench_regimes.py --set)",
-    )
+    add_set_argument(ap)
     ap.add_argument(
         "--out",
         type=Path,
@@ -225,20 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     window, n_states = cfg.window_size, cfg.clustering.n_clusters
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" chatter of EM restarts
-    console, err = Console(), Console(stderr=True)
-    for c in (console, err):
-        if not c.is_terminal:
-            c.width = 170
+    console, err = consoles()
     started = time.perf_counter()
     result: dict = {}
-    progress = Progress(
-        TextColumn("[bold]spans"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=err,
-    )
+    progress = progress_bar("spans", err)
     with progress:
         task = progress.add_task("starting", total=args.spans * len(series_names))
         for name in series_names:

@@ -669,6 +669,43 @@ def _clean(x):
     return x
 
 
+def add_set_argument(ap: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable), read by set_overrides."""
+    ap.add_argument(
+        "--set",
+        dest="set_",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one training option of the project's method (repeatable; dotted keys, YAML values, e.g. "
+        "clustering.volume_weight=1); merged into cfg_overrides, recorded in the JSON. Give a variant its own "
+        "--out: the default one is the yardstick's",
+    )
+
+
+def consoles() -> tuple[Console, Console]:
+    """The tables' console (stdout) and the progress bar's (stderr), 170 columns wide when not a terminal, so a
+    table written to a log keeps its rows whole."""
+    out, err = Console(), Console(stderr=True)
+    for c in (out, err):
+        if not c.is_terminal:
+            c.width = 170
+    return out, err
+
+
+def progress_bar(label: str, console: Console) -> Progress:
+    """One bar with a count, the elapsed time and what is being fitted now."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=False,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -687,16 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_regimes_quick.json so a smoke run never overwrites the yardstick)",
     )
     ap.add_argument("--plot", type=Path, default=None, help="PNG path (default: --out with .png)")
-    ap.add_argument(
-        "--set",
-        dest="set_",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one training option of the project's method (repeatable; dotted keys, YAML values, e.g. "
-        "clustering.volume_weight=1); merged into cfg_overrides, recorded in the JSON. Give a variant its own "
-        "--out: the default one is the yardstick's",
-    )
+    add_set_argument(ap)
     args = ap.parse_args(argv)
     if args.set_ and args.out is None:
         ap.error(
@@ -717,11 +745,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown series {s!r}; known: eurusd, goog, btcusd")
 
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" chatter of EM restarts
-    out_console = Console()
-    err_console = Console(stderr=True)
-    for c in (out_console, err_console):
-        if not c.is_terminal:
-            c.width = 170
+    out_console, err_console = consoles()
     from trainer.config import from_dict
 
     overrides = copy.deepcopy(QUICK_OVERRIDES) if args.quick else {}
@@ -733,15 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     n_clusters = from_dict(overrides).clustering.n_clusters
     started = time.perf_counter()
     total = len(args.scenarios) + 4 * len(args.series)
-    bars = Progress(
-        TextColumn("[bold]regimes"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=err_console,
-        transient=False,
-    )
+    bars = progress_bar("regimes", err_console)
     with bars:
         task = bars.add_task("starting", total=total)
 
