@@ -40,11 +40,9 @@ from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository ro
     METHODS,
     SHORT,
     _clean,
-    _merge,
     _num,
     add_set_argument,
     consoles,
-    progress_bar,
     real_series,
     run_methods,
     score_real,
@@ -52,6 +50,7 @@ from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository ro
 )
 from rich.table import Table  # noqa: E402
 
+from regimetry.console import progress_bars  # noqa: E402
 from regimetry.features import FeatureSpec, history_needed  # noqa: E402
 from trainer import baselines  # noqa: E402
 
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     console, err = consoles()
     started = time.perf_counter()
     result: dict = {}
-    progress = progress_bar("spans", err)
+    progress = progress_bars("spans", err)
     with progress:
         task = progress.add_task("starting", total=args.spans * len(series_names))
         for name in series_names:
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 def say(msg: str, where: str = f"{name} {label}") -> None:
                     progress.update(task, description=f"{where}: {msg}"[:90])
 
-                fold = run_fold(series, a, b, window, n_states, _merge(overrides, {}), args.seed, say)
+                fold = run_fold(series, a, b, window, n_states, overrides, args.seed, say)
                 fold["span"] = label
                 folds.append(fold)
                 progress.advance(task)

@@ -44,9 +44,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from regimetry.console import progress_bars  # noqa: E402
 from regimetry.data import BarSeries, eurusd_sample_path, load_bars, resolve_data  # noqa: E402
 from regimetry.features import FeatureSpec, history_needed  # noqa: E402
 from regimetry.synthetic import SCENARIOS, scenario  # noqa: E402
@@ -693,19 +693,6 @@ def consoles() -> tuple[Console, Console]:
     return out, err
 
 
-def progress_bar(label: str, console: Console) -> Progress:
-    """One bar with a count, the elapsed time and what is being fitted now."""
-    return Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(bar_width=24),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        transient=False,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -757,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     n_clusters = from_dict(overrides).clustering.n_clusters
     started = time.perf_counter()
     total = len(args.scenarios) + 4 * len(args.series)
-    bars = progress_bar("regimes", err_console)
+    bars = progress_bars("regimes", err_console)
     with bars:
         task = bars.add_task("starting", total=total)
 

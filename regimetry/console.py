@@ -20,18 +20,24 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-@contextlib.contextmanager
-def stage_progress() -> Iterator:
-    """Yields progress(stage, step, total, message): one bar per pipeline stage."""
-    bars = Progress(
-        TextColumn("[bold]{task.fields[stage]:<11}"),
+def progress_bars(label: str, on: Console = console) -> Progress:
+    """Bars showing ``label`` (rich markup; task fields allowed), a count, the elapsed time and what is being
+    done now; they stay on screen and in logs when done."""
+    return Progress(
+        TextColumn(f"[bold]{label}"),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
-        console=console,
+        console=on,
         transient=False,
     )
+
+
+@contextlib.contextmanager
+def stage_progress() -> Iterator:
+    """Yields progress(stage, step, total, message): one bar per pipeline stage."""
+    bars = progress_bars("{task.fields[stage]:<11}")
     tasks: dict[str, TaskID] = {}
 
     def update(stage: str, step: int, total: int, message: str = "") -> None:

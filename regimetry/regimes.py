@@ -44,6 +44,7 @@ costing ``lam`` nats), not vote shares.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -162,22 +163,17 @@ class JumpDecoder:
         k, n, m = seq.shape[1], len(starts), self.memory
         if n * k <= self.SMALL:
             return self._values_small(seq, starts)
+        rows: Iterable[np.ndarray]  # step i: (K, N) the i-th cost of every bar's window, oldest first
+        if n * k <= self.GATHERED:
+            rows = np.ascontiguousarray(np.moveaxis(seq[starts[None, :] + np.arange(m)[:, None]], 2, 1))
+        else:
+            seq_t, row = np.ascontiguousarray(seq.T), np.empty((k, n))  # (K, S): one row per bar gathered a step
+            rows = (np.take(seq_t, starts + i, axis=1, out=row) for i in range(m))
         lam = float(self.penalty)
         w, low = np.zeros((k, n)), np.empty(n)
-        if n * k <= self.GATHERED:
-            windows = np.ascontiguousarray(np.moveaxis(seq[starts[None, :] + np.arange(m)[:, None]], 2, 1))
-            for row in windows:  # (K, N) each, oldest first
-                np.minimum(w, lam, out=w)
-                w += row
-                np.minimum.reduce(w, axis=0, out=low)
-                w -= low
-            return np.ascontiguousarray(w.T)
-        seq_t = np.ascontiguousarray(seq.T)  # (K, S)
-        row = np.empty((k, n))
-        for i in range(m):
-            np.take(seq_t, starts + i, axis=1, out=row)
+        for r in rows:
             np.minimum(w, lam, out=w)
-            w += row
+            w += r
             np.minimum.reduce(w, axis=0, out=low)
             w -= low
         return np.ascontiguousarray(w.T)
