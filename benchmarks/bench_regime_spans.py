@@ -43,6 +43,7 @@ from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository ro
     _num,
     add_set_argument,
     consoles,
+    environment,
     real_series,
     run_methods,
     score_real,
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     window, n_states = cfg.window_size, cfg.clustering.n_clusters
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" chatter of EM restarts
     console, err = consoles()
+    env = environment(err)
     started = time.perf_counter()
     result: dict = {}
     progress = progress_bars("spans", err)
@@ -262,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_regime_spans",
         "issue": 11,
         "seed": args.seed,
+        "environment": env,
         "spans": args.spans,
         "span": args.span,
         "cfg_overrides": overrides,

@@ -683,6 +683,36 @@ def add_set_argument(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def pinned_versions(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
+    """constraints.txt's ``name==version`` lines, names normalised as importlib.metadata spells them."""
+    pins = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = (x.strip() for x in line.split("==", 1))
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def environment(console: Console) -> dict:
+    """The library versions a result was made with (recorded in its JSON). The committed results were made with
+    constraints.txt's pins; a run on other versions trains other models, so its figures differ from the
+    committed ones for that reason alone, and the console says so before any figure is printed."""
+    from trainer.pipeline import library_versions
+
+    found = library_versions()
+    pins = pinned_versions()
+    off = {k: (v, pins[k]) for k, v in found.items() if pins.get(k, v) != v}
+    if off:
+        console.print(
+            "[yellow]not the pinned stack[/] (scripts/setup.sh installs constraints.txt): "
+            + ", ".join(f"{k} {v} (pinned {p})" for k, (v, p) in off.items())
+            + "; figures will differ from the committed results for that reason alone",
+            highlight=False,
+        )
+    return {"libraries": found, "differs_from_constraints": {k: v for k, (v, _) in off.items()}}
+
+
 def consoles() -> tuple[Console, Console]:
     """The tables' console (stdout) and the progress bar's (stderr), 170 columns wide when not a terminal, so a
     table written to a log keeps its rows whole."""
@@ -733,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" chatter of EM restarts
     out_console, err_console = consoles()
+    env = environment(err_console)
     from trainer.config import from_dict
 
     overrides = copy.deepcopy(QUICK_OVERRIDES) if args.quick else {}
@@ -786,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "seed": args.seed,
         "data_seed": args.data_seed,
+        "environment": env,
         "elapsed_seconds": elapsed,
         "cfg_overrides": overrides,
         "holdout": HOLDOUT,

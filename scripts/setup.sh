@@ -24,6 +24,11 @@ for svc in redis-server prometheus; do
   (command -v systemctl >/dev/null && systemctl stop "$svc" 2>/dev/null) || service "$svc" stop >/dev/null 2>&1 || true
 done
 
-echo "setup: pip install -e .[$EXTRAS]"
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"
+# constraints.txt pins the numeric and training stack to the versions the committed results were made with;
+# CONSTRAINTS= (empty) installs the newest releases within pyproject.toml's ranges instead.
+CONSTRAINTS="${CONSTRAINTS-constraints.txt}"
+pin=()
+[ -n "$CONSTRAINTS" ] && pin=(-c "$CONSTRAINTS")
+echo "setup: pip install -e .[$EXTRAS] ${pin[*]}"
+"$PY" -m pip install --quiet --disable-pip-version-check "${pin[@]}" -e ".[$EXTRAS]"
 echo "setup: done"

@@ -118,11 +118,28 @@ def check_intervals(universe: list[BarSeries], allowed: bool) -> None:
         )
 
 
+LIBRARIES = (
+    "numpy",
+    "tensorflow",
+    "keras",
+    "tf2onnx",
+    "onnx",
+    "onnxruntime",
+    "scikit-learn",
+    "scipy",
+    "hmmlearn",
+    "jumpmodels",
+    "pandas",
+)
+
+
 def library_versions() -> dict:
+    """The installed versions of the libraries that shape a trained model and the regime benchmark's figures
+    (constraints.txt pins them), and Python's: recorded in the manifest and in the benchmarks' JSON."""
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("numpy", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "scikit-learn", "scipy"):
+    for pkg in LIBRARIES:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
