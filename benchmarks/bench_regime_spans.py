@@ -1,6 +1,6 @@
 """The regime benchmark's real-series comparison over several held-out spans instead of one.
 
-    python benchmarks/bench_regime_spans.py                        # EURUSD and GOOG, 5 spans of 10 % (~6 min)
+    python benchmarks/bench_regime_spans.py                        # EURUSD, GOOG, S&P 500: 5 spans of 10 %
     python benchmarks/bench_regime_spans.py --series goog --spans 4 --span 0.125
     python benchmarks/bench_regime_spans.py --set clustering.penalty_rule=self_consistent \\
         --out benchmarks/results/bench_regime_spans_self_consistent.json
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--series", default="eurusd,goog", help="real series, from eurusd,goog")
+    ap.add_argument("--series", default="eurusd,goog,sp500", help="real series, from eurusd,goog,sp500")
     ap.add_argument("--spans", type=int, default=5, help="number of test spans (folds)")
     ap.add_argument("--span", type=float, default=0.1, help="length of each test span, as a share of the windows")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit (project, HMM, jump model)")
@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).resolve().parent / "results" / "bench_regime_spans.json"
     series_names = [s.strip().lower() for s in args.series.split(",") if s.strip()]
     for s in series_names:
-        if s not in ("eurusd", "goog"):
-            ap.error(f"unknown series {s!r}; known: eurusd, goog (the wheel's BTCUSD is monthly: too few bars)")
+        if s not in ("eurusd", "goog", "sp500"):
+            ap.error(f"unknown series {s!r}; known: eurusd, goog, sp500 (the wheel's BTCUSD is monthly: too few bars)")
     from trainer.config import from_dict
 
     try:

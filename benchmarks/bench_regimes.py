@@ -13,7 +13,8 @@ causal label each method gives at each bar: ARI and balanced accuracy after Hung
 switch count, median detection delay.
 
 Real: EURUSD hourly, GOOG daily, BTCUSD monthly (too few bars: reported as skipped) from the `backtesting`
-wheel, the project's n_clusters for every method, chronological split: held-out eta^2 of next-bar |return|,
+wheel, and the S&P 500 index daily (1999-2018) from the `arch` wheel, the daily index bars of the kind the issue
+was measured on; the project's n_clusters for every method, chronological split: held-out eta^2 of next-bar |return|,
 next-bar volatility ratio max/min, mean dwell train/held-out, refit agreement (fitted on bars 0-80 % vs
 10-90 %, compared on the bars both label).
 
@@ -47,7 +48,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from regimetry.console import progress_bars  # noqa: E402
-from regimetry.data import BarSeries, eurusd_sample_path, load_bars, resolve_data  # noqa: E402
+from regimetry.data import BarSeries, load_sample  # noqa: E402
 from regimetry.features import FeatureSpec, history_needed  # noqa: E402
 from regimetry.synthetic import SCENARIOS, scenario  # noqa: E402
 from trainer import baselines  # noqa: E402
@@ -314,12 +315,13 @@ def planted_section(args, overrides: dict, tick, progress: Progress_) -> dict:
 # -- real -----------------------------------------------------------------------------------------------------
 
 
+REAL_SERIES = ("eurusd", "goog", "sp500", "btcusd")
+
+
 def real_series(name: str) -> BarSeries:
-    """EURUSD (hourly) is the project's own 'eurusd' sample; GOOG (daily) and BTCUSD (monthly) are the other
-    CSVs of the same `backtesting` wheel, read in place with the project's loader."""
-    if name == "eurusd":
-        return resolve_data("eurusd")
-    return load_bars(eurusd_sample_path().parent / f"{name.upper()}.csv", name.upper())
+    """A wheel sample (regimetry/data.py::WHEEL_SAMPLES), read in place with the project's loader: EURUSD
+    hourly, GOOG daily and BTCUSD monthly from `backtesting`, the S&P 500 index daily from `arch`."""
+    return load_sample(name)
 
 
 def too_few_bars(n_bars: int, window: int, holdout: float) -> str | None:
@@ -732,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit (project, HMM, jump model)")
     ap.add_argument("--data-seed", type=int, default=None, help="planted data seed (default: each preset's own)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"planted scenarios, from {','.join(SCENARIOS)}")
-    ap.add_argument("--series", default="eurusd,goog,btcusd", help="real series, from eurusd,goog,btcusd")
+    ap.add_argument("--series", default=",".join(REAL_SERIES), help=f"real series, from {','.join(REAL_SERIES)}")
     ap.add_argument(
         "--out",
         type=Path,
@@ -758,8 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
     for s in args.series:
-        if s not in ("eurusd", "goog", "btcusd"):
-            ap.error(f"unknown series {s!r}; known: eurusd, goog, btcusd")
+        if s not in REAL_SERIES:
+            ap.error(f"unknown series {s!r}; known: {', '.join(REAL_SERIES)}")
 
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)  # "Model is not converging" chatter of EM restarts
     out_console, err_console = consoles()

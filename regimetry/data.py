@@ -164,14 +164,31 @@ def load_table(path: str | Path) -> list[BarSeries]:
     return out
 
 
+# Real bars shipped inside wheels, read in place (never copied): name -> (distribution, file inside it, what it is)
+WHEEL_SAMPLES = {
+    "eurusd": ("backtesting", "backtesting/test/EURUSD.csv", "5,000 hourly EURUSD bars, 2017-2018"),
+    "goog": ("backtesting", "backtesting/test/GOOG.csv", "2,148 daily GOOG bars, 2004-2013"),
+    "btcusd": ("backtesting", "backtesting/test/BTCUSD.csv", "156 monthly BTCUSD bars, 2012-2024"),
+    # the daily index bars the regime issue was measured on are of this kind; the arch wheel ships them
+    "sp500": ("arch", "arch/data/sp500/sp500.csv.gz", "5,031 daily S&P 500 index bars, 1999-2018"),
+}
+
+
 def sample_path(name: str = "EURUSD") -> Path:
-    """A CSV shipped inside the `backtesting` wheel (read in place, never copied): EURUSD (5,000 hourly bars),
-    GOOG (2,148 daily bars), BTCUSD (156 monthly bars)."""
+    """Where a WHEEL_SAMPLES series lies in its installed wheel (found without importing the package)."""
+    import importlib.metadata as md
+
+    key = name.lower()
+    if key not in WHEEL_SAMPLES:
+        raise BarDataError(f"unknown sample {name!r}: use {', '.join(repr(x) for x in WHEEL_SAMPLES)}")
+    dist, inner, _ = WHEEL_SAMPLES[key]
     try:
-        import backtesting
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise BarDataError(f"the {name} sample needs the 'backtesting' package: pip install backtesting") from exc
-    return Path(backtesting.__file__).parent / "test" / f"{name}.csv"
+        path = Path(str(md.distribution(dist).locate_file(inner)))
+    except md.PackageNotFoundError:
+        raise BarDataError(f"the {key} sample ships in the {dist!r} package: pip install {dist}") from None
+    if not path.exists():
+        raise BarDataError(f"the {key} sample is not where the installed {dist!r} keeps it: {path}")
+    return path
 
 
 def eurusd_sample_path() -> Path:
@@ -179,20 +196,17 @@ def eurusd_sample_path() -> Path:
     return sample_path("EURUSD")
 
 
-SAMPLES = ("eurusd", "goog", "btcusd")  # the `backtesting` wheel's bars
-
-
 def load_sample(name: str) -> BarSeries:
-    """Named sample data: 'eurusd' (real hourly bars), 'goog' (daily), 'btcusd' (monthly) or 'synthetic'
-    (seeded planted regimes)."""
-    if name.lower() in SAMPLES:
+    """Named sample data: one of WHEEL_SAMPLES ('eurusd' hourly, 'goog' daily, 'btcusd' monthly, 'sp500' daily
+    index) or 'synthetic' (seeded planted regimes)."""
+    if name.lower() in WHEEL_SAMPLES:
         return load_bars(sample_path(name.upper()), name.upper())
     if name.lower().startswith("synthetic"):
         from regimetry.synthetic import generate_bars
 
         return generate_bars().bars
     raise BarDataError(
-        f"unknown sample {name!r}: use {', '.join(repr(x) for x in SAMPLES)}, 'synthetic' or a path to a "
+        f"unknown sample {name!r}: use {', '.join(repr(x) for x in WHEEL_SAMPLES)}, 'synthetic' or a path to a "
         "CSV/parquet file or a folder of them"
     )
 
@@ -270,7 +284,7 @@ def load_universe(source: str, symbols: list[str] | None = None) -> list[BarSeri
     """The bars of every symbol ``--data`` names, one BarSeries per symbol, in the order given (a folder's files
     and an archive's symbols sorted by name). ``source`` is a comma list of: a CSV/parquet file (one symbol named
     by its stem, or one per value of its ``symbol`` column), a folder of such files, ``archive:DIR`` (every
-    symbol; ``archive:DIR#SYMBOL`` one), or a sample name (eurusd, goog, btcusd, synthetic). ``symbols`` keeps
+    symbol; ``archive:DIR#SYMBOL`` one), or a sample name (eurusd, goog, btcusd, sp500, synthetic). ``symbols`` keeps
     only those (in that order); naming one that is not there is an error listing what is."""
     out: list[BarSeries] = []
     for part in _sources(source):

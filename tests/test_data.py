@@ -75,6 +75,24 @@ def test_eurusd_sample_reads_from_installed_package():
     assert len(s) == 5000 and s.symbol == "EURUSD"
 
 
+def test_wheel_samples_read_in_place_with_their_own_spacing(monkeypatch):
+    """Every named real sample loads from its wheel (the S&P 500 from arch's gzipped CSV) with the spacing its
+    name promises; a sample whose package is absent names the package to install."""
+    from regimetry import data
+    from regimetry.data import bar_interval, load_sample
+
+    day = 86400
+    expected = {"eurusd": (5000, 3600), "goog": (2148, day), "sp500": (5031, day)}
+    for name, (n, step) in expected.items():
+        s = load_sample(name)
+        assert (len(s), s.symbol) == (n, name.upper())
+        assert bar_interval(s) == step, (name, bar_interval(s))
+    assert bar_interval(load_sample("btcusd")) > 27 * day  # monthly: why the regime benchmark skips it
+    monkeypatch.setitem(data.WHEEL_SAMPLES, "nowhere", ("no-such-distribution-x", "x/y.csv", "nothing"))
+    with pytest.raises(BarDataError, match="pip install no-such-distribution-x"):
+        load_sample("nowhere")
+
+
 def test_parquet_bars(tmp_path):
     import pandas as pd
 

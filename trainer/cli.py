@@ -41,9 +41,9 @@ def train_cmd(
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML training profile; defaults fill the rest."),
     data: list[str] = typer.Option(
         [],
-        help="'eurusd', 'goog', 'btcusd', 'synthetic', a CSV/parquet path (a 'symbol' column makes one series per "
-        "symbol), a folder of them, archive:DIR or archive:DIR#SYMBOL; repeat it or give a comma list to train "
-        "one model on a universe of symbols.",
+        help="'eurusd', 'goog', 'btcusd', 'sp500', 'synthetic', a CSV/parquet path (a 'symbol' column makes one "
+        "series per symbol), a folder of them, archive:DIR or archive:DIR#SYMBOL; repeat it or give a comma list "
+        "to train one model on a universe of symbols.",
     ),
     symbols: str | None = typer.Option(
         None, help="Comma list: train on these symbols of --data only (e.g. EURUSD,GOOG); default every one."
