@@ -59,11 +59,13 @@ class ClusterConfig:
     # spread on a preliminary training fit, so every column is measured against its own noise
     whiten: bool = True
     penalty: float | None = None  # switch penalty; None = chosen on the training windows by penalty_rule
-    # self_consistent: the penalty is the switch cost in nats of the fit's own dwell D (log((K-1)(D-1)), a hard
-    # HMM's), iterated to a fixed point on the training windows; persistent (the default): that penalty, raised to
-    # the largest multiple time-series cross-validation cannot tell from the best (next-bar |log return| eta^2,
-    # one-standard-error rule); validation_eta2: the candidate rule below
-    penalty_rule: str = "persistent"
+    # self_consistent (the default): the penalty is the switch cost in nats of the fit's own dwell D
+    # (log((K-1)(D-1)), a hard HMM's), iterated to a fixed point on the training windows; persistent: that
+    # penalty, raised to the largest multiple time-series cross-validation cannot tell from the best (next-bar
+    # |log return| eta^2, one-standard-error rule; the default of trainer version 7 until session 25: its
+    # multiple jumped 2x-64x between origins and cost eta^2 on most rolling-origin spans, docs/research.md);
+    # validation_eta2: the candidate rule below
+    penalty_rule: str = "self_consistent"
     penalty_start: float = 4.0  # first penalty of the fixed point (and of the preliminary fit of whiten)
     penalty_iterations: int = 8  # at most this many refits of the fixed point
     penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # validation_eta2's
