@@ -9,8 +9,8 @@ what the causal jump decoder says from that window's and its predecessors' costs
 reproducible by the worker. The geometry is whitened (``whiten``: every column in units of its within-regime
 spread) and the switch penalty is the one the fit's own dwell implies (``self_consistent_penalty``), all on the
 training bars only, never on held-out bars; ``persistent_penalty`` (that penalty raised as far as cross-validation
-cannot tell the difference) is kept as ``penalty_rule: persistent``, and ``choose_penalty`` (time-series validation on the coming bars'
-volatility) is the earlier rule, kept as ``penalty_rule: validation_eta2``.
+cannot tell the difference) is kept as ``penalty_rule: persistent``, and ``choose_penalty`` (time-series validation
+on the coming bars' volatility) is the earlier rule, kept as ``penalty_rule: validation_eta2``.
 
 The nearest-neighbour classifier of the first build is still fitted and exported (its vote shares are a
 diagnostic: agreement with the spectral targets), but no served regime comes from it.
