@@ -1,7 +1,7 @@
 """Regime benchmark: the project's served regimes beside a forward-filtered Gaussian HMM, the `jumpmodels`
 statistical jump model (online) and a trailing-volatility yardstick, on planted and real bars, held-out only.
 
-    python benchmarks/bench_regimes.py                 # everything (estimated ~12-15 min on 2 cores)
+    python benchmarks/bench_regimes.py                 # everything (~27 min on 2 cores)
     python benchmarks/bench_regimes.py --quick         # smoke run (~2.5-4 min): 2 encoder epochs, shorter series
     python benchmarks/bench_regimes.py --only planted --scenarios default,vol_only
     python benchmarks/bench_regimes.py --only real --series eurusd --out /tmp/bench.json
