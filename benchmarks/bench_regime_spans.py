@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository root on sys.path)
     METHODS,
+    REAL_SERIES,
     SHORT,
+    TOO_SHORT,
     _clean,
     _num,
     add_set_argument,
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--series", default="eurusd,goog,sp500", help="real series, from eurusd,goog,sp500")
+    usable = [s for s in REAL_SERIES if s not in TOO_SHORT]
+    ap.add_argument("--series", default=",".join(usable), help=f"real series, from {','.join(usable)}")
     ap.add_argument("--spans", type=int, default=5, help="number of test spans (folds)")
     ap.add_argument("--span", type=float, default=0.1, help="length of each test span, as a share of the windows")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit (project, HMM, jump model)")
@@ -208,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).resolve().parent / "results" / "bench_regime_spans.json"
     series_names = [s.strip().lower() for s in args.series.split(",") if s.strip()]
     for s in series_names:
-        if s not in ("eurusd", "goog", "sp500"):
-            ap.error(f"unknown series {s!r}; known: eurusd, goog, sp500 (the wheel's BTCUSD is monthly: too few bars)")
+        if s not in usable:
+            ap.error(f"unknown series {s!r}; known: {', '.join(usable)} ({', '.join(TOO_SHORT)}: too few bars)")
     from trainer.config import from_dict
 
     try:

@@ -205,9 +205,9 @@ def load_sample(name: str) -> BarSeries:
         from regimetry.synthetic import generate_bars
 
         return generate_bars().bars
+    known = "; ".join(f"{k!r} ({what})" for k, (_, _, what) in WHEEL_SAMPLES.items())
     raise BarDataError(
-        f"unknown sample {name!r}: use {', '.join(repr(x) for x in WHEEL_SAMPLES)}, 'synthetic' or a path to a "
-        "CSV/parquet file or a folder of them"
+        f"unknown sample {name!r}: use {known}; 'synthetic' or a path to a CSV/parquet file or a folder of them"
     )
 
 

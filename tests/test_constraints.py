@@ -7,19 +7,15 @@ a fresh machine; a library the manifest and the benchmarks record but nobody pin
 
 from __future__ import annotations
 
-import sys
 import tomllib
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from trainer.pipeline import LIBRARIES
+from trainer.environment import LIBRARIES, pinned_versions
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_regimes import pinned_versions  # noqa: E402
 
 
 def _requirements() -> list[Requirement]:
@@ -50,3 +46,11 @@ def test_every_recorded_library_is_pinned():
 def test_setup_installs_with_the_constraints():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert "constraints.txt" in setup and '"${pin[@]}"' in setup
+
+
+def test_unpinned_names_each_library_off_its_pin_whatever_its_spelling():
+    from trainer.environment import unpinned
+
+    pins = {"ml-dtypes": "0.7.0", "numpy": "2.4.6"}
+    assert unpinned({"ml_dtypes": "0.7.0", "numpy": "2.4.6", "python": "3.11.7"}, pins) == {}
+    assert unpinned({"ML_dtypes": "0.8.0", "numpy": "2.4.6"}, pins) == {"ML_dtypes": ("0.8.0", "0.7.0")}

@@ -29,6 +29,7 @@ from regimetry.bundle import POINTER, Manifest, sha256_json, write_manifest
 from regimetry.data import BarSeries, bar_interval, iso_utc, load_universe, resolve_data, universe_digest
 from regimetry.features import FeatureSpec
 from trainer.config import TrainConfig, dump_config, recipe
+from trainer.environment import library_versions
 from trainer.separation import separation
 
 Progress = Callable[[str, int, int, str], None]  # stage, step, total, message
@@ -116,38 +117,6 @@ def check_intervals(universe: list[BarSeries], allowed: bool) -> None:
             + "; train them apart, or pass --set mixed_intervals=true to pool them anyway (their regimes then "
             "mostly tell the symbols apart: benchmarks/bench_universe.py)"
         )
-
-
-LIBRARIES = (
-    "numpy",
-    "tensorflow",
-    "keras",
-    "tf2onnx",
-    "onnx",
-    "onnxruntime",
-    "scikit-learn",
-    "scipy",
-    "hmmlearn",
-    "jumpmodels",
-    "pandas",
-)
-
-
-def library_versions() -> dict:
-    """The installed versions of the libraries that shape a trained model and the regime benchmark's figures
-    (constraints.txt pins them), and Python's: recorded in the manifest and in the benchmarks' JSON."""
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in LIBRARIES:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    import platform
-
-    out["python"] = platform.python_version()
-    return out
 
 
 def model_version(cfg: TrainConfig, series: BarSeries | list[BarSeries], warm_from: str | None = None) -> str:

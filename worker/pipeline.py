@@ -160,9 +160,9 @@ class BatchProcessor:
         plans = []
         for s, items in pending.items():
             back = restore.get(s, [])
-            latest = max(bar.time for bar, _ in back + items)
-            limit = steps.future_limit(states[s], now, self.max_future_bars, latest)
-            plans.append(steps.plan(self.serving, s, back + items, states[s], len(back), s in resets, limit))
+            bars = back + items
+            limit = steps.future_limit(states[s], now, self.max_future_bars, max(bar.time for bar, _ in bars))
+            plans.append(steps.plan(self.serving, s, bars, states[s], len(back), s in resets, limit))
         doubtful = [i for i, p in enumerate(plans) if p.new and p.doubt is not None]
         if doubtful:  # second read, these symbols only: every stored bar, to rebuild from
             stored = await self._with_redis(self.store.read_bars, [plans[i].symbol for i in doubtful])
