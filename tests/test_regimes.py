@@ -177,8 +177,8 @@ def planted_points(n: int, dwell_bars: int, k: int = 3, seed: int = 0) -> tuple[
 def test_self_consistent_penalty_is_the_switch_cost_of_the_dwell(dwell_bars):
     """The fixed point is log((K-1)(D-1)) for the dwell D the decoder then gives: a hard HMM's switch cost.
     Short-lived regimes get a small penalty, long-lived ones a larger one, without a horizon or a grid."""
-    from trainer.clustering import self_consistent_penalty
     from trainer.config import ClusterConfig
+    from trainer.penalty import self_consistent_penalty
 
     g, labels = planted_points(2000, dwell_bars)
     cfg = ClusterConfig(n_clusters=3)
@@ -192,8 +192,8 @@ def test_self_consistent_penalty_is_the_switch_cost_of_the_dwell(dwell_bars):
 def persistent_setting(dwell_bars: int, informative: bool, seed: int = 0):
     """Planted points, each bar's next |move| drawn from its regime's scale (informative) or from one scale for
     all (not), and the self-consistent penalty of their fit."""
-    from trainer.clustering import self_consistent_penalty
     from trainer.config import ClusterConfig
+    from trainer.penalty import self_consistent_penalty
 
     g, labels = planted_points(2400, dwell_bars, seed=seed)
     rng = np.random.default_rng(seed + 1)
@@ -208,7 +208,7 @@ def persistent_setting(dwell_bars: int, informative: bool, seed: int = 0):
 def test_persistent_penalty_keeps_the_self_consistent_one_where_a_larger_one_loses_regimes():
     """Short planted regimes that tell the next move's scale: every larger multiple merges some of them, the
     folds agree on the loss, and the rule stays at the self-consistent penalty."""
-    from trainer.clustering import persistent_penalty
+    from trainer.penalty import persistent_penalty
 
     g, move, key, cfg, lam0 = persistent_setting(20, informative=True)
     lam, info = persistent_penalty(g, lam0, move, key, cfg, seed=0)
@@ -221,7 +221,7 @@ def test_persistent_penalty_keeps_the_self_consistent_one_where_a_larger_one_los
 def test_persistent_penalty_buys_persistence_where_the_folds_cannot_tell():
     """The same regimes with a next move that none of them explains: every candidate scores noise, and the
     one-standard-error rule takes a larger penalty than the self-consistent one."""
-    from trainer.clustering import persistent_penalty
+    from trainer.penalty import persistent_penalty
 
     g, move, key, cfg, lam0 = persistent_setting(20, informative=False)
     lam, info = persistent_penalty(g, lam0, move, key, cfg, seed=0)
@@ -229,7 +229,7 @@ def test_persistent_penalty_buys_persistence_where_the_folds_cannot_tell():
 
 
 def test_persistent_penalty_without_two_usable_folds_keeps_the_self_consistent_one():
-    from trainer.clustering import persistent_penalty
+    from trainer.penalty import persistent_penalty
 
     g, move, key, cfg, lam0 = persistent_setting(20, informative=True)
     unknown = np.full_like(move, np.nan)
@@ -240,7 +240,7 @@ def test_persistent_penalty_without_two_usable_folds_keeps_the_self_consistent_o
 def test_adequate_memory_grows_with_the_penalty_until_the_decoder_equals_the_unbounded_one():
     """A large penalty takes longer to forget the restart: the memory is doubled until the finite decoder labels
     (almost) every bar as the unbounded recursion does, and a small penalty keeps the configured memory."""
-    from trainer.clustering import MEMORY_AGREEMENT, adequate_memory, unbounded_labels
+    from trainer.jump_fit import MEMORY_AGREEMENT, adequate_memory, unbounded_labels
 
     costs = planted_costs(3000, seed=5) * 0.05  # weak evidence per bar: forgetting takes many bars
     small, agree_small = adequate_memory(costs, 1.0, 32)
@@ -258,8 +258,9 @@ def test_adequate_memory_grows_with_the_penalty_until_the_decoder_equals_the_unb
 def test_whitening_puts_every_column_in_units_of_its_within_regime_noise():
     """A column ten times noisier (and ten times further apart) gets a tenth of the weight: after whitening each
     column's pooled within-regime spread is its configured weight, whatever its scale."""
-    from trainer.clustering import refine, whiten
+    from trainer.clustering import whiten
     from trainer.config import ClusterConfig
+    from trainer.jump_fit import refine
 
     g, labels = planted_points(1500, 50)
     rows = np.stack([g[:, 0], 10.0 * g[:, 1]], 1)
@@ -324,8 +325,9 @@ def test_one_outlying_bar_carries_a_switch_under_gaussian_costs_but_not_huber():
 
 
 def test_huber_fit_centres_resist_outliers_and_volume_is_a_geometry_column():
-    from trainer.clustering import huber_centre, refine, risk_columns
+    from trainer.clustering import risk_columns
     from trainer.config import ClusterConfig
+    from trainer.jump_fit import huber_centre, refine
 
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (400, 1))

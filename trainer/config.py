@@ -71,12 +71,12 @@ class ClusterConfig:
     penalties: list = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0])  # validation_eta2's
     penalty_tolerance: float = 0.05  # validation_eta2: relative eta^2 loss accepted for a larger penalty
     # persistent: the self-consistent penalty, raised to the largest of its multiples below that time-series
-    # cross-validation on the training windows cannot tell from the best one (clustering.persistent_penalty)
+    # cross-validation on the training windows cannot tell from the best one (trainer/penalty.py::persistent_penalty)
     persistence_multiples: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     persistence_folds: list = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # expanding-window cuts
     validation: float = 0.3  # share of the training windows the penalty is validated on
     memory: int = 128  # bars of costs behind each decoded regime, at least (doubled until the decoder equals the
-    # unbounded recursion on 99.9 % of the training windows: trainer/clustering.py::adequate_memory)
+    # unbounded recursion on 99.9 % of the training windows: trainer/jump_fit.py::adequate_memory)
 
 
 @dataclass

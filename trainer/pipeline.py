@@ -457,7 +457,7 @@ def _transitions(ws, regimes: np.ndarray, k: int) -> np.ndarray:
 
 def _dwell(ws, regimes: np.ndarray, part: str) -> float:
     """Mean dwell of the training ('train') or held-out ('test') windows, runs cut at segment boundaries."""
-    from trainer.clustering import dwell
+    from trainer.jump_fit import dwell
 
     if len(ws.segments) == 1:
         return diagnostics.mean_duration(regimes[: ws.n_train] if part == "train" else regimes[ws.n_train :])
@@ -469,7 +469,7 @@ def _symbol_scores(cfg: TrainConfig, ws, rg: _Regimes, fc: _Forecast, flat: np.n
     """Held-out figures of each symbol of a universe and of all of them pooled: the next-regime report on the
     symbol's held-out steps, shares, mean dwell, eta^2 of the next bar's |return| by regime (held-out windows
     whose next bar is known), the forecast error."""
-    from trainer.clustering import dwell
+    from trainer.jump_fit import dwell
     from trainer.regime_scores import next_abs_return_eta2
 
     k = cfg.clustering.n_clusters
