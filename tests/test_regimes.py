@@ -237,6 +237,32 @@ def test_persistent_penalty_without_two_usable_folds_keeps_the_self_consistent_o
     assert lam == lam0 and "fewer than two" in info["rule"]
 
 
+def test_an_anchored_refit_moves_its_centres_only_as_far_as_the_new_windows_outweigh_the_previous_model():
+    """A refit on bars whose mix has shifted (a third regime sits between two others): without an anchor the
+    jump model's centres drift toward it; anchored with the previous model's windows as the prior's weight each
+    centre stays nearer its previous place and more windows keep the previous regime; an anchor of weight 0 is
+    no anchor, and shrink is the weighted mean it says it is."""
+    from trainer.jump_fit import refine, shrink
+
+    rng = np.random.default_rng(3)
+    previous = np.array([[0.0, 0.0], [6.0, 0.0]])
+    labels = (np.arange(1500) // 50) % 3
+    centres = np.array([[0.0, 0.0], [6.0, 0.0], [3.5, 0.0]])  # the new bars' third mode, nearer regime 1
+    g = centres[labels] + rng.normal(0, 1.0, (1500, 2))
+    before = np.argmin(((g[:, None, :] - previous[None]) ** 2).sum(-1), axis=1)
+    weight = np.bincount(before, minlength=2).astype(float)
+    free, free_lab = refine(g, None, 2, 4.0, init_centroids=previous)
+    held, held_lab = refine(g, None, 2, 4.0, init_centroids=previous, anchor=(previous, weight))
+    zero, _ = refine(g, None, 2, 4.0, init_centroids=previous, anchor=(previous, np.zeros(2)))
+    assert np.array_equal(zero, free)
+    moved_free, moved_held = np.linalg.norm(free - previous, axis=1), np.linalg.norm(held - previous, axis=1)
+    assert np.all(moved_held < moved_free) and moved_free.max() > 0.3
+    assert np.mean(held_lab == before) > np.mean(free_lab == before)
+    # the formula: counts 3 and 1 at centres 0 and 4 against anchors 10 with weights 1 and 0; nothing at all keeps
+    out = shrink(np.array([[0.0], [4.0], [7.0]]), np.array([3, 1, 0]), np.full((3, 1), 10.0), np.array([1.0, 0.0, 0.0]))
+    assert out.ravel().tolist() == [2.5, 4.0, 7.0]
+
+
 def test_adequate_memory_grows_with_the_penalty_until_the_decoder_equals_the_unbounded_one():
     """A large penalty takes longer to forget the restart: the memory is doubled until the finite decoder labels
     (almost) every bar as the unbounded recursion does, and a small penalty keeps the configured memory."""

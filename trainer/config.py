@@ -75,6 +75,11 @@ class ClusterConfig:
     persistence_multiples: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     persistence_folds: list = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])  # expanding-window cuts
     validation: float = 0.3  # share of the training windows the penalty is validated on
+    # a warm-started refit (`regimetry refresh`) shrinks each regime centre toward the previous model's as if that
+    # centre were anchor_strength times the windows the previous model serves in the regime on the new bars: 1 =
+    # the previous model weighs as much as the new fit, 0 = anchored only by the starting centres (trainer
+    # version 7), where the fit can drift far from the regimes in force (docs/research.md, session 26)
+    anchor_strength: float = 1.0
     memory: int = 128  # bars of costs behind each decoded regime, at least (doubled until the decoder equals the
     # unbounded recursion on 99.9 % of the training windows: trainer/jump_fit.py::adequate_memory)
 
@@ -140,6 +145,8 @@ class TrainConfig:
             errs.append("clustering.penalties must be a non-empty list of numbers >= 0")
         if self.clustering.penalty is not None and float(self.clustering.penalty) < 0:
             errs.append("clustering.penalty must be >= 0 (a negative penalty would reward switching)")
+        if not float(self.clustering.anchor_strength) >= 0:
+            errs.append("clustering.anchor_strength must be >= 0 (0: a warm refit is anchored by its start only)")
         if self.clustering.huber_delta is not None and not float(self.clustering.huber_delta) > 0:
             errs.append("clustering.huber_delta must be > 0 (or null for the Gaussian cost)")
         if float(self.clustering.volume_weight) < 0:

@@ -118,12 +118,17 @@ def refine(
     init_centroids: np.ndarray | None = None,
     seg: np.ndarray | None = None,
     huber_delta: float | None = None,
+    anchor: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Statistical jump model fit started from a partition: alternate centres (the minimisers of each regime's
     summed costs: means, or Huber locations with ``huber_delta``) and the penalised Viterbi path
     (jumpmodels.jump.dp) on the costs of regimetry/regimes.py::point_costs until the labels stop changing.
     Returns (centroids (K, P), labels (N,)). A regime left empty keeps its previous centre, so ids never vanish
-    mid-fit."""
+    mid-fit.
+
+    ``anchor`` = (centres (K, P), pseudo-counts (K,)): each centre is shrunk toward its anchor as if the anchor
+    were that many more windows of the regime, (n_k * centre_k + w_k * anchor_k) / (n_k + w_k), the posterior
+    mean under a prior centred on the anchor (a warm-started refit: clustering.fit_anchored)."""
     from jumpmodels.jump import dp, jump_penalty_to_mx
 
     pen = jump_penalty_to_mx(float(penalty), n)
@@ -147,10 +152,23 @@ def refine(
         else:  # one Viterbi path per segment: no switch is charged (or saved) across a boundary
             new = np.concatenate([np.asarray(dp(loss[b], pen)[0], dtype=np.int64) for b in parts])
         cent = np.stack([centre_of(g[new == k], huber_delta) if (new == k).any() else cent[k] for k in range(n)])
+        if anchor is not None:
+            cent = shrink(cent, np.bincount(new, minlength=n), *anchor)
         if np.array_equal(new, labels):
             break
         labels = new
     return cent, labels
+
+
+def shrink(cent: np.ndarray, counts: np.ndarray, anchor: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(K, P) centres of regimes with ``counts`` (K,) windows, moved toward ``anchor`` (K, P) as ``weight`` (K,)
+    more windows at the anchor would: (n_k * centre_k + w_k * anchor_k) / (n_k + w_k); a regime with neither
+    windows nor weight keeps its centre."""
+    n = np.asarray(counts, dtype=np.float64)[:, None]
+    w = np.asarray(weight, dtype=np.float64)[:, None]
+    total = n + w
+    mixed = (n * cent + w * np.asarray(anchor, dtype=np.float64)) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, mixed, cent)
 
 
 def unbounded_labels(costs: np.ndarray, penalty: float, seg: np.ndarray | None = None) -> np.ndarray:
