@@ -240,9 +240,11 @@ def fit_anchored(
     # the windows the model in force serves in each regime on these bars: the prior's weight, so a refit moves a
     # centre only as far as the new fit outweighs the old one (without it, the centres of a daily index drifted
     # 0.7 whitened units over the refinement's iterations and 10 % of its bars changed regime: docs/research.md)
-    served_before = decode(JumpDecoder(warm.penalty, warm.memory or cfg.memory), point_costs(g, previous, delta), seg)
-    weight = float(cfg.anchor_strength) * np.bincount(served_before.argmin(1), minlength=k)
-    anchor = (previous, weight) if cfg.anchor_strength > 0 else None
+    weight, anchor = np.zeros(k), None
+    if cfg.anchor_strength > 0:
+        before = decode(JumpDecoder(warm.penalty, warm.memory or cfg.memory), point_costs(g, previous, delta), seg)
+        weight = float(cfg.anchor_strength) * np.bincount(before.argmin(1), minlength=k)
+        anchor = (previous, weight)
     cent, labels = refine(g, None, k, warm.penalty, init_centroids=previous, seg=seg, huber_delta=delta, anchor=anchor)
     costs = point_costs(g, cent, delta)
     memory, agreement = adequate_memory(costs, warm.penalty, max(cfg.memory, warm.memory or cfg.memory), seg)
