@@ -240,7 +240,8 @@ def fit_anchored(
     # the windows the model in force serves in each regime on these bars: the prior's weight, so a refit moves a
     # centre only as far as the new fit outweighs the old one (without it, the centres of a daily index drifted
     # 0.7 whitened units over the refinement's iterations and 10 % of its bars changed regime: docs/research.md)
-    weight, anchor = np.zeros(k), None
+    weight: np.ndarray = np.zeros(k)
+    anchor = None
     if cfg.anchor_strength > 0:
         before = decode(JumpDecoder(warm.penalty, warm.memory or cfg.memory), point_costs(g, previous, delta), seg)
         weight = float(cfg.anchor_strength) * np.bincount(before.argmin(1), minlength=k)
