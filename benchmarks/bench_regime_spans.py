@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository root on sys.path)
     METHODS,
-    REAL_SERIES,
     SHORT,
-    TOO_SHORT,
     _clean,
     _num,
+    add_series_argument,
     add_set_argument,
+    chosen_series,
     consoles,
     environment,
     real_series,
@@ -193,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    usable = [s for s in REAL_SERIES if s not in TOO_SHORT]
-    ap.add_argument("--series", default=",".join(usable), help=f"real series, from {','.join(usable)}")
+    add_series_argument(ap)
     ap.add_argument("--spans", type=int, default=5, help="number of test spans (folds)")
     ap.add_argument("--span", type=float, default=0.1, help="length of each test span, as a share of the windows")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit (project, HMM, jump model)")
@@ -209,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.set_ and args.out is None:
         ap.error("--set needs --out: a variant never writes over the defaults' bench_regime_spans.json")
     out = args.out or Path(__file__).resolve().parent / "results" / "bench_regime_spans.json"
-    series_names = [s.strip().lower() for s in args.series.split(",") if s.strip()]
-    for s in series_names:
-        if s not in usable:
-            ap.error(f"unknown series {s!r}; known: {', '.join(usable)} ({', '.join(TOO_SHORT)}: too few bars)")
+    series_names = chosen_series(ap, args.series)
     from trainer.config import from_dict
 
     try:

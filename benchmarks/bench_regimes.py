@@ -121,6 +121,7 @@ def project_labels(
     info: dict | None = None,
     warm=None,
     keep: dict | None = None,
+    output_dir: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Train the project on ``series`` and return (bar_index (N,), labels (N,), n_train_windows).
 
@@ -129,22 +130,27 @@ def project_labels(
     nested dict for trainer.config.from_dict (holdout, clustering.n_clusters, encoder.epochs, ...). ``info``, if
     given, receives what the training summary says about the regimes (for the JSON only; never scored).
     ``warm`` warm-starts the training from a previous model (trainer/warm_start.py: what `regimetry refresh`
-    does); ``keep``, if given, receives this model's own warm start under "warm".
+    does); ``keep``, if given, receives this model's own warm start under "warm". ``output_dir``, if given,
+    exports the bundle there (so it can be run on later bars) and ``keep`` receives its path under "bundle".
 
     This is the only place that knows TrainResult: when the regime layer changes, look here and nowhere else.
     """
     from trainer.config import from_dict
     from trainer.pipeline import train
 
-    cfg = from_dict(_merge({"name": "bench", "data": "bench", "seed": seed, "set_current": False}, cfg_overrides))
+    base = {"name": "bench", "data": "bench", "seed": seed, "set_current": False}
+    if output_dir is not None:
+        base["output_dir"] = output_dir
+    cfg = from_dict(_merge(base, cfg_overrides))
 
     def on_stage(stage: str, step: int, total: int, msg: str = "") -> None:
         if progress:
             progress(f"project: {stage} {step}/{total} {msg}"[:90])
 
-    result = train(cfg, progress=on_stage, series=series, planted=None, write_bundle=False, warm=warm)
+    result = train(cfg, progress=on_stage, series=series, planted=None, write_bundle=output_dir is not None, warm=warm)
     if keep is not None:
         keep["warm"] = result.warm
+        keep["bundle"] = result.bundle_dir
     end_time = np.asarray(result.end_time)
     bar_index = np.searchsorted(series.times, end_time)
     if not np.array_equal(series.times[bar_index], end_time):
@@ -236,8 +242,17 @@ def run_methods(
     labels["jump_online"], info["jump_online"] = jm.labels, jm.info
     seconds["jump_online"] = time.perf_counter() - t0
 
-    # the yardstick's bins reproduce the project's training shares, calmest first: the project's regimes are
-    # ordered here by their own mean trailing volatility, so no assumption about how its ids are numbered
+    ys = yardstick(values, bar_index, proj, n_train, n_states, window)
+    labels["yardstick"], info["yardstick"] = ys.labels, ys.info
+    return Run(len(series), bar_index, n_train, labels, info, seconds)
+
+
+def yardstick(
+    values: np.ndarray, bar_index: np.ndarray, proj: np.ndarray, n_train: int, n_states: int, window: int
+) -> baselines.BaselineLabels:
+    """The trailing-volatility yardstick cut into the project's training shares (windows [0, n_train) of
+    bar_index (N,) with labels proj (N,)), calmest first: the project's regimes are ordered here by their own
+    mean trailing volatility, so no assumption about how its ids are numbered."""
     sd = baselines.trailing_sd(values, window)
     tr_lab, tr_sd = proj[:n_train], sd[bar_index[:n_train]]
     present = [g for g in range(n_states) if np.any(tr_lab == g)]
@@ -245,9 +260,8 @@ def run_methods(
         g for g in range(n_states) if g not in present
     ]
     shares = [float(np.mean(tr_lab == g)) for g in order]
-    ys = baselines.trailing_vol(values, fit_end, window, shares, fit_start=int(bar_index[0]))
-    labels["yardstick"], info["yardstick"] = ys.labels, ys.info
-    return Run(len(series), bar_index, n_train, labels, info, seconds)
+    fit_end = int(bar_index[n_train - 1]) + 1
+    return baselines.trailing_vol(values, fit_end, window, shares, fit_start=int(bar_index[0]))
 
 
 def _at(run: Run, method: str, bars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -684,6 +698,24 @@ def add_set_argument(ap: argparse.ArgumentParser) -> None:
         "clustering.volume_weight=1); merged into cfg_overrides, recorded in the JSON. Give a variant its own "
         "--out: the default one is the yardstick's",
     )
+
+
+USABLE_SERIES = tuple(s for s in REAL_SERIES if s not in TOO_SHORT)
+
+
+def add_series_argument(ap: argparse.ArgumentParser) -> None:
+    """``--series a,b`` of the real series that have enough bars (the scripts built on this one), read by
+    chosen_series."""
+    ap.add_argument("--series", default=",".join(USABLE_SERIES), help=f"real series, from {','.join(USABLE_SERIES)}")
+
+
+def chosen_series(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """The names of ``--series`` (lower case), or the parser's error naming the known ones."""
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    for s in names:
+        if s not in USABLE_SERIES:
+            ap.error(f"unknown series {s!r}; known: {', '.join(USABLE_SERIES)} ({', '.join(TOO_SHORT)}: too few bars)")
+    return names
 
 
 def environment(console: Console) -> dict:

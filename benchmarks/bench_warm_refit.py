@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository root on sys.path)
-    REAL_SERIES,
-    TOO_SHORT,
     _clean,
+    add_series_argument,
+    chosen_series,
     consoles,
     environment,
     project_labels,
@@ -78,26 +78,28 @@ def measure(name: str, strengths: list[float], seed: int, progress) -> dict:
     return {"symbol": series.symbol, "n_bars": n, "previous_bars": [a0, a1], "refit_bars": [b0, b1], "rows": rows}
 
 
+def chosen_strengths(ap: argparse.ArgumentParser, text: str) -> list[float]:
+    """``--strengths 0,0.5,1`` -> anchor strengths (each >= 0, at least one), or the parser's error."""
+    try:
+        strengths = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--strengths must be numbers, got {text!r}")
+    if not strengths or min(strengths) < 0:
+        ap.error("--strengths needs at least one strength, each >= 0")
+    return strengths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    usable = [s for s in REAL_SERIES if s not in TOO_SHORT]
-    ap.add_argument("--series", default=",".join(usable), help=f"real series, from {','.join(usable)}")
+    add_series_argument(ap)
     ap.add_argument("--strengths", default="0,0.5,1,2", help="anchor strengths, comma-separated (>= 0)")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_warm_refit.json")
     args = ap.parse_args(argv)
-    names = [s.strip().lower() for s in args.series.split(",") if s.strip()]
-    for s in names:
-        if s not in usable:
-            ap.error(f"unknown series {s!r}; known: {', '.join(usable)}")
-    try:
-        strengths = [float(x) for x in args.strengths.split(",") if x.strip()]
-    except ValueError:
-        ap.error(f"--strengths must be numbers, got {args.strengths!r}")
-    if not strengths or min(strengths) < 0:
-        ap.error("--strengths needs at least one strength, each >= 0")
+    names = chosen_series(ap, args.series)
+    strengths = chosen_strengths(ap, args.strengths)
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)
     console, err = consoles()
     env = environment(err)
