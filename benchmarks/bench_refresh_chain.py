@@ -89,34 +89,44 @@ def agreement(prev: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.nda
     }
 
 
-def chain(name: str, spans: int, span: float, strengths: list[float], seed: int, tmp: Path, progress) -> dict:
-    """The first model, then one origin after another: stale, each warm chain, scratch and the yardstick."""
+def chain(
+    name: str, spans: int, span: float, strengths: list[float], seed: int, sliding: bool, tmp: Path, progress
+) -> dict:
+    """The first model, then one origin after another: stale, each warm chain, scratch and the yardstick.
+    With ``sliding`` every fit after the first reads only as many windows before its span as the first did
+    (the refresher's REFRESH_WINDOW: old bars drop out); otherwise every window before its span."""
     from regimetry.inference import RegimeModel
 
     series = real_series(name)
     h = history_needed(FeatureSpec(), WINDOW)
     bounds = fold_bounds(len(series) - h + 1, spans, span)
+    fit_windows = bounds[0][0]
     log_ret = baselines.log_returns(series.values)
 
-    def cut_of(a: int, b: int) -> tuple:
-        cut = series.slice(0, b + h - 1)
-        return cut, {"holdout": (b - a) / b, "window_size": WINDOW, "clustering": {"n_clusters": N_STATES}}
+    def fit(a: int, b: int, extra: dict | None = None, **kw) -> tuple[np.ndarray, np.ndarray, int]:
+        """project_labels on the bars of windows [start, b), the span [a, b) held out; bar indices absolute."""
+        start = max(0, a - fit_windows) if sliding else 0
+        ov = {"holdout": (b - a) / (b - start), "window_size": WINDOW, "clustering": {"n_clusters": N_STATES}}
+        if extra:
+            ov["clustering"].update(extra)
+        ib, lb, n_train = project_labels(series.slice(start, b + h - 1), ov, seed, progress, **kw)
+        return ib + start, lb, n_train
 
-    cut, ov = cut_of(*bounds[0])
     keep: dict = {}
     progress(f"{name}: first model")
-    ib, lb, n0 = project_labels(cut, ov, seed, progress, keep=keep, output_dir=str(tmp / name))
+    ib, lb, n0 = fit(*bounds[0], keep=keep, output_dir=str(tmp / name))
     first = RegimeModel(keep["bundle"])
     in_force = {s: (keep["warm"], (ib, lb)) for s in strengths}
     folds = [{"span": f"{bounds[0][0]}-{bounds[0][1]}", "first_model": span_scores(lb[n0:], ib[n0:], log_ret)}]
     for a, b in bounds[1:]:
-        cut, ov = cut_of(a, b)
         fold: dict = {"span": f"{a}-{b}", "methods": {}, "agreement": {}}
         progress(f"{name} {a}-{b}: from scratch")
-        ib, lb, n_train = project_labels(cut, ov, seed, progress)
+        ib, lb, n_train = fit(a, b)
         held = ib[n_train:]
         fold["test_bars"] = [int(held[0]), int(held[-1])]
+        fold["fit_bars"] = [int(ib[0]), int(ib[n_train - 1])]
         fold["methods"]["scratch"] = span_scores(lb[n_train:], held, log_ret)
+        cut = series.slice(0, b + h - 1)
         ys = yardstick(cut.values, ib, lb, n_train, N_STATES, WINDOW)
         fold["methods"]["yardstick"] = span_scores(ys.labels[held], held, log_ret)
         stale = first.run_series(cut.values)
@@ -125,15 +135,14 @@ def chain(name: str, spans: int, span: float, strengths: list[float], seed: int,
             progress(f"{name} {a}-{b}: warm refit, anchor {s:g}")
             warm, prev = in_force[s]
             k: dict = {}
-            ov_s = {**ov, "clustering": {**ov["clustering"], "anchor_strength": s}}
-            iw, lw, nw = project_labels(cut, ov_s, seed, progress, warm=warm, keep=k)
+            iw, lw, nw = fit(a, b, {"anchor_strength": s}, warm=warm, keep=k)
             if not np.array_equal(iw[nw:], held):
                 raise RuntimeError("the warm refit's test span is not the from-scratch one's")
             fold["methods"][_warm(s)] = span_scores(lw[nw:], held, log_ret)
             fold["agreement"][_warm(s)] = agreement(prev, (iw, lw))
             in_force[s] = (k["warm"], (iw, lw))
         folds.append(fold)
-    return {"symbol": series.symbol, "n_bars": len(series), "folds": folds}
+    return {"symbol": series.symbol, "n_bars": len(series), "fit_windows": fit_windows, "folds": folds}
 
 
 def summarise(entry: dict, methods: list[str]) -> dict:
@@ -202,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strengths", default="1,0", help="anchor strengths of the warm chains (the first is compared)")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit")
     ap.add_argument(
+        "--sliding",
+        action="store_true",
+        help="every fit reads only as many windows before its span as the first model did (the refresher's "
+        "REFRESH_WINDOW) instead of all of them",
+    )
+    ap.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_refresh_chain.json"
     )
     args = ap.parse_args(argv)
@@ -225,13 +240,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.span,
                 strengths,
                 args.seed,
+                args.sliding,
                 Path(tmp),
                 lambda m: bars.update(task, description=m[:80]),
             )
             result[name]["summary"] = summarise(result[name], methods)
             bars.advance(task)
     for name, e in result.items():
-        t = Table(title=f"{name}: next-bar eta^2 / mean dwell on each test span (seed {args.seed})")
+        fits = f"last {e['fit_windows']} windows" if args.sliding else "expanding"
+        t = Table(title=f"{name}: next-bar eta^2 / mean dwell on each test span (seed {args.seed}; fits: {fits})")
         t.add_column("span")
         for m in methods:
             t.add_column(m, justify="right")
@@ -261,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "spans": args.spans,
         "span": args.span,
         "strengths": strengths,
+        "sliding": args.sliding,
         "methods": methods,
         "series": result,
     }
