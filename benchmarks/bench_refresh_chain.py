@@ -1,6 +1,8 @@
 """What a chain of periodic refreshes serves on the bars that come after each one, against not refreshing.
 
-    python benchmarks/bench_refresh_chain.py                       # EURUSD, GOOG, S&P 500: 4 spans of 10 %
+    python benchmarks/bench_refresh_chain.py --spans 5             # EURUSD, GOOG, S&P 500: 4 refreshes, 10 % each
+    python benchmarks/bench_refresh_chain.py --spans 5 --sliding \
+        --out benchmarks/results/bench_refresh_chain_sliding.json
     python benchmarks/bench_refresh_chain.py --series goog --strengths 1,0
 
 Why: `regimetry refresh` warm-starts a refit from the bundle in force and shrinks its regime centres toward the
@@ -9,13 +11,15 @@ chosen on training bars for how well a refit keeps the regimes' ids (benchmarks/
 what the refreshed regimes say about the coming bars; an anchored chain follows its bars more slowly. This
 script measures that cost, or its absence, as a user running the refresh every period would meet it.
 
-Per series, rolling origin, expanding window (benchmarks/bench_regime_spans.py's folds): the first model is
-trained on every window before the first test span and exported. At each later origin, on the series cut at the
+Per series, rolling origin (benchmarks/bench_regime_spans.py's folds): the first model is trained on every
+window before the first test span and exported. Every later fit reads every window before its span (expanding)
+or, with ``--sliding``, only as many as the first model did (the refresher's REFRESH_WINDOW: old bars drop
+out). At each later origin, on the series cut at the
 end of that origin's test span (nothing later exists for any fit):
 
 - ``stale``: the first model's bundle run over the bars (regimetry/inference.py, the worker's arithmetic): no
   refresh at all;
-- ``warm s=...``: the previous refit of the same chain warm-started on every window before the span, one chain
+- ``warm s=...``: the previous refit of the same chain warm-started on the windows before the span, one chain
   per anchor strength (what `regimetry refresh` does each period; the chain goes on from each refit whether or
   not its agreement reaches the 0.9 a refresh publishes at, which is reported);
 - ``scratch``: a from-scratch training on the same windows (what `regimetry train` does);
