@@ -1,7 +1,7 @@
 """What a chain of periodic refreshes serves on the bars that come after each one, against not refreshing.
 
-    python benchmarks/bench_refresh_chain.py --spans 5             # EURUSD, GOOG, S&P 500: 4 refreshes, 10 % each
-    python benchmarks/bench_refresh_chain.py --spans 5 --sliding \
+    python benchmarks/bench_refresh_chain.py                       # EURUSD, GOOG, S&P 500: 4 refreshes, 10 % each
+    python benchmarks/bench_refresh_chain.py --sliding \
         --out benchmarks/results/bench_refresh_chain_sliding.json
     python benchmarks/bench_refresh_chain.py --series goog --strengths 1,0
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_series_argument(ap)
-    ap.add_argument("--spans", type=int, default=4, help="test spans; the first only trains the first model")
+    ap.add_argument("--spans", type=int, default=5, help="test spans; the first only trains the first model")
     ap.add_argument("--span", type=float, default=0.1, help="each test span's share of the windows")
     ap.add_argument("--strengths", default="1,0", help="anchor strengths of the warm chains (the first is compared)")
     ap.add_argument("--seed", type=int, default=42, help="seed of every model fit")
