@@ -52,6 +52,7 @@ from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository ro
     _num,
     add_series_argument,
     chosen_series,
+    common_agreement,
     consoles,
     environment,
     project_labels,
@@ -80,16 +81,6 @@ def span_scores(labels: np.ndarray, bars: np.ndarray, log_ret: np.ndarray) -> di
         "eta2": rs.next_abs_return_eta2(labels, rs.next_returns(log_ret, bars)),
         "dwell": rs.mean_dwell(labels),
         "n_states_used": int(len(np.unique(labels))),
-    }
-
-
-def agreement(prev: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Two fits' (bar_index, labels) on the bars both label: what a refresh compares before it publishes."""
-    common, pa, pb = np.intersect1d(prev[0], new[0], return_indices=True)
-    return {
-        "agreement": rs.refit_agreement(prev[1][pa], new[1][pb]),
-        "same_ids": float(np.mean(prev[1][pa] == new[1][pb])),
-        "n_common": int(len(common)),
     }
 
 
@@ -143,7 +134,8 @@ def chain(
             if not np.array_equal(iw[nw:], held):
                 raise RuntimeError("the warm refit's test span is not the from-scratch one's")
             fold["methods"][_warm(s)] = span_scores(lw[nw:], held, log_ret)
-            fold["agreement"][_warm(s)] = agreement(prev, (iw, lw))
+            agree, same, n_common = common_agreement(*prev, iw, lw)
+            fold["agreement"][_warm(s)] = {"agreement": agree, "same_ids": same, "n_common": n_common}
             in_force[s] = (k["warm"], (iw, lw))
         folds.append(fold)
     return {"symbol": series.symbol, "n_bars": len(series), "fit_windows": fit_windows, "folds": folds}

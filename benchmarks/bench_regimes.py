@@ -176,14 +176,20 @@ def warm_refit_agreement(series: BarSeries, overrides: dict, seed: int, progress
     (a0, a1), (b0, b1) = spans
     ia, la, _ = project_labels(series.slice(a0, a1), ov, seed, progress, keep=keep)
     ib, lb, _ = project_labels(series.slice(b0, b1), ov, seed, progress, warm=keep["warm"])
-    ta, tb = ia + a0, ib + b0
-    common, pa, pb = np.intersect1d(ta, tb, return_indices=True)
-    same = float(np.mean(la[pa] == lb[pb])) if len(common) else float("nan")
-    return {
-        "agreement": rs.refit_agreement(la[pa], lb[pb]) if len(common) else float("nan"),
-        "same_ids_without_matching": same,
-        "n_bars": int(len(common)),
-    }
+    agree, same, n = common_agreement(ia + a0, la, ib + b0, lb)
+    return {"agreement": agree, "same_ids_without_matching": same, "n_bars": n}
+
+
+def common_agreement(
+    bars_a: np.ndarray, labels_a: np.ndarray, bars_b: np.ndarray, labels_b: np.ndarray
+) -> tuple[float, float, int]:
+    """Two fits' labels (each (N,) at absolute bars (N,)) on the bars both label: (Hungarian-matched agreement,
+    what a refresh publishes on; the share with the same id without matching; the number of such bars)."""
+    common, pa, pb = np.intersect1d(bars_a, bars_b, return_indices=True)
+    if not len(common):
+        return float("nan"), float("nan"), 0
+    la, lb = labels_a[pa], labels_b[pb]
+    return rs.refit_agreement(la, lb), float(np.mean(la == lb)), int(len(common))
 
 
 # -- running every method on one series ------------------------------------------------------------------------

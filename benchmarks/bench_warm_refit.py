@@ -33,6 +33,7 @@ from bench_regimes import (  # noqa: E402  (bench_regimes puts the repository ro
     _clean,
     add_series_argument,
     chosen_series,
+    common_agreement,
     consoles,
     environment,
     project_labels,
@@ -61,16 +62,16 @@ def measure(name: str, strengths: list[float], seed: int, progress) -> dict:
     for s in strengths:
         ov = {"holdout": REFIT_HOLDOUT, "clustering": {"anchor_strength": s}}
         ib, lb, n_train = project_labels(series.slice(b0, b1), ov, seed, progress, warm=keep["warm"])
-        common, pa, pb = np.intersect1d(ia + a0, ib + b0, return_indices=True)
+        agree, same, n_common = common_agreement(ia + a0, la, ib + b0, lb)
         tail_bars = ib[n_train:] + b0
         ok = tail_bars + 1 < b1  # the next bar must be one of the refit's own bars
         nxt = np.abs(log_ret[tail_bars[ok] + 1])
         rows.append(
             {
                 "anchor_strength": s,
-                "agreement": rs.refit_agreement(la[pa], lb[pb]),
-                "same_ids": float(np.mean(la[pa] == lb[pb])),
-                "n_common": int(len(common)),
+                "agreement": agree,
+                "same_ids": same,
+                "n_common": n_common,
                 "tail_eta2": rs.eta_squared(lb[n_train:][ok], nxt),
                 "n_tail": int(ok.sum()),
             }
